@@ -1,0 +1,261 @@
+"""Genotype: the discrete architecture a search returns (DARTS cells), as plain data.
+
+JSON schema `dcpnas.genotype/1` (DESIGN.md). Also parses the DARTS `Genotype(normal=[...], ...)`
+strings that papers print, without eval.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dcpnas.errors import GenotypeError
+from dcpnas.io import write_json
+from dcpnas.space import PRIMITIVES, STEPS, edge_index
+
+SCHEMA = "dcpnas.genotype/1"
+Edge = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """normal/reduce: 2 * steps (op, input node) pairs, node j's two inputs at 2j, 2j+1
+    (nodes 0, 1 are the cell inputs, 2.. the intermediate nodes). concat: nodes concatenated."""
+
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...]
+    reduce_concat: tuple[int, ...]
+    search: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("normal", "reduce"):
+            object.__setattr__(self, name, tuple((str(op), int(i)) for op, i in getattr(self, name)))
+        for name in ("normal_concat", "reduce_concat"):
+            object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate(self, primitives: tuple[str, ...] = PRIMITIVES, steps: int = STEPS) -> "Genotype":
+        """Raise GenotypeError naming the first problem; return self when valid."""
+        for cell in ("normal", "reduce"):
+            edges = getattr(self, cell)
+            if len(edges) != 2 * steps:
+                raise GenotypeError(f"{cell} cell has {len(edges)} edges, expected {2 * steps} (2 per node)")
+            for k, (op, inp) in enumerate(edges):
+                node = k // 2 + 2
+                if op not in primitives or op == "none":
+                    allowed = ", ".join(p for p in primitives if p != "none")
+                    raise GenotypeError(f"{cell} edge {k}: unknown op {op!r}; allowed: {allowed}")
+                if not 0 <= inp < node:
+                    raise GenotypeError(
+                        f"{cell} edge {k}: input node {inp} is out of range for node {node} (must be 0..{node - 1})"
+                    )
+            concat = getattr(self, f"{cell}_concat")
+            if not concat or any(not 2 <= c < steps + 2 for c in concat) or len(set(concat)) != len(concat):
+                raise GenotypeError(f"{cell}_concat {list(concat)} must be distinct nodes in 2..{steps + 1}")
+        return self
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {
+            "schema": SCHEMA,
+            "normal": [[op, i] for op, i in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, i] for op, i in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+        if self.search:
+            d["search"] = self.search
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "genotype") -> "Genotype":
+        if not isinstance(d, dict):
+            raise GenotypeError(f"{source}: expected a JSON object")
+        if d.get("schema") != SCHEMA:
+            raise GenotypeError(f"{source}: expected schema {SCHEMA!r}, found {d.get('schema')!r}")
+        try:
+            g = cls(
+                normal=tuple(_pair(p) for p in d["normal"]),
+                normal_concat=tuple(d["normal_concat"]),
+                reduce=tuple(_pair(p) for p in d["reduce"]),
+                reduce_concat=tuple(d["reduce_concat"]),
+                search=dict(d.get("search", {})),
+            )
+        except KeyError as e:
+            raise GenotypeError(f"{source}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise GenotypeError(f"{source}: {e}") from None
+        try:
+            return g.validate()
+        except GenotypeError as e:
+            raise GenotypeError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "genotype") -> "Genotype":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"{source}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source)
+
+    @classmethod
+    def from_darts(cls, text: str, source: str = "genotype") -> "Genotype":
+        """Parse `Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)`
+        (also `[2, 3, 4, 5]` for concat) with the ast module, never eval."""
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as e:
+            raise GenotypeError(f"{source}: not a DARTS Genotype(...) string ({e.msg})") from None
+        call = tree.body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+            raise GenotypeError(f"{source}: expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+        if call.args:
+            raise GenotypeError(f"{source}: Genotype(...) must use keyword arguments")
+        fields = {}
+        for kw in call.keywords:
+            try:
+                fields[kw.arg] = _literal(kw.value)
+            except ValueError as e:
+                raise GenotypeError(f"{source}: field {kw.arg}: {e}") from None
+        missing = {"normal", "normal_concat", "reduce", "reduce_concat"} - set(fields)
+        if missing:
+            raise GenotypeError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
+        try:
+            g = cls(
+                normal=tuple(_pair(p) for p in fields["normal"]),
+                normal_concat=tuple(fields["normal_concat"]),
+                reduce=tuple(_pair(p) for p in fields["reduce"]),
+                reduce_concat=tuple(fields["reduce_concat"]),
+            )
+        except (TypeError, ValueError) as e:
+            raise GenotypeError(f"{source}: {e}") from None
+        try:
+            return g.validate()
+        except GenotypeError as e:
+            raise GenotypeError(f"{source}: {e}") from None
+
+    def to_darts(self) -> str:
+        return (
+            f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+            f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})"
+        )
+
+    def digest(self) -> str:
+        """A short hash of the architecture alone (not of the search record)."""
+        arch = {k: v for k, v in self.to_dict().items() if k != "search"}
+        return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+    # -- derivation -----------------------------------------------------------------------------
+    @classmethod
+    def from_alphas(
+        cls, alpha_normal, alpha_reduce, primitives: tuple[str, ...] = PRIMITIVES, steps: int = STEPS
+    ) -> "Genotype":
+        """DARTS discretisation: per node, the 2 strongest incoming edges (by their strongest non-`none`
+        op weight after softmax), each with that op. alphas: [edges, len(primitives)] arrays/tensors."""
+        return cls(
+            normal=_parse_alpha(alpha_normal, primitives, steps),
+            normal_concat=tuple(range(2, steps + 2)),
+            reduce=_parse_alpha(alpha_reduce, primitives, steps),
+            reduce_concat=tuple(range(2, steps + 2)),
+        ).validate(primitives, steps)
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _parse_alpha(alpha, primitives, steps) -> tuple[Edge, ...]:
+    a = _to_numpy(alpha)
+    expected = (len(edge_index(steps)), len(primitives))
+    if a.shape != expected:
+        raise GenotypeError(f"alpha has shape {a.shape}, expected {expected}")
+    w = np.exp(a - a.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    none = primitives.index("none") if "none" in primitives else None
+    out: list[Edge] = []
+    start = 0
+    for j in range(steps):
+        n = j + 2
+        rows = w[start : start + n]
+        masked = rows.copy()
+        if none is not None:
+            masked[:, none] = -np.inf
+        strength = masked.max(1)
+        # stable order: strongest first, ties broken by lower input index
+        chosen = sorted(sorted(range(n), key=lambda i: (-strength[i], i))[:2])
+        for i in chosen:
+            out.append((primitives[int(np.argmax(masked[i]))], i))
+        start += n
+    return tuple(out)
+
+
+def _pair(p) -> Edge:
+    if not isinstance(p, (list, tuple)) or len(p) != 2:
+        raise ValueError(f"edge {p!r} must be an (op, input node) pair")
+    op, i = p
+    if not isinstance(op, str) or isinstance(i, bool) or not isinstance(i, int):
+        raise ValueError(f"edge {p!r} must be (op name, integer node)")
+    return op, i
+
+
+def _literal(node: ast.AST):
+    """Lists/tuples of strings and ints, and range(a, b); nothing else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range" and not node.keywords:
+        args = [_literal(a) for a in node.args]
+        if not all(isinstance(a, int) for a in args) or not 1 <= len(args) <= 3:
+            raise ValueError("range() takes 1 to 3 integers")
+        return list(range(*args))
+    raise ValueError(f"unsupported expression {ast.unparse(node)!r}")
+
+
+def load_genotype(path: str | Path) -> Genotype:
+    """Load a genotype from genotype.json or a text file holding a DARTS Genotype(...) string."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenotypeError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GenotypeError(f"{path}: not a text file") from None
+    if text.lstrip().startswith("{"):
+        return Genotype.from_json(text, source=str(path))
+    return Genotype.from_darts(text, source=str(path))
+
+
+# The authors' DDPNAS_MCN_2 genotype (METHOD.md section 1), for tests and benchmarks.
+DDPNAS_MCN_2 = Genotype(
+    normal=(
+        ("sep_conv_5x5", 1), ("max_pool_3x3", 0),
+        ("dil_conv_3x3", 2), ("skip_connect", 0),
+        ("sep_conv_3x3", 3), ("avg_pool_3x3", 1),
+        ("dil_conv_3x3", 4), ("avg_pool_3x3", 3),
+    ),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(
+        ("max_pool_3x3", 0), ("sep_conv_3x3", 1),
+        ("dil_conv_3x3", 1), ("sep_conv_3x3", 0),
+        ("max_pool_3x3", 1), ("dil_conv_5x5", 2),
+        ("dil_conv_5x5", 2), ("sep_conv_5x5", 1),
+    ),
+    reduce_concat=(2, 3, 4, 5),
+)
+
+__all__ = ["Genotype", "load_genotype", "DDPNAS_MCN_2", "SCHEMA"]

@@ -1,0 +1,106 @@
+"""The DARTS cell search space (METHOD.md section 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from dcpnas.errors import ConfigError
+
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+POLICIES: tuple[str, ...] = ("book", "authors")
+STEPS = 4  # intermediate nodes per cell
+
+
+def num_edges(steps: int = STEPS) -> int:
+    """Edges of a cell: node j (0-based among intermediates) has j + 2 inputs. 14 for 4 steps."""
+    return sum(j + 2 for j in range(steps))
+
+
+def edge_index(steps: int = STEPS) -> list[tuple[int, int]]:
+    """(input node, output node) of every edge, in alpha-row order; nodes 0, 1 are the cell inputs."""
+    return [(i, j + 2) for j in range(steps) for i in range(j + 2)]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Shape of a supernet or evaluation network built from cells.
+
+    cells: number of cells; reduction cells (stride 2, channels x2) at cells//3 and 2*cells//3.
+    channels: channels of the first cell's nodes (C); the stem outputs stem_multiplier * C.
+    input_shape: (C, H, W) of one image; num_classes: logits.
+    policy: binarisation policy, `book` (binarise depthwise and 1x1 convs too) or `authors`.
+    """
+
+    primitives: tuple[str, ...] = PRIMITIVES
+    steps: int = STEPS
+    cells: int = 5
+    channels: int = 8
+    stem_multiplier: int = 3
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    policy: str = "book"
+    reductions: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.cells < 1:
+            raise ConfigError(f"cells must be >= 1, got {self.cells}")
+        if self.channels < 1:
+            raise ConfigError(f"channels must be >= 1, got {self.channels}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown binarisation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if len(self.input_shape) != 3:
+            raise ConfigError(f"input_shape must be (C, H, W), got {self.input_shape}")
+        if not self.reductions:
+            red = sorted({self.cells // 3, 2 * self.cells // 3} - {0}) if self.cells >= 3 else []
+            object.__setattr__(self, "reductions", tuple(red))
+        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+
+    @property
+    def edges(self) -> int:
+        return num_edges(self.steps)
+
+    def with_(self, **changes) -> "SearchSpace":
+        """A copy with some fields changed (reductions recomputed unless given)."""
+        if "cells" in changes and "reductions" not in changes:
+            changes["reductions"] = ()
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "primitives": list(self.primitives),
+            "steps": self.steps,
+            "cells": self.cells,
+            "channels": self.channels,
+            "stem_multiplier": self.stem_multiplier,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "policy": self.policy,
+            "reductions": list(self.reductions),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSpace":
+        try:
+            return cls(
+                primitives=tuple(d.get("primitives", PRIMITIVES)),
+                steps=int(d.get("steps", STEPS)),
+                cells=int(d["cells"]),
+                channels=int(d["channels"]),
+                stem_multiplier=int(d.get("stem_multiplier", 3)),
+                input_shape=tuple(d["input_shape"]),
+                num_classes=int(d["num_classes"]),
+                policy=str(d.get("policy", "book")),
+                reductions=tuple(d.get("reductions", ())),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"bad search-space record: {e}") from None
