@@ -1,0 +1,44 @@
+"""`dcpnas targets`: the built-in targets and the state of their latency tables."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from dcpnas.cli.common import console, handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("targets")(targets_cmd)
+
+
+@handle_errors
+def targets_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout."),
+    target_file: Optional[list[str]] = typer.Option(None, "--target-file", help="Also show a user's target TOML file."),
+) -> None:
+    """List targets: name, arch, threads, RPC key and LUT state (measured on what device, when, entries / modeled / missing)."""
+    from dcpnas.targets import describe, list_targets, load_target_file
+
+    targets = list_targets() + [load_target_file(p) for p in (target_file or [])]
+    rows = [describe(t) for t in targets]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="dcpnas targets")
+    for col in ("target", "arch", "threads", "rpc key", "LUT", "entries", "device", "created"):
+        table.add_column(col)
+    style = {"measured": "green", "modeled": "yellow", "emulated": "magenta", "missing": "red", "invalid": "red"}
+    for r in rows:
+        state = r["lut"]
+        table.add_row(r["target"], r["arch"], str(r["threads"]), r["rpc_key"],
+                      f"[{style.get(state, 'white')}]{state}[/]", str(r["lut_entries"]),
+                      (r.get("lut_device") or r.get("lut_error") or "")[:60], r.get("lut_created") or "")
+    console.print(table)
+    if any(r["lut"] == "modeled" for r in rows):
+        console.print("[yellow]modeled[/] LUTs come from a cost model, not from timings on the device; "
+                      "measure with `dcpnas lut build --target T [--rpc HOST:PORT --key KEY]`.")

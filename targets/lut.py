@@ -1,0 +1,162 @@
+"""Latency lookup tables (schema `dcpnas.lut/1`, DESIGN.md).
+
+    {"schema": "dcpnas.lut/1", "target": "x86-avx512", "tvm_version": "0.27.0", "device": "...",
+     "threads": 2, "method": "measured" | "modeled" | "emulated", "created": "2026-...Z",
+     "entries": {"sep_conv_3x3|8|8|28|28|1": {"mean_ms": 0.05, "std_ms": 0.001, "count": 50, ...}},
+     "glue": {"per_cell_ms": 0.01, ...}            # optional, see `query`
+     "costmodel": {"coef": {...}, "source": "..."} # optional: fitted cost-model coefficients
+     "notes": "..."}
+
+`mean_ms` holds the figure the search uses (the median of the timing repeats for measured tables:
+robust to the noise of a shared CPU); `std_ms` the spread; `count` the number of repeats.
+`emulated` tables (timed under qemu) prove a path works and are never shipped as a target's LUT.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dcpnas.errors import ArtifactError, LutError
+from dcpnas.io import read_json, write_json
+
+SCHEMA = "dcpnas.lut/1"
+METHODS = ("measured", "modeled", "emulated")
+PRE_OPS = ("pre_conv1x1", "pre_reduce")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class LatencyTable:
+    """OpKey -> latency (ms) of one target. `query(key)` is what dcpnas.latency uses.
+
+    glue: optional per-cell overhead the op sums miss (node adds, concat, VM dispatch), fitted by
+    `dcpnas lut check --fit-glue`: {"per_cell_ms": a}. It is charged half to each of the two
+    preprocessing keys every cell has (pre_conv1x1 / pre_reduce), so that a sum over a network's keys
+    (genotype_latency, expected_latency) includes it once per cell.
+    """
+
+    target: str
+    method: str
+    device: str
+    threads: int
+    entries: dict[str, dict] = field(default_factory=dict)
+    tvm_version: str = ""
+    created: str = ""
+    glue: dict = field(default_factory=dict)
+    costmodel: dict = field(default_factory=dict)
+    notes: str = ""
+    path: Path | None = None
+
+    # ---- lookups -------------------------------------------------------------------------------
+    def query(self, key: str) -> float:
+        """Latency in ms of OpKey `key` (+ its glue share); LutError naming the key when missing."""
+        entry = self.entries.get(key)
+        if entry is None:
+            where = f" ({self.path})" if self.path else ""
+            raise LutError(
+                f"the {self.method} LUT of target {self.target}{where} has no entry {key!r}; "
+                f"run `dcpnas lut build --target {self.target}` with the search space that produces it"
+            )
+        ms = float(entry["mean_ms"])
+        if self.glue and key.split("|", 1)[0].split(":", 1)[0] in PRE_OPS:
+            ms = max(0.0, ms + 0.5 * float(self.glue.get("per_cell_ms", 0.0)))
+        return ms
+
+    def raw(self, key: str) -> float:
+        """The op's own latency in ms, without glue."""
+        if key not in self.entries:
+            self.query(key)  # raises the LutError
+        return float(self.entries[key]["mean_ms"])
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def missing(self, keys) -> list[str]:
+        return [k for k in keys if k not in self.entries]
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {"schema": SCHEMA, "target": self.target, "tvm_version": self.tvm_version, "device": self.device,
+             "threads": self.threads, "method": self.method, "created": self.created or utc_now(),
+             "entries": self.entries}
+        if self.glue:
+            d["glue"] = self.glue
+        if self.costmodel:
+            d["costmodel"] = self.costmodel
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write atomically (temp file + rename) to `path` (default: where it was loaded from)."""
+        path = Path(path) if path is not None else self.path
+        if path is None:
+            raise LutError("LatencyTable.save needs a path")
+        validate(self.to_dict(), str(path))
+        write_json(path, self.to_dict())
+        self.path = path
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "LUT", path: Path | None = None) -> "LatencyTable":
+        validate(d, where)
+        return cls(target=d["target"], method=d["method"], device=d["device"], threads=int(d["threads"]),
+                   entries={k: dict(v) for k, v in d["entries"].items()}, tvm_version=d.get("tvm_version", ""),
+                   created=d.get("created", ""), glue=dict(d.get("glue", {})),
+                   costmodel=dict(d.get("costmodel", {})), notes=d.get("notes", ""), path=path)
+
+    @classmethod
+    def load(cls, path: str | Path, expect_target: str | None = None) -> "LatencyTable":
+        """Load and validate; LutError with the fix when the file is missing or malformed."""
+        path = Path(path)
+        if not path.is_file():
+            name = expect_target or path.stem
+            raise LutError(f"no LUT at {path}; run `dcpnas lut build --target {name}`")
+        try:
+            d = read_json(path, schema=SCHEMA)
+        except ArtifactError as e:
+            raise LutError(str(e)) from None
+        lut = cls.from_dict(d, str(path), path)
+        if expect_target is not None and lut.target != expect_target:
+            raise LutError(f"{path}: LUT is for target {lut.target!r}, expected {expect_target!r}")
+        return lut
+
+
+def _finite_nonneg(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def validate(d: dict, where: str = "LUT") -> None:
+    """Check a LUT record against `dcpnas.lut/1`; LutError says which field is wrong."""
+    if not isinstance(d, dict):
+        raise LutError(f"{where}: a LUT is a JSON object")
+    if d.get("schema") != SCHEMA:
+        raise LutError(f"{where}: expected schema {SCHEMA!r}, found {d.get('schema')!r}")
+    for k, typ in (("target", str), ("device", str), ("method", str), ("entries", dict)):
+        if not isinstance(d.get(k), typ):
+            raise LutError(f"{where}: field {k!r} missing or not a {typ.__name__}")
+    if d["method"] not in METHODS:
+        raise LutError(f"{where}: method must be one of {', '.join(METHODS)}, got {d['method']!r}")
+    if not isinstance(d.get("threads"), int) or isinstance(d.get("threads"), bool) or d["threads"] < 1:
+        raise LutError(f"{where}: field 'threads' must be an integer >= 1")
+    from dcpnas.targets.costmodel import parse_key
+
+    for key, e in d["entries"].items():
+        parse_key(key)
+        if not isinstance(e, dict):
+            raise LutError(f"{where}: entry {key!r} must be an object with mean_ms, std_ms, count")
+        for f in ("mean_ms", "std_ms"):
+            if not _finite_nonneg(e.get(f)):
+                raise LutError(f"{where}: entry {key!r}: {f} must be a finite number >= 0, got {e.get(f)!r}")
+        if not isinstance(e.get("count"), int) or isinstance(e.get("count"), bool) or e["count"] < 0:
+            raise LutError(f"{where}: entry {key!r}: count must be an integer >= 0")
+    glue = d.get("glue", {})
+    if not isinstance(glue, dict) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for k, v in glue.items() if k.endswith("_ms")):
+        raise LutError(f"{where}: 'glue' must be an object of finite *_ms numbers")
