@@ -1,0 +1,1 @@
+"""ONNX export in the `dcpnas` schema, ONNX -> TVM Relax import, binary kernels, build, artifacts, parity."""
