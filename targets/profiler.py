@@ -1,0 +1,246 @@
+"""Time compiled TVM functions, locally or on a device through a TVM RPC tracker.
+
+    prof = Profiler(target)                                        # local (x86 host targets)
+    prof = Profiler(target, rpc="127.0.0.1:9190", key="rpi4")      # a board behind a tracker
+    with prof.session() as s:
+        mod = s.load("build/net/deploy.so")                        # uploads it when remote
+        r = s.time_vm(mod, [x])                                     # Relax VM "main": Timing
+        r = s.time_func(mod, "fused_conv", [a, w, out])            # one PrimFunc by name
+
+Every timing runs the function `warmup` times, then TVM's time_evaluator (`repeat` samples of
+`number` runs, at least `min_repeat_ms` per sample) with a fixed thread count, and reports the median
+and the spread (std, interquartile range) in ms. Unreachable trackers and devices raise DeviceError
+after a bounded number of tries; nothing here writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from dcpnas.errors import DeviceError, TargetError
+from dcpnas.targets.registry import Target
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of the per-run latencies (ms) of `count` samples."""
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    count: int
+    number: int
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @classmethod
+    def from_samples(cls, samples_s: Sequence[float], number: int) -> "Timing":
+        ms = np.asarray(samples_s, dtype=float) * 1e3
+        q1, med, q3 = np.percentile(ms, [25, 50, 75])
+        return cls(float(med), float(ms.mean()), float(ms.std()), float(q1), float(q3), float(ms.min()), len(ms), number)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "iqr_ms": self.iqr_ms}
+
+
+def parse_hostport(spec: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); DeviceError for anything else."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DeviceError(f"--rpc must be HOST:PORT (e.g. 192.168.1.10:9190), got {spec!r}")
+    return host, int(port)
+
+
+class Profiler:
+    """Local or RPC timing of compiled modules for `target`.
+
+    rpc: 'HOST:PORT' of a TVM tracker (None: local); key: the device key its servers registered
+    (default target.rpc_key). threads: fixed thread count (default target.threads).
+    retries / retry_delay_s / timeout_s bound every wait for the tracker and the device.
+    """
+
+    def __init__(self, target: Target, rpc: str | None = None, key: str | None = None, threads: int | None = None,
+                 warmup: int = 3, number: int = 0, repeat: int = 15, min_repeat_ms: float = 20.0,
+                 retries: int = 3, retry_delay_s: float = 1.0, timeout_s: float = 30.0):
+        if rpc is None and not target.is_local:
+            raise TargetError(f"target {target.name} ({target.arch}) cannot run on this machine; "
+                              f"give --rpc HOST:PORT --key KEY of a tracker that serves it")
+        self.target, self.rpc, self.key = target, rpc, key or target.rpc_key
+        self.threads = threads or target.threads
+        self.warmup, self.number, self.repeat, self.min_repeat_ms = warmup, number, repeat, min_repeat_ms
+        self.retries, self.retry_delay_s, self.timeout_s = retries, retry_delay_s, timeout_s
+        self.hostport = parse_hostport(rpc) if rpc else None
+
+    @property
+    def device_name(self) -> str:
+        if self.rpc:
+            return f"rpc {self.key}@{self.rpc}"
+        return local_device_name()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["Session"]:
+        """A connected session (local, or an RPC session from the tracker), thread pool configured."""
+        remote = self._connect() if self.hostport else None
+        sess = Session(self, remote)
+        try:
+            sess.configure_threads(self.threads)
+            yield sess
+        finally:
+            sess.close()
+
+    # ---- RPC connection with bounded retries ----------------------------------------------------
+    def _connect(self):
+        from tvm import rpc
+
+        host, port = self.hostport
+        last = None
+        for attempt in range(self.retries):
+            try:
+                with socket.create_connection((host, port), timeout=self.timeout_s):
+                    pass  # reachable: TVM's own connect would spin on refusals for 60 s
+                tracker = rpc.connect_tracker(host, port)
+                tracker._sock.settimeout(self.timeout_s)  # the request blocks forever without a free server
+                keys = {k for k, q in tracker.summary().get("queue_info", {}).items()}
+                servers = [s["key"].split(":", 1)[-1] for s in tracker.summary().get("server_info", [])]
+                if self.key not in keys and self.key not in servers:
+                    last = f"no RPC server registered with key {self.key!r} (tracker knows: {', '.join(sorted(set(servers))) or 'none'})"
+                    tracker.close()
+                else:
+                    remote = tracker.request(self.key, priority=1, session_timeout=0, max_retry=1)
+                    tracker.close()
+                    return remote
+            except (OSError, RuntimeError, socket.timeout) as e:
+                last = f"{type(e).__name__}: {e}".strip()
+            if attempt + 1 < self.retries:
+                time.sleep(self.retry_delay_s)
+        raise DeviceError(f"cannot reach device {self.key!r} through the RPC tracker at {host}:{port} after "
+                          f"{self.retries} tries ({last}); start `python -m tvm.exec.rpc_tracker` and "
+                          f"`python -m tvm.exec.rpc_server --tracker {host}:{port} --key {self.key}` (docs/rpc.md)")
+
+
+class Session:
+    """One open local or remote session: load modules, make tensors, time functions."""
+
+    def __init__(self, profiler: Profiler, remote=None):
+        import tvm
+
+        self.profiler, self.remote = profiler, remote
+        gpu = profiler.target.arch == "cuda"
+        if remote is not None:
+            self.dev = remote.cuda(0) if gpu else remote.cpu(0)
+        else:
+            self.dev = tvm.cuda(0) if gpu else tvm.cpu(0)
+            if gpu and not self.dev.exist:
+                raise DeviceError("no CUDA GPU on this machine; bench a cuda target on a GPU host or through --rpc")
+        self._uploaded: dict[str, str] = {}
+
+    def configure_threads(self, threads: int) -> None:
+        """Fix the size of TVM's CPU thread pool (local or on the remote); `self.threads` is the count
+        the runtime reports afterwards. TVM's default is half the logical CPUs on x86 (it assumes SMT)
+        and its pool caps a reconfiguration at TVM_NUM_THREADS, hence the environment variable."""
+        self.threads = 1
+        if self.profiler.target.arch == "cuda":
+            return
+        try:
+            if self.remote is not None:
+                get = self.remote.get_function
+            else:
+                import os
+
+                import tvm
+
+                os.environ["TVM_NUM_THREADS"] = str(threads)  # read by the runtime when it (re)sizes the pool
+                get = tvm.get_global_func
+            for mode in (1, -3):  # big cores; then all cores shared (when "big" cannot give `threads`)
+                get("runtime.config_threadpool")(mode, threads)
+                self.threads = int(get("runtime.NumThreads")())
+                if self.threads == threads:
+                    break
+        except Exception as e:  # RPC and FFI errors come in several types
+            raise DeviceError(f"cannot set {threads} threads on {self.profiler.device_name}: {e}") from None
+
+    def close(self) -> None:
+        self.remote = None  # the RPC session closes when its last reference goes
+
+    def load(self, path: str | Path):
+        """Load an exported library (uploading it first when remote)."""
+        import tvm
+
+        path = Path(path)
+        if not path.is_file():
+            raise DeviceError(f"{path}: compiled library not found")
+        if self.remote is None:
+            return tvm.runtime.load_module(str(path))
+        try:
+            self.remote.upload(str(path))
+            return self.remote.load_module(path.name)
+        except Exception as e:
+            raise DeviceError(f"cannot upload or load {path.name} on {self.profiler.device_name}: {e}") from None
+
+    def tensor(self, array: np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(array), self.dev)
+
+    def vm(self, mod):
+        """A Relax VirtualMachine over a loaded executable module."""
+        from tvm import relax
+
+        return relax.VirtualMachine(mod, self.dev)
+
+    def time_vm(self, mod, inputs: Sequence[np.ndarray], func: str = "main") -> Timing:
+        """Time the Relax VM function `func` (end to end) on numpy `inputs`."""
+        vm = self.vm(mod)
+        args = [self.tensor(a) for a in inputs]
+        return self._time(vm, func, args)
+
+    def time_func(self, mod, name: str, args: Sequence) -> Timing:
+        """Time one packed function of a loaded module (a PrimFunc by name); `args` numpy or tensors."""
+        args = [self.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+        return self._time(mod, name, args)
+
+    def _time(self, owner, name: str, args) -> Timing:
+        p = self.profiler
+        try:
+            f = owner[name]
+            for _ in range(p.warmup):
+                f(*args)
+            self.dev.sync()
+            number = p.number or self._calibrate_number(owner, name, args)
+            ev = owner.time_evaluator(name, self.dev, number=number, repeat=p.repeat, min_repeat_ms=0)
+            res = ev(*args)
+        except Exception as e:
+            raise DeviceError(f"timing {name!r} failed on {p.device_name}: {e}") from None
+        return Timing.from_samples(res.results, number)
+
+    def _calibrate_number(self, owner, name, args) -> int:
+        """Runs per sample so that one sample lasts about min_repeat_ms (at least 1)."""
+        ev = owner.time_evaluator(name, self.dev, number=1, repeat=3)
+        t = max(float(np.median(ev(*args).results)) * 1e3, 1e-4)
+        return int(max(1, min(10000, round(self.profiler.min_repeat_ms / t))))
+
+
+def local_device_name() -> str:
+    """'AMD EPYC ... (x86_64, N cpus)' from /proc/cpuinfo, best effort."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({platform.machine()}, {os.cpu_count()} cpus)"
