@@ -1,0 +1,77 @@
+"""Build one binary conv (pack + conv) as a standalone TVM module: run it, time it, export it.
+
+The module has two functions: "binpack" (x[, in_scale, in_shift], P) and "binconv" (P, Wt, corr, ycls,
+xcls, scale, bias[, slope], out5). Used by the tests, benchmarks/kernels.py and the latency tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+
+from .emit import conv_constants, geometry, kernel_funcs
+from .reference import BinaryConvAttrs
+from .targets import as_target
+
+
+class BinaryConvModule:
+    """A compiled binary conv for fixed shapes and weights.
+
+    x_shape: (N, C_in, H, W); w_bits: schema uint8 weights; scale/bias/prelu: [C_out];
+    in_affine: the pack kernel takes in_scale/in_shift [C_in] (the BatchNorm before the sign).
+    """
+
+    def __init__(self, x_shape, w_bits, scale, bias, attrs: BinaryConvAttrs, target: Any, *, prelu=None,
+                 in_affine: bool = False, schedule: bool = True):
+        self.geo = geometry(x_shape, w_bits, attrs)
+        self.target = as_target(target)
+        self.in_affine = in_affine
+        pack_f, conv_f = kernel_funcs(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule)
+        self.ir_module = tvm.IRModule({"binpack": pack_f.with_attr("global_symbol", "binpack"),
+                                       "binconv": conv_f.with_attr("global_symbol", "binconv")})
+        self.consts = conv_constants(self.geo, w_bits, scale, bias, prelu)
+        with self.target:
+            self.executable = tvm.compile(self.ir_module, target=self.target)
+        self._rt = None
+
+    def runtime(self):
+        """The module loaded in this process (CPU targets of this machine only)."""
+        if self._rt is None:
+            self._rt = self.executable.jit()
+        return self._rt
+
+    def arrays(self, x: np.ndarray, in_scale=None, in_shift=None) -> dict[str, list[np.ndarray]]:
+        """numpy arguments of binpack and binconv (outputs zero-filled), for any runner."""
+        geo = self.geo
+        pack = [np.ascontiguousarray(x, np.float32)]
+        if self.in_affine:
+            pack += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
+        p = np.zeros(geo.packed_shape, np.uint32)
+        return {"binpack": pack + [p], "binconv": [p] + self.consts + [np.zeros(geo.out5_shape, np.float32)]}
+
+    def run(self, x: np.ndarray, in_scale=None, in_shift=None) -> np.ndarray:
+        """Run pack + conv on the local CPU: float32 NCHW in, float32 [N, C_out, OH, OW] out."""
+        dev = tvm.cpu()
+        rt = self.runtime()
+        arrs = self.arrays(x, in_scale, in_shift)
+        pack = [tvm.runtime.tensor(a, dev) for a in arrs["binpack"]]
+        rt["binpack"](*pack)
+        conv = [pack[-1]] + [tvm.runtime.tensor(a, dev) for a in arrs["binconv"][1:]]
+        rt["binconv"](*conv)
+        return conv[-1].numpy().reshape(self.geo.out_shape)
+
+    def time_ms(self, x: np.ndarray, number: int = 50, repeat: int = 7, in_scale=None, in_shift=None) -> dict[str, float]:
+        """Median wall time (ms) of binpack and binconv on the local CPU, each over `repeat` runs of `number` calls."""
+        dev = tvm.cpu()
+        rt = self.runtime()
+        arrs = self.arrays(x, in_scale, in_shift)
+        pack = [tvm.runtime.tensor(a, dev) for a in arrs["binpack"]]
+        conv = [pack[-1]] + [tvm.runtime.tensor(a, dev) for a in arrs["binconv"][1:]]
+        rt["binpack"](*pack)
+        out = {}
+        for name, args in (("binpack", pack), ("binconv", conv)):
+            ev = rt.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=20)
+            out[name] = float(np.median(ev(*args).results)) * 1e3
+        return out

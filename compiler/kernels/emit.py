@@ -1,0 +1,109 @@
+"""Scheduled binary conv PrimFuncs for a target, and their emission into a Relax module (NCHW boundary)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from dcpnas.errors import CompileError
+
+from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
+from .pack import border_classes, border_correction, weights_to_words
+from .reference import BinaryConvAttrs
+from .schedule_cpu import schedule_conv_cpu, schedule_pack_cpu
+from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
+from .targets import as_target, cpu_params, family
+
+
+def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True):
+    """-> (pack PrimFunc, conv PrimFunc), scheduled for `target` (attr tir.is_scheduled) unless schedule=False.
+
+    pack: (x, [in_scale, in_shift,] P); conv: (P, Wt, corr, ycls, xcls, scale, bias, [slope,] out5).
+    """
+    rows, cols = border_classes(geo.attrs, geo.h, geo.w)
+    pack = make_pack_func(geo, affine)
+    conv = make_conv_func(geo, len(set(rows)), len(set(cols)), prelu)
+    if not schedule:
+        return pack, conv
+    fam = family(target)
+    if fam == "cuda":
+        with as_target(target):
+            return schedule_pack_cuda(pack, geo), schedule_conv_cuda(conv, geo)
+    cpu = cpu_params(target)
+    return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu)
+
+
+def _vec(v, n: int, name: str, default: float | None = None) -> np.ndarray:
+    if v is None:
+        if default is None:
+            raise CompileError(f"binary conv: {name} is required")
+        return np.full(n, default, np.float32)
+    v = np.asarray(v, np.float32).reshape(-1)
+    if v.shape != (n,):
+        raise CompileError(f"binary conv: {name} must have {n} values, got {v.size}")
+    return v
+
+
+def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs) -> ConvGeometry:
+    """Validate shapes against the schema and return the conv geometry."""
+    if len(x_shape) != 4:
+        raise CompileError(f"binary conv: input must be NCHW, got shape {tuple(x_shape)}")
+    n, c, h, w = (int(s) for s in x_shape)
+    if c != attrs.channels_in:
+        raise CompileError(f"binary conv: input has {c} channels, channels_in is {attrs.channels_in}")
+    w_bits = np.asarray(w_bits)
+    cg = attrs.channels_per_group
+    want = (-(-cg // 8),) + attrs.kernel_shape
+    if w_bits.ndim != 4 or tuple(w_bits.shape[1:]) != want or w_bits.shape[0] % attrs.group:
+        raise CompileError(f"binary conv: W must be uint8 [C_out, {want[0]}, {want[1]}, {want[2]}] with C_out a "
+                           f"multiple of group {attrs.group}, got {tuple(w_bits.shape)}")
+    geo = ConvGeometry(n, c, h, w, int(w_bits.shape[0]), attrs)
+    geo.out_hw  # raises on too small inputs
+    return geo
+
+
+def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
+    """The conv PrimFunc's constant inputs in order: Wt, corr, ycls, xcls, scale, bias[, slope]."""
+    g, cog = geo.g, geo.cog
+    wt = weights_to_words(np.asarray(w_bits), geo.attrs)
+    corr, ycls, xcls = border_correction(np.asarray(w_bits), geo.attrs, geo.h, geo.w)
+    consts = [wt, corr, ycls, xcls, _vec(scale, geo.c_out, "scale").reshape(g, cog),
+              _vec(bias, geo.c_out, "bias", 0.0).reshape(g, cog)]
+    if prelu is not None:
+        consts.append(_vec(prelu, geo.c_out, "prelu").reshape(g, cog))
+    return consts
+
+
+def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray, scale: np.ndarray,
+                       bias: np.ndarray | None, attrs: BinaryConvAttrs, target: Any, *, in_scale=None,
+                       in_shift=None, prelu=None) -> relax.Expr:
+    """Emit sign+pack and the XNOR-popcount conv (fused epilogue) as call_tir; float32 NCHW in and out.
+
+    x: a float32 [N, C_in, H, W] Relax expression of static shape; w_bits: schema uint8 weights;
+    scale, bias, prelu (PReLU slopes): [C_out]; in_scale, in_shift: [C_in] affine applied before the sign
+    (the folded BatchNorm), both or neither. Returns the [N, C_out, OH, OW] float32 expression.
+    """
+    shape = x.ty.shape if hasattr(x, "ty") else x.struct_info.shape
+    try:
+        x_shape = [int(s) for s in shape]
+    except Exception:
+        raise CompileError(f"binary conv: input shape must be static, got {shape}") from None
+    geo = geometry(x_shape, w_bits, attrs)
+    if (in_scale is None) != (in_shift is None):
+        in_scale = _vec(in_scale, geo.c_in, "in_scale", 1.0)
+        in_shift = _vec(in_shift, geo.c_in, "in_shift", 0.0)
+    affine = in_scale is not None
+    pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None)
+    # no global_symbol: the Relax build names each PrimFunc after its (unique) GlobalVar
+    gv_pack = bb.add_func(pack_f.without_attr("global_symbol"), "dcpnas_binary_pack")
+    gv_conv = bb.add_func(conv_f.without_attr("global_symbol"), "dcpnas_binary_conv")
+    pack_args = [x]
+    if affine:
+        pack_args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
+    p = bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape, "uint32")))
+    consts = [relax.const(c) for c in conv_constants(geo, w_bits, scale, bias, prelu)]
+    y5 = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(geo.out5_shape, "float32")))
+    return bb.emit(relax.op.reshape(y5, geo.out_shape))

@@ -1,0 +1,114 @@
+"""Hand schedules (tvm.s_tir.Schedule) of the binary conv kernels for CPUs (x86 and aarch64 share them).
+
+conv, "channel-vector" form (C_out per group a multiple of the vector width): each task computes one
+output row of `xt` pixels x `fv*fn` output channels in registers (xt*fn vector accumulators), looping
+over taps and packed words; the epilogue (correction, scale, bias, PReLU) is fused into the write-back.
+conv, "pixel-vector" form (small C_out per group, e.g. depthwise): vectorised along output columns.
+pack: parallel over rows, vectorised along the image width, the 32 bits unrolled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.s_tir import Schedule
+
+from .binary_conv import ConvGeometry
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    """lanes: uint32 lanes of one vector register; regs: accumulator registers the tile may use."""
+
+    lanes: int
+    regs: int
+    max_xt: int = 14
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _vectorize(sch: Schedule, loop) -> None:
+    """Vectorise a loop unless it has a single iteration (TVM refuses some of those)."""
+    ext = sch.get(loop).extent
+    if not (isinstance(ext, tvm.tirx.IntImm) and int(ext) == 1):
+        sch.vectorize(loop)
+
+
+def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
+    """Pick (form, fv, fn, xt): vector width, vectors per tile along channels, pixels per tile."""
+    cog, ow = geo.cog, geo.out_hw[1]
+    for fv in (cpu.lanes, cpu.lanes // 2, cpu.lanes // 4):
+        if fv >= 4 and cog % fv == 0:
+            nvec = cog // fv
+            fn = next(f for f in (4, 2, 1) if nvec % f == 0 and f * 2 <= cpu.regs)
+            fn = min(fn, 2) if cpu.lanes >= 16 else fn
+            xt = _largest_divisor(ow, min(cpu.max_xt, max(1, cpu.regs // fn)))
+            return "channel", fv, fn, xt
+    return "pixel", _largest_divisor(ow, 4 * cpu.lanes), 1, 1
+
+
+def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True):
+    """Schedule the conv PrimFunc; returns the scheduled PrimFunc (attr tir.is_scheduled)."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pc = sch.get_sblock("popc")
+    ep = sch.get_sblock("binconv_out")
+    form, fv, fn, xt = conv_tile(geo, cpu)
+    acc = sch.cache_write(pc, 0, "local")
+    n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)
+    if form == "channel":
+        xo, xi = sch.split(x, [None, xt])
+        co, ci = sch.split(c, [None, fv * fn])
+        sch.reorder(n, g, y, co, xo, ry, rx, rq, xi, ci)
+        outer = sch.fuse(n, g, y, co)
+        if parallel:
+            sch.parallel(outer)
+        sch.reverse_compute_at(acc, xo)
+        sch.reverse_compute_inline(ep)
+        sch.unroll(xi)
+        cio, cii = sch.split(ci, [fn, fv])
+        sch.unroll(cio)
+        _vectorize(sch, cii)
+        init = sch.decompose_reduction(pc, ry)
+        _vectorize(sch, sch.get_loops(init)[-1])
+        wl = sch.get_loops(acc)  # ..., x (xt), c (fv*fn): store to NCHW is strided along c
+        wo, wi = sch.split(wl[-1], [None, fv])
+        _vectorize(sch, wi)
+    else:
+        xo, xi = sch.split(x, [None, fv])
+        sch.reorder(n, g, c, y, xo, ry, rx, rq, xi)
+        outer = sch.fuse(n, g, c, y)
+        if parallel:
+            sch.parallel(outer)
+        sch.reverse_compute_at(acc, xo)
+        sch.reverse_compute_inline(ep)
+        _vectorize(sch, xi)
+        init = sch.decompose_reduction(pc, ry)
+        _vectorize(sch, sch.get_loops(init)[-1])
+        wl = sch.get_loops(acc)
+        _vectorize(sch, wl[-1])
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def schedule_pack_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True):
+    """Schedule the pack PrimFunc: rows in parallel, width vectorised, bits unrolled."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pk = sch.get_sblock("pack")
+    acc = sch.cache_write(pk, 0, "local")
+    n, gq, y, x, b = sch.get_loops(pk)
+    wp = geo.packed_shape[3]
+    vw = _largest_divisor(wp, 4 * cpu.lanes)
+    xo, xi = sch.split(x, [None, vw])
+    sch.reorder(n, gq, y, xo, b, xi)
+    outer = sch.fuse(n, gq, y)
+    if parallel:
+        sch.parallel(outer)
+    sch.reverse_compute_at(acc, xo)
+    sch.unroll(b)
+    _vectorize(sch, xi)
+    init = sch.decompose_reduction(pk, b)
+    _vectorize(sch, sch.get_loops(init)[-1])
+    _vectorize(sch, sch.get_loops(acc)[-1])
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)

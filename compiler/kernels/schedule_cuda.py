@@ -1,0 +1,62 @@
+"""CUDA schedules of the binary conv kernels (popcount lowers to __popc).
+
+conv: one thread per output channel of a block of `tc` channels x `xt` pixels of one row (register tile
+of xt accumulators; adjacent threads read adjacent weight words, coalesced); falls back to one thread
+per output element when C_out per group is not a multiple of 32. pack: one thread per packed word.
+Shared-memory tiling of the packed input is not done: a row of packed words is small and read through
+L1/L2 by all threads of a block.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import Schedule
+
+from .binary_conv import ConvGeometry
+
+
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128):
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pc = sch.get_sblock("popc")
+    ep = sch.get_sblock("binconv_out")
+    acc = sch.cache_write(pc, 0, "local")
+    n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)
+    if geo.cog % 32 == 0:
+        tc = _largest_divisor(geo.cog, 128) if geo.cog % 64 else 64
+        xt = _largest_divisor(geo.out_hw[1], 4)
+        co, ci = sch.split(c, [None, tc])
+        xo, xi = sch.split(x, [None, xt])
+        sch.reorder(n, g, y, co, xo, ci, ry, rx, rq, xi)
+        bx = sch.fuse(n, g, y, co, xo)
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(ci, "threadIdx.x")
+        sch.unroll(xi)
+        sch.reverse_compute_at(acc, ci)
+    else:
+        fused = sch.fuse(n, g, y, x, c)
+        bx, tx = sch.split(fused, [None, threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+        sch.reverse_compute_at(acc, tx)
+    sch.reverse_compute_inline(ep)
+    sch.decompose_reduction(pc, ry)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def schedule_pack_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128):
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pk = sch.get_sblock("pack")
+    acc = sch.cache_write(pk, 0, "local")
+    n, gq, y, x, b = sch.get_loops(pk)
+    fused = sch.fuse(n, gq, y, x)
+    bx, tx = sch.split(fused, [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    sch.reverse_compute_at(acc, tx)
+    sch.unroll(b)
+    sch.decompose_reduction(pk, b)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)

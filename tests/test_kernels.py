@@ -1,0 +1,169 @@
+"""Binary conv kernels (x86 build, run here) against the numpy reference and PyTorch's BinaryConv2d."""
+
+import numpy as np
+import pytest
+
+from dcpnas.compiler.kernels import (BinaryConvAttrs, BinaryConvModule, binary_conv2d_reference,
+                                     emit_binary_conv2d, pack_weights, unpack_weights)
+from dcpnas.compiler.kernels.pack import border_correction, pack_activations_reference, weights_to_words
+from dcpnas.errors import CompileError
+
+X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
+X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+
+
+def _attrs(c, k, s=1, p=None, d=1, g=1):
+    p = (d * (k - 1)) // 2 if p is None else p
+    pads = p if isinstance(p, tuple) else (p, p, p, p)
+    return BinaryConvAttrs((k, k), (s, s), pads, (d, d), g, c)
+
+
+def _case(rng, n, c, h, w, co, attrs):
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wf = rng.standard_normal((co, c // attrs.group) + attrs.kernel_shape).astype(np.float32)
+    return x, pack_weights(wf)
+
+
+def test_pack_weights_schema_and_roundtrip():
+    w = np.array([[[[0.0]], [[-1.0]], [[2.0]], [[-0.5]], [[1]], [[1]], [[1]], [[1]], [[-3.0]]]], np.float32)
+    b = pack_weights(w)  # [1, 2, 1, 1]: bit j of byte 0 = channel j, LSB first, 1 = negative
+    assert b.dtype == np.uint8 and b.shape == (1, 2, 1, 1)
+    assert b[0, :, 0, 0].tolist() == [0b00001010, 0b00000001]
+    assert unpack_weights(b, 9)[0, :, 0, 0].tolist() == [1, -1, 1, -1, 1, 1, 1, 1, -1]
+
+
+def test_reference_matches_direct_sum():
+    rng = np.random.default_rng(1)
+    attrs = _attrs(3, 3, s=2, p=(1, 0, 2, 1))
+    x, wb = _case(rng, 1, 3, 5, 6, 2, attrs)
+    a, wpm = np.where(x >= 0, 1, -1), unpack_weights(wb, 3)
+    y = binary_conv2d_reference(x, wb, np.ones(2), None, attrs)
+    oh, ow = attrs.out_hw(5, 6)
+    for co in range(2):
+        for oy in range(oh):
+            for ox in range(ow):
+                s = 0
+                for i in range(3):
+                    for j in range(3):
+                        yy, xx = oy * 2 + i - 1, ox * 2 + j - 0
+                        if 0 <= yy < 5 and 0 <= xx < 6:
+                            s += int((a[0, :, yy, xx] * wpm[co, :, i, j]).sum())
+                assert y[0, co, oy, ox] == s
+
+
+def test_weights_to_words_masks_tail_bits():
+    attrs = _attrs(3, 1)
+    wb = np.full((4, 1, 1, 1), 0xFF, np.uint8)  # schema bits past C_in are set: must be ignored
+    assert (weights_to_words(wb, attrs) == 0b111).all()
+    ref = binary_conv2d_reference(np.ones((1, 3, 2, 2), np.float32), wb, np.ones(4), None, attrs)
+    assert (ref == -3).all()
+
+
+# awkward shapes from the issue: channels 3, 24, 40, 72, 130; spatial 1, 7, 15; stride 2 with dilation 2;
+# 5x5; depthwise; groups; asymmetric pads
+CASES = [
+    # n, c, h, w, co, k, s, p, d, g
+    (1, 3, 15, 15, 24, 3, 1, 1, 1, 1),
+    (1, 24, 7, 7, 40, 3, 2, 1, 1, 1),
+    (1, 40, 15, 15, 72, 3, 2, 2, 2, 1),
+    (2, 72, 7, 7, 72, 5, 1, 2, 1, 1),
+    (1, 130, 7, 7, 130, 3, 1, 1, 1, 1),
+    (1, 130, 1, 1, 64, 3, 1, 1, 1, 1),
+    (1, 64, 1, 1, 32, 1, 1, 0, 1, 1),
+    (1, 72, 15, 15, 72, 3, 1, 1, 1, 72),
+    (1, 40, 7, 7, 40, 5, 2, 2, 1, 40),
+    (1, 24, 15, 15, 24, 3, 1, 2, 2, 24),
+    (1, 48, 7, 7, 96, 3, 1, 1, 1, 2),
+    (1, 130, 15, 15, 130, 1, 2, 0, 1, 1),
+    (1, 64, 14, 14, 64, 3, 1, (0, 1, 2, 0), 1, 1),
+    (1, 256, 7, 7, 512, 3, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}h{}w{}co{}k{}s{}p{}d{}g{}".format(*c))
+def test_binary_conv_exact_vs_reference(case):
+    n, c, h, w, co, k, s, p, d, g = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    attrs = _attrs(c, k, s, p, d, g)
+    x, wb = _case(rng, n, c, h, w, co, attrs)
+    ones, zeros = np.ones(co, np.float32), np.zeros(co, np.float32)
+    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86)
+    # the pack kernel alone, bit-exact
+    rt = m.runtime()
+    import tvm
+
+    xt = tvm.runtime.tensor(x, tvm.cpu())
+    pt = tvm.runtime.tensor(np.zeros(m.geo.packed_shape, np.uint32), tvm.cpu())
+    rt["binpack"](xt, pt)
+    np.testing.assert_array_equal(pt.numpy(), pack_activations_reference(x, attrs))
+    # pack + conv, integers (scale 1, bias 0), bit-exact
+    y = m.run(x)
+    ref = binary_conv2d_reference(x, wb, ones, zeros, attrs)
+    assert y.shape == ref.shape
+    np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("target", [X86, X86_AVX2], ids=["avx512", "avx2"])
+def test_fused_epilogue_affine_prelu(target):
+    rng = np.random.default_rng(7)
+    attrs = _attrs(40, 3, 1, 1, 1, 1)
+    x, wb = _case(rng, 1, 40, 9, 9, 32, attrs)
+    scale = rng.uniform(0.1, 2, 32).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    slope = rng.uniform(-0.5, 0.5, 32).astype(np.float32)
+    s_in = rng.uniform(0.5, 2, 40).astype(np.float32) * rng.choice([-1, 1], 40).astype(np.float32)
+    t_in = rng.standard_normal(40).astype(np.float32)
+    m = BinaryConvModule(x.shape, wb, scale, bias, attrs, target, prelu=slope, in_affine=True)
+    y = m.run(x, s_in, t_in)
+    ref = binary_conv2d_reference(x, wb, scale, bias, attrs, in_scale=s_in, in_shift=t_in, prelu=slope)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.tvm
+def test_matches_torch_binary_conv2d():
+    """dcpnas.binary.BinaryConv2d (sign of input and weights, zero padding, beta) == kernel via emit (Relax)."""
+    torch = pytest.importorskip("torch")
+    import tvm
+    from tvm import relax
+
+    from dcpnas.binary import BinaryConv2d
+
+    torch.manual_seed(0)
+    cases = [(24, 40, 3, 2, 1, 1), (72, 72, 3, 1, 2, 72)]  # c_in, c_out, k, stride, dilation, groups
+    for cin, cout, k, s, d, g in cases:
+        mod = BinaryConv2d(cin, cout, k, stride=s, padding=d * (k // 2), dilation=d, groups=g).eval()
+        x = torch.randn(1, cin, 11, 11)
+        with torch.no_grad():
+            want = mod(x).numpy()
+        attrs = BinaryConvAttrs((k, k), (s, s), (d * (k // 2),) * 4, (d, d), g, cin)
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType((1, cin, 11, 11), "float32"))
+        with bb.function("main", [xv]):
+            with bb.dataflow():
+                y = emit_binary_conv2d(bb, xv, pack_weights(mod.weight.detach().numpy()),
+                                       mod.scale.detach().numpy(), None, attrs, X86)
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        ex = tvm.compile(bb.get(), target=tvm.target.Target(X86))
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu())).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_border_correction_zero_without_padding():
+    attrs = _attrs(16, 3, 1, 0)
+    corr, ycls, xcls = border_correction(pack_weights(np.ones((8, 16, 3, 3), np.float32)), attrs, 5, 5)
+    assert corr.shape == (1, 1, 1, 8) and (corr == 0).all() and (ycls == 0).all() and (xcls == 0).all()
+
+
+def test_bad_shapes_raise_compile_error():
+    with pytest.raises(CompileError):
+        BinaryConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3, 64)
+    with pytest.raises(CompileError):
+        unpack_weights(np.zeros((4, 3, 3, 3), np.uint8), 64)
+    attrs = _attrs(8, 3, 1, 0)
+    with pytest.raises(CompileError):
+        binary_conv2d_reference(np.zeros((1, 8, 2, 2), np.float32), np.zeros((4, 1, 3, 3), np.uint8),
+                                np.ones(4), None, attrs)
