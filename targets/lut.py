@@ -35,10 +35,12 @@ def utc_now() -> str:
 class LatencyTable:
     """OpKey -> latency (ms) of one target. `query(key)` is what dcpnas.latency uses.
 
-    glue: optional per-cell overhead the op sums miss (node adds, concat, VM dispatch), fitted by
-    `dcpnas lut check --fit-glue`: {"per_cell_ms": a}. It is charged half to each of the two
-    preprocessing keys every cell has (pre_conv1x1 / pre_reduce), so that a sum over a network's keys
-    (genotype_latency, expected_latency) includes it once per cell.
+    glue: what a sum of op latencies misses, so that a sum over a network's keys (genotype_latency,
+    expected_latency) predicts the network:
+      call_overhead_ms: the VM's cost of one call, measured at build time and subtracted from every
+        measured op; a network pays it once, so it is charged to the `stem` key (one per network);
+      per_cell_ms: node adds, concat and dispatch of one cell, fitted by `dcpnas lut check --fit-glue`;
+        charged half to each of the two preprocessing keys every cell has (pre_conv1x1 / pre_reduce).
     """
 
     target: str
@@ -64,8 +66,12 @@ class LatencyTable:
                 f"run `dcpnas lut build --target {self.target}` with the search space that produces it"
             )
         ms = float(entry["mean_ms"])
-        if self.glue and key.split("|", 1)[0].split(":", 1)[0] in PRE_OPS:
-            ms = max(0.0, ms + 0.5 * float(self.glue.get("per_cell_ms", 0.0)))
+        if self.glue:
+            op = key.split("|", 1)[0].split(":", 1)[0]
+            if op in PRE_OPS:
+                ms = max(0.0, ms + 0.5 * float(self.glue.get("per_cell_ms", 0.0)))
+            elif op == "stem":
+                ms += float(self.glue.get("call_overhead_ms", 0.0))
         return ms
 
     def raw(self, key: str) -> float:

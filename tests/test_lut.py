@@ -1,0 +1,226 @@
+"""LatencyTable schema/loader, the cost model, modeled LUTs, statistics, and a LUT build on TVM."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dcpnas.errors import LutError
+from dcpnas.latency import all_keys, fixed_keys, genotype_latency
+from dcpnas.space import SearchSpace
+from dcpnas.targets import LatencyTable, get_target
+from dcpnas.targets import costmodel
+from dcpnas.targets.lut import SCHEMA
+
+KEY = "sep_conv_3x3|8|8|28|28|1"
+
+
+def good():
+    return {"schema": SCHEMA, "target": "x86-avx512", "tvm_version": "0.27.0", "device": "test",
+            "threads": 2, "method": "measured",
+            "entries": {KEY: {"mean_ms": 0.05, "std_ms": 0.001, "count": 15},
+                        "pre_conv1x1|24|8|28|28|1": {"mean_ms": 0.01, "std_ms": 0.0, "count": 15},
+                        "stem|1|24|28|28|1": {"mean_ms": 0.02, "std_ms": 0.0, "count": 15}}}
+
+
+def test_roundtrip_and_query(tmp_path):
+    lut = LatencyTable.from_dict(good())
+    assert lut.query(KEY) == pytest.approx(0.05)
+    p = lut.save(tmp_path / "l.json")
+    back = LatencyTable.load(p, expect_target="x86-avx512")
+    assert back.entries == lut.entries and back.method == "measured" and back.threads == 2
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write leaves no temp file
+
+
+def test_query_missing_key_names_it():
+    lut = LatencyTable.from_dict(good())
+    with pytest.raises(LutError, match=r"no entry 'sep_conv_5x5\|8\|8\|28\|28\|1'.*dcpnas lut build --target x86-avx512"):
+        lut.query("sep_conv_5x5|8|8|28|28|1")
+
+
+def test_glue_charged_per_cell_and_once_per_network():
+    d = good()
+    d["glue"] = {"per_cell_ms": 0.004, "call_overhead_ms": 0.003}
+    lut = LatencyTable.from_dict(d)
+    assert lut.query("pre_conv1x1|24|8|28|28|1") == pytest.approx(0.012)
+    assert lut.query("stem|1|24|28|28|1") == pytest.approx(0.023)
+    assert lut.query(KEY) == pytest.approx(0.05) and lut.raw("stem|1|24|28|28|1") == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(schema="dcpnas.lut/2"), "expected schema"),
+    (lambda d: d.update(method="guessed"), "method must be one of"),
+    (lambda d: d.update(threads=0), "threads"),
+    (lambda d: d.pop("device"), "'device'"),
+    (lambda d: d["entries"][KEY].update(mean_ms=-1.0), "mean_ms must be a finite number >= 0"),
+    (lambda d: d["entries"][KEY].update(mean_ms=float("nan")), "mean_ms"),
+    (lambda d: d["entries"][KEY].pop("count"), "count"),
+    (lambda d: d["entries"].update({"sep|1|2": {"mean_ms": 1, "std_ms": 0, "count": 1}}), "bad OpKey"),
+    (lambda d: d["entries"].update({"sep_conv_3x3|a|8|28|28|1": {"mean_ms": 1, "std_ms": 0, "count": 1}}), "integers"),
+    (lambda d: d.update(glue={"per_cell_ms": "x"}), "glue"),
+])
+def test_bad_luts(tmp_path, edit, message):
+    d = good()
+    edit(d)
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(LutError, match=message):
+        LatencyTable.load(p)
+
+
+def test_not_json_and_missing(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{nope")
+    with pytest.raises(LutError, match="not valid JSON"):
+        LatencyTable.load(p)
+    with pytest.raises(LutError, match="run `dcpnas lut build --target foo`"):
+        LatencyTable.load(tmp_path / "foo.json")
+    p.write_text(json.dumps(good()))
+    with pytest.raises(LutError, match="expected 'arm-a72'"):
+        LatencyTable.load(p, expect_target="arm-a72")
+
+
+def test_features_hand_counted():
+    # dense binary 1x1 conv 24->8 on 28x28: 28*28*8*24 bit products
+    f = costmodel.features("pre_conv1x1|24|8|28|28|1")
+    assert f[0] * 1000 == 28 * 28 * 8 * 24 and f[4] == 3
+    # sep_conv_3x3 stride 1, C=8, 28x28: two blocks of dw 3x3 (binary taps) + pw 1x1
+    f = costmodel.features("sep_conv_3x3|8|8|28|28|1")
+    assert f[1] * 1000 == 2 * 28 * 28 * 8 * 9 and f[0] * 1000 == 2 * 28 * 28 * 8 * 8 and f[2] == 0
+    # under `authors` the depthwise conv keeps real activations: float FLOPs instead of binary taps
+    fa = costmodel.features("sep_conv_3x3:authors|8|8|28|28|1")
+    assert fa[1] == 0 and fa[2] * 1000 == 2 * 2 * 28 * 28 * 8 * 9
+    assert not costmodel.features("skip_connect|8|8|28|28|1").any()
+    s = costmodel.features("stem|1|24|28|28|1")
+    assert s[2] * 1000 == 2 * 28 * 28 * 24 * 9
+
+
+def test_nnls_matches_bruteforce():
+    rng = np.random.default_rng(1)
+    A, b = rng.random((12, 4)), rng.standard_normal(12)
+    x = costmodel.nnls(A, b)
+    best = None
+    for mask in range(16):  # exhaustive over active sets
+        cols = [j for j in range(4) if mask >> j & 1]
+        z = np.zeros(4)
+        if cols:
+            z[cols] = np.linalg.lstsq(A[:, cols], b, rcond=None)[0]
+        if (z >= 0).all():
+            r = np.linalg.norm(A @ z - b)
+            best = r if best is None else min(best, r)
+    assert (x >= 0).all() and np.linalg.norm(A @ x - b) == pytest.approx(best, rel=1e-9)
+
+
+def test_fit_recovers_coefficients():
+    keys = [k for k in all_keys(SearchSpace()) + all_keys(SearchSpace(channels=16, policy="authors"))
+            if costmodel.features(k).any()]
+    true = {"kbitops": 0.3, "kdwtaps": 100.0, "kflops": 3.0, "kelems": 150.0, "kernels": 1500.0}
+    fitted = costmodel.fit({k: costmodel.predict_ms(k, true) for k in keys})
+    for n in costmodel.FEATURES:
+        assert fitted[n] == pytest.approx(true[n], rel=1e-6)
+
+
+def test_modeled_lut_covers_spaces_and_is_labelled():
+    from dcpnas.targets import build_modeled_lut
+
+    spaces = [SearchSpace(), SearchSpace(cells=3, channels=4, input_shape=(3, 32, 32))]
+    lut = build_modeled_lut("arm-a72", spaces)
+    assert lut.method == "modeled" and "no device" in lut.device
+    for s in spaces:
+        assert set(all_keys(s)) <= set(lut.entries)
+    assert all(e["count"] == 0 and e["mean_ms"] >= 0 for e in lut.entries.values())
+    x86 = build_modeled_lut("x86-avx512", spaces)
+    assert lut.query(KEY) > x86.query(KEY)  # an A72 is modeled slower than the Zen 4 host
+
+
+@pytest.mark.parametrize("space", [SearchSpace(), SearchSpace(cells=3, channels=4), SearchSpace(cells=8, channels=16),
+                                   SearchSpace(cells=6, channels=12, input_shape=(3, 32, 32), policy="authors")])
+def test_shipped_luts_cover_default_spaces(space):
+    for name in ("x86-avx512", "arm-a72"):
+        lut = get_target(name).load_lut()
+        assert not lut.missing(all_keys(space)), name
+        assert genotype_latency(__import__("dcpnas.genotype", fromlist=["x"]).DDPNAS_MCN_2, space, lut) > 0
+
+
+def test_statistics():
+    from dcpnas.targets.measure import fit_per_cell, mape, rank, spearman
+
+    assert mape([1.1, 1.8], [1.0, 2.0]) == pytest.approx(10.0)
+    assert list(rank([3, 1, 2, 2])) == [4, 1, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Spearman = 1 - 6 sum d^2 / (n (n^2 - 1)) without ties
+    a, b = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    assert spearman(a, b) == pytest.approx(1 - 6 * 4 / (5 * 24))
+    assert math.isnan(spearman([1, 1], [1, 2]))
+    raw, cells = np.array([1.0, 2.0, 3.0]), np.array([5, 5, 5])
+    assert fit_per_cell(raw, raw + 0.5, cells) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("key", ["stem|1|24|28|28|1", "classifier|128|10|7|7|1", "pre_conv1x1|24|8|28|28|1",
+                                 "pre_reduce|32|16|28|28|2", "skip_connect|16|16|28|28|2", "max_pool_3x3|16|16|28|28|2",
+                                 "sep_conv_5x5:authors|8|8|28|28|1", "dil_conv_3x3|16|16|14|14|1"])
+def test_op_module_shapes(key):
+    import torch
+
+    from dcpnas.targets.measure import op_module
+
+    m, shape = op_module(key)
+    op, _, cin, cout, h, w, s = costmodel.parse_key(key)
+    y = m(torch.zeros(shape))
+    if op == "classifier":
+        assert tuple(y.shape) == (1, cout)
+    else:
+        assert tuple(y.shape) == (1, cout, (h + s - 1) // s, (w + s - 1) // s)
+
+
+def test_fixed_keys_are_all_parseable():
+    for k in fixed_keys(SearchSpace(cells=8, channels=16, input_shape=(3, 32, 32))):
+        costmodel.features(k)
+
+
+def _handmade_compile_fn(calls):
+    """A stand-in for the compiler: a Relax module doing one elementwise pass over the op's input."""
+    def compile_fn(module, shape, target, out_dir):
+        import tvm
+        from tvm import relax, te
+
+        calls.append(shape)
+        if len(calls) == 3 and getattr(compile_fn, "fail_third", False):
+            raise RuntimeError("compiler crashed")
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "float32"))
+        with bb.function("main", [x]):
+            y = bb.emit_te(lambda a: te.compute(a.shape, lambda *i: a(*i) * 2.0 + 1.0), x)
+            bb.emit_func_output(y)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "lib.so"
+        tvm.compile(bb.get(), target=target.tvm_target()).export_library(str(path))
+        return path
+    return compile_fn
+
+
+@pytest.mark.tvm
+def test_build_lut_resumes_and_saves_each_entry(tmp_path):
+    from dcpnas.targets.measure import build_lut
+    from dcpnas.targets.profiler import Profiler
+
+    target = get_target("x86-avx512")
+    prof = Profiler(target, repeat=3, min_repeat_ms=1, warmup=1)
+    keys = ["pre_conv1x1|24|8|28|28|1", "max_pool_3x3|8|8|28|28|1", "stem|1|24|28|28|1"]
+    calls, path = [], tmp_path / "lut.json"
+    fn = _handmade_compile_fn(calls)
+    fn.fail_third = True  # identity baseline, key 1, then a crash on key 2
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        build_lut(target, keys, path, prof, compile_fn=fn)
+    part = LatencyTable.load(path)
+    assert list(part.entries) == keys[:1] and part.method == "measured" and part.threads == 2
+    fn.fail_third = False
+    calls.clear()
+    lut = build_lut(target, keys, path, prof, compile_fn=fn)
+    assert len(calls) == 1 + 2  # baseline + the two keys not measured before
+    assert list(lut.entries) == keys and lut.glue["call_overhead_ms"] > 0
+    e = lut.entries[keys[1]]
+    assert e["count"] == 3 and e["median_ms"] >= e["mean_ms"] >= 0
+    assert LatencyTable.load(path).entries == lut.entries
