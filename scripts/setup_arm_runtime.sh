@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idempotent: fetch the aarch64 TVM runtime (PyPI wheels apache-tvm 0.27.0.post1 + apache-tvm-ffi
+# 0.1.14.post1), keep only libtvm_runtime.so, libtvm_ffi.so and the tvm_ffi headers, and build the
+# aarch64 test harness (scripts/arm_harness.cc) against them. Needs aarch64-linux-gnu-g++ and pip.
+# Result in ${DCPNAS_ARM_RT:-~/.cache/dcpnas/arm}: rt/..., arm_harness. Run under qemu-aarch64-static
+# -L /usr/aarch64-linux-gnu (dcpnas.compiler.kernels.arm_emu does this).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DEST="${DCPNAS_ARM_RT:-$HOME/.cache/dcpnas/arm}"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+mkdir -p "$DEST/wheels" "$DEST/rt"
+if [ ! -f "$DEST/rt/tvm/lib/libtvm_runtime.so" ] || [ ! -f "$DEST/rt/tvm_ffi/lib/libtvm_ffi.so" ]; then
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
+    apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 -d "$DEST/wheels"
+  (cd "$DEST/rt" && unzip -q -o "$DEST"/wheels/apache_tvm-0.27.0.post1-*aarch64*.whl 'tvm/lib/libtvm_runtime.so' \
+    && unzip -q -o "$DEST"/wheels/apache_tvm_ffi-0.1.14.post1-*aarch64*.whl 'tvm_ffi/include/*' 'tvm_ffi/lib/libtvm_ffi.so')
+  rm -f "$DEST"/wheels/*.whl  # 100 MB of wheels; the two libraries are all that is needed
+fi
+if [ ! -x "$DEST/arm_harness" ] || [ "$ROOT/scripts/arm_harness.cc" -nt "$DEST/arm_harness" ]; then
+  aarch64-linux-gnu-g++ -O2 -std=c++17 "$ROOT/scripts/arm_harness.cc" -I"$DEST/rt/tvm_ffi/include" \
+    -L"$DEST/rt/tvm_ffi/lib" -L"$DEST/rt/tvm/lib" -Wl,--no-as-needed -ltvm_runtime -ltvm_ffi \
+    -Wl,-rpath,"$DEST/rt/tvm/lib:$DEST/rt/tvm_ffi/lib" -o "$DEST/arm_harness"
+fi
+echo "aarch64 TVM runtime + harness ready in $DEST"
