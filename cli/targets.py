@@ -30,14 +30,15 @@ def targets_cmd(
     from rich.table import Table
 
     table = Table(title="dcpnas targets")
-    for col in ("target", "arch", "threads", "rpc key", "LUT", "entries", "device", "created"):
-        table.add_column(col)
+    for col in ("target", "arch", "threads", "rpc key", "LUT", "entries", "measured on", "date"):
+        table.add_column(col, no_wrap=col != "measured on", overflow="ellipsis")
     style = {"measured": "green", "modeled": "yellow", "emulated": "magenta", "missing": "red", "invalid": "red"}
     for r in rows:
         state = r["lut"]
+        device = "-" if state == "modeled" else (r.get("lut_device") or r.get("lut_error") or "-")
         table.add_row(r["target"], r["arch"], str(r["threads"]), r["rpc_key"],
-                      f"[{style.get(state, 'white')}]{state}[/]", str(r["lut_entries"]),
-                      (r.get("lut_device") or r.get("lut_error") or "")[:60], r.get("lut_created") or "")
+                      f"[{style.get(state, 'white')}]{state}[/]", str(r["lut_entries"]), device,
+                      (r.get("lut_created") or "")[:10])
     console.print(table)
     if any(r["lut"] == "modeled" for r in rows):
         console.print("[yellow]modeled[/] LUTs come from a cost model, not from timings on the device; "

@@ -1,0 +1,156 @@
+"""`dcpnas lut build | show | check`: latency lookup tables of a target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dcpnas.cli.common import console, handle_errors, rich_progress
+
+lut_app = typer.Typer(help="Latency lookup tables: build (measure or model), show, check against end-to-end timings.",
+                      no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lut_app, name="lut")
+
+
+def _spaces(cells, channels, input_shape, policy, coverage):
+    from dcpnas.errors import ConfigError
+    from dcpnas.space import SearchSpace
+    from dcpnas.targets.modeled import coverage_spaces
+
+    if coverage:
+        return coverage_spaces()
+    try:
+        shape = tuple(int(v) for v in input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be C,H,W like 1,28,28, got {input_shape!r}") from None
+    return [SearchSpace(cells=c, channels=ch, input_shape=shape, policy=policy) for c in cells for ch in channels]
+
+
+CELLS = typer.Option(None, "--cells", help="Cells of the search space (repeat for several) [default: 5].")
+CHANNELS = typer.Option(None, "--channels", help="Channels C of the search space (repeat for several) [default: 8].")
+SHAPE = typer.Option("1,28,28", "--input-shape", help="Input C,H,W.")
+POLICY = typer.Option("book", "--policy", help="Binarisation policy: book | authors.")
+
+
+@lut_app.command("build")
+@handle_errors
+def build_cmd(
+    target: str = typer.Option(..., "--target", "-t", help="Target name or target .toml file."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (a board)."),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
+    modeled: bool = typer.Option(False, "--modeled", help="Write a modeled LUT from the cost model (no device)."),
+    emulated: bool = typer.Option(False, "--emulated", help="The RPC device is emulated (qemu): label the LUT 'emulated'."),
+    coverage: bool = typer.Option(False, "--coverage", help="Cover the shipped set of spaces (cells 3-8, channels 4-16, 2 inputs, 2 policies)."),
+    cells: Optional[list[int]] = CELLS, channels: Optional[list[int]] = CHANNELS,
+    input_shape: str = SHAPE, policy: str = POLICY,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file [default: the target's LUT; emulated: ./<target>.emulated.json]."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep entries already measured."),
+    repeat: int = typer.Option(15, "--repeat", help="Timing samples per op."),
+) -> None:
+    """Measure (or model) every candidate op at every supernet position, plus stem, preprocessing, classifier."""
+    from dcpnas.targets import get_target
+    from dcpnas.targets.modeled import build_modeled_lut, keys_of
+
+    t = get_target(target, threads=threads)
+    spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)))
+    if modeled:
+        lut = build_modeled_lut(t, spaces)
+        path = lut.save(out or t.lut_path)
+        console.print(f"[yellow]modeled[/] LUT of {t.name}: {len(lut.entries)} entries ({lut.costmodel['source']}) -> {path}")
+        return
+    from dcpnas.targets.measure import build_lut
+    from dcpnas.targets.profiler import Profiler
+
+    if emulated and not rpc:
+        raise typer.BadParameter("--emulated describes an RPC device: give --rpc")
+    if not emulated and t.arch == "aarch64" and rpc and rpc.split(":")[0] in ("127.0.0.1", "localhost"):
+        console.print("[yellow]warning[/]: an aarch64 server on this host is an emulator; add --emulated")
+    path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
+    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat)
+    keys = keys_of(spaces)
+    with rich_progress() as progress:
+        lut = build_lut(t, keys, path, prof, resume=resume, method="emulated" if emulated else "measured",
+                        progress=progress)
+    console.print(f"[green]{lut.method}[/] LUT of {t.name} on {lut.device}, {lut.threads} threads: "
+                  f"{len(lut.entries)} entries -> {path}")
+
+
+@lut_app.command("show")
+@handle_errors
+def show_cmd(
+    target: str = typer.Argument(..., help="Target name or target .toml file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the LUT as JSON."),
+    top: int = typer.Option(25, "--top", help="Show the N slowest entries (0: all)."),
+    filter_: Optional[str] = typer.Option(None, "--filter", help="Only keys containing this text."),
+) -> None:
+    """Show a target's LUT: method, device, threads, glue and the entries."""
+    from dcpnas.targets import get_target
+
+    lut = get_target(target).load_lut()
+    entries = {k: v for k, v in lut.entries.items() if not filter_ or filter_ in k}
+    if json_out:
+        typer.echo(json.dumps({**lut.to_dict(), "entries": entries}, indent=2))
+        return
+    from rich.table import Table
+
+    color = {"measured": "green", "modeled": "yellow", "emulated": "magenta"}[lut.method]
+    console.print(f"LUT of [bold]{lut.target}[/]: [{color}]{lut.method}[/] on {lut.device}, {lut.threads} threads, "
+                  f"TVM {lut.tvm_version}, {lut.created}, {len(lut.entries)} entries ({lut.path})")
+    if lut.glue:
+        console.print("glue: " + ", ".join(f"{k} {v}" for k, v in lut.glue.items()))
+    if lut.method == "modeled":
+        console.print("[yellow]modeled: from the cost model, not timed on the device[/]")
+    rows = sorted(entries.items(), key=lambda kv: -kv[1]["mean_ms"])
+    table = Table()
+    for col in ("op", "cin", "cout", "h", "w", "stride", "ms", "std ms", "n"):
+        table.add_column(col, justify="left" if col == "op" else "right")
+    for k, e in rows[: top or None]:
+        table.add_row(*k.split("|"), f"{e['mean_ms']:.4f}", f"{e['std_ms']:.4f}", str(e["count"]))
+    console.print(table)
+
+
+@lut_app.command("check")
+@handle_errors
+def check_cmd(
+    target: str = typer.Option(..., "--target", "-t", help="Target name or target .toml file."),
+    n: int = typer.Option(20, "--n", help="Random genotypes to compile and time."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker."),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    fit_glue: bool = typer.Option(False, "--fit-glue", help="Fit the per-cell glue and save it into the LUT."),
+    seed: int = typer.Option(0, "--seed"),
+    cells: int = typer.Option(5, "--cells"), channels: int = typer.Option(8, "--channels"),
+    input_shape: str = SHAPE, policy: str = POLICY,
+    json_out: bool = typer.Option(False, "--json", help="Print {n, mape, spearman, ...} as JSON on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the full report (rows) to this JSON file."),
+) -> None:
+    """Compile N random genotypes end to end, time them, and compare with the LUT's predictions (MAPE, Spearman)."""
+    from dcpnas.io import write_json
+    from dcpnas.targets import get_target
+    from dcpnas.targets.check import check_lut
+    from dcpnas.targets.profiler import Profiler
+
+    t = get_target(target, threads=threads)
+    lut = t.load_lut()
+    space = _spaces([cells], [channels], input_shape, policy, False)[0]
+    prof = Profiler(t, rpc=rpc, key=key, threads=threads)
+    with rich_progress() as progress:
+        report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress)
+    if fit_glue:
+        lut.save()
+    if out:
+        write_json(out, {"schema": "dcpnas.lutcheck/1", **report})
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+        return
+    console.print(f"{t.name} ({lut.method} LUT), {report['n']} genotypes, {report['threads']} threads: "
+                  f"MAPE {report['mape']:.1f}%  Spearman {report['spearman']:.3f}  (without glue: MAPE "
+                  f"{report['mape_raw']:.1f}%; glue {report['glue_per_cell_ms']:.4f} ms/cell"
+                  + (f"; leave-one-out MAPE {report['mape_loo']:.1f}%" if report["mape_loo"] is not None else "") + ")")
