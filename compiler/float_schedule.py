@@ -1,0 +1,263 @@
+"""Float ops of the network as TE computes (NCHW, static shapes) with hand CPU schedules (tvm.s_tir.Schedule).
+
+Every function returns a PrimFunc whose parameters are (inputs..., output). With `cpu` (a CpuSched) the
+PrimFunc is scheduled (parallel + vectorised) and carries `tir.is_scheduled`; with cpu=None it is left
+for the GPU pipeline (dlight) to schedule. The ONNX Runtime tests in tests/test_import.py are the
+references of these computes (one test per op converter).
+
+conv2d_nchw fuses a per-input-channel affine before zero padding (a BatchNorm ahead of the conv) and a
+per-output-channel epilogue (scale, bias = folded BatchNorm after the conv, PReLU, residual add).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import te, tirx
+from tvm.s_tir import Schedule
+
+
+@dataclass(frozen=True)
+class CpuSched:
+    """lanes: float32 lanes of a vector register; min_parallel: elements below which a loop stays serial."""
+
+    lanes: int = 16
+    min_parallel: int = 4096
+
+
+def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
+    func = func.with_attr("global_symbol", name)
+    return func.with_attr("tir.is_scheduled", True) if scheduled else func
+
+
+def _elementwise(sch: Schedule, block, cpu: CpuSched, parallel_min: int | None = None):
+    """Fuse all loops of a spatial block, vectorise the inner `lanes`, parallelise the rest if large."""
+    loops = sch.get_loops(block)
+    fused = sch.fuse(*loops)
+    extent = int(sch.get(fused).extent)
+    lanes = cpu.lanes if extent % cpu.lanes == 0 else (4 if extent % 4 == 0 else 1)
+    if lanes > 1:
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if extent >= (parallel_min or cpu.min_parallel):
+        sch.parallel(outer)
+
+
+def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu: CpuSched | None,
+                in_affine=False, bias=False, prelu=False, residual=False) -> tirx.PrimFunc:
+    """PrimFunc(x[N,C,H,W], w[Co,C/g,kh,kw], [in_scale[C], in_shift[C]], [scale[Co], bias[Co]], [slope[Co]],
+    [res[N,Co,OH,OW]], out[N,Co,OH,OW]): out = ep(conv(pad0(x*in_scale+in_shift), w)), ep(v) = prelu(v*scale+bias)+res.
+    pads = (top, left, bottom, right)."""
+    N, C, H, W = (int(v) for v in x_shape)
+    Co, Cg, KH, KW = (int(v) for v in w_shape)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
+    OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+    cog = Co // group
+    x = te.placeholder((N, C, H, W), "float32", "x")
+    w = te.placeholder((Co, Cg, KH, KW), "float32", "w")
+    params = [x, w]
+    if in_affine:
+        a_s, a_b = te.placeholder((C,), "float32", "in_scale"), te.placeholder((C,), "float32", "in_shift")
+        params += [a_s, a_b]
+    padded = in_affine or pt or pl or pb or pr
+    if padded:
+        def pad_fn(n, c, i, j):
+            v = x[n, c, i - pt, j - pl]
+            if in_affine:
+                v = v * a_s[c] + a_b[c]
+            inside = tirx.all(i >= pt, i < H + pt, j >= pl, j < W + pl)
+            return tirx.if_then_else(inside, v, tirx.const(0.0, "float32"))
+        src = te.compute((N, C, H + pt + pb, W + pl + pr), pad_fn, name="pad")
+    else:
+        src = x
+    rc, ry, rx = te.reduce_axis((0, Cg), "rc"), te.reduce_axis((0, KH), "ry"), te.reduce_axis((0, KW), "rx")
+    acc = te.compute(
+        (N, Co, OH, OW),
+        lambda n, co, i, j: te.sum(
+            src[n, (co // cog) * Cg + rc, i * sh + ry * dh, j * sw + rx * dw] * w[co, rc, ry, rx], axis=[rc, ry, rx]),
+        name="conv")
+    extra = []
+    if bias:
+        sc, bi = te.placeholder((Co,), "float32", "scale"), te.placeholder((Co,), "float32", "bias")
+        extra += [sc, bi]
+    if prelu:
+        sl = te.placeholder((Co,), "float32", "slope")
+        extra.append(sl)
+    if residual:
+        res = te.placeholder((N, Co, OH, OW), "float32", "res")
+        extra.append(res)
+
+    def ep(n, co, i, j):
+        v = acc[n, co, i, j]
+        if bias:
+            v = v * sc[co] + bi[co]
+        if prelu:
+            v = tirx.Select(v >= 0, v, v * sl[co])
+        if residual:
+            v = v + res[n, co, i, j]
+        return v
+    out = te.compute((N, Co, OH, OW), ep, name="out")
+    func = te.create_prim_func(params + extra + [out])
+    if cpu is None:
+        return _finish(func, name, False)
+    sch = Schedule(tvm.IRModule({"main": func}))
+    conv, ob = sch.get_sblock("conv"), sch.get_sblock("out")
+    cb = next((b for b in (8, 4, 2) if Co % b == 0 and (group == 1 or cog % b == 0 or cog == 1)), 1)
+    if group > 1 and cog != 1 and cog % cb:
+        cb = 1
+    if cog == 1:
+        cb = 1  # depthwise: nothing to share across output channels
+    n, co, i, j, r_c, r_y, r_x = sch.get_loops(conv)
+    coo, coi = sch.split(co, [None, cb])
+    sch.reorder(n, coo, i, r_c, r_y, r_x, coi, j)
+    outer = sch.fuse(n, coo, i)
+    if N * Co * OH * OW >= cpu.min_parallel:
+        sch.parallel(outer)
+    sch.reverse_compute_at(ob, outer)
+    sch.set_scope(conv, 0, "local")  # the [cb, OW] accumulator tile lives in registers
+    sch.unroll(coi)
+    sch.unroll(r_y)
+    sch.unroll(r_x)
+    sch.vectorize(j)
+    init = sch.decompose_reduction(conv, r_c)
+    sch.vectorize(sch.get_loops(init)[-1])
+    ol = sch.get_loops(ob)
+    sch.vectorize(ol[-1])
+    if padded:
+        pb_ = sch.get_sblock("pad")
+        pn, pc, pi, pj = sch.get_loops(pb_)
+        sch.parallel(sch.fuse(pn, pc))
+        sch.vectorize(pj)
+    return _finish(sch.mod["main"], name, True)
+
+
+def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name, cpu) -> tirx.PrimFunc:
+    """Max or average pool, NCHW. Average divides by the number of taps inside the image unless
+    count_include_pad (then by kh*kw). Max pads with -inf."""
+    N, C, H, W = (int(v) for v in x_shape)
+    (KH, KW), (sh, sw), (pt, pl, pb, pr) = kernel, strides, pads
+    OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1
+    x = te.placeholder((N, C, H, W), "float32", "x")
+    fill = tirx.const(float("-inf") if kind == "max" else 0.0, "float32")
+    src = te.compute((N, C, H + pt + pb, W + pl + pr), lambda n, c, i, j: tirx.if_then_else(
+        tirx.all(i >= pt, i < H + pt, j >= pl, j < W + pl), x[n, c, i - pt, j - pl], fill), name="pad")
+    ry, rx = te.reduce_axis((0, KH), "ry"), te.reduce_axis((0, KW), "rx")
+    red = te.max if kind == "max" else te.sum
+    acc = te.compute((N, C, OH, OW), lambda n, c, i, j: red(src[n, c, i * sh + ry, j * sw + rx], axis=[ry, rx]),
+                     name="pool")
+    if kind == "max":
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j], name="out")
+    else:
+        def cnt(i, j):
+            if count_include_pad:
+                return tirx.const(float(KH * KW), "float32")
+            y0, x0 = i * sh - pt, j * sw - pl
+            hy = tirx.min(y0 + KH, H) - tirx.max(y0, 0)
+            wx = tirx.min(x0 + KW, W) - tirx.max(x0, 0)
+            return (hy * wx).astype("float32")
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] / cnt(i, j), name="out")
+    func = te.create_prim_func([x, out])
+    if cpu is None:
+        return _finish(func, name, False)
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pool, ob, pad = sch.get_sblock("pool"), sch.get_sblock("out"), sch.get_sblock("pad")
+    n, c, i, j, r_y, r_x = sch.get_loops(pool)
+    sch.reorder(n, c, i, r_y, r_x, j)
+    outer = sch.fuse(n, c, i)
+    if N * C * OH * OW >= cpu.min_parallel:
+        sch.parallel(outer)
+    sch.reverse_compute_at(ob, outer)
+    sch.vectorize(j)
+    init = sch.decompose_reduction(pool, r_y)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(ob)[-1])
+    pn, pc, pi, pj = sch.get_loops(pad)
+    fused = sch.fuse(pn, pc)
+    if N * C * H * W >= cpu.min_parallel:
+        sch.parallel(fused)
+    sch.vectorize(pj)
+    return _finish(sch.mod["main"], name, True)
+
+
+def elementwise(shapes, fn, out_shape, *, name, cpu) -> tirx.PrimFunc:
+    """PrimFunc(inputs of `shapes`..., out): out[idx] = fn(inputs, idx) (float32)."""
+    ins = [te.placeholder(tuple(int(v) for v in s), "float32", f"in{k}") for k, s in enumerate(shapes)]
+    out = te.compute(tuple(int(v) for v in out_shape), lambda *idx: fn(ins, idx), name="out")
+    func = te.create_prim_func(ins + [out])
+    if cpu is None:
+        return _finish(func, name, False)
+    sch = Schedule(tvm.IRModule({"main": func}))
+    _elementwise(sch, sch.get_sblock("out"), cpu)
+    return _finish(sch.mod["main"], name, True)
+
+
+def concat_channels(shapes, *, name, cpu) -> tirx.PrimFunc:
+    """Concatenate NCHW tensors along channels."""
+    offs, total = [], 0
+    for s in shapes:
+        offs.append(total)
+        total += int(s[1])
+    N, _, H, W = (int(v) for v in shapes[0])
+
+    def fn(ins, idx):
+        n, c, i, j = idx
+        v = ins[-1][n, c - offs[-1], i, j]
+        for k in range(len(ins) - 2, -1, -1):
+            v = tirx.if_then_else(c < offs[k + 1], ins[k][n, c - offs[k], i, j], v)
+        return v
+    return elementwise(shapes, fn, (N, total, H, W), name=name, cpu=cpu)
+
+
+def global_avg_pool(x_shape, *, name, cpu) -> tirx.PrimFunc:
+    """[N, C, H, W] -> [N, C, 1, 1] mean."""
+    N, C, H, W = (int(v) for v in x_shape)
+    x = te.placeholder((N, C, H, W), "float32", "x")
+    ry, rx = te.reduce_axis((0, H), "ry"), te.reduce_axis((0, W), "rx")
+    s = te.compute((N, C), lambda n, c: te.sum(x[n, c, ry, rx], axis=[ry, rx]), name="sum")
+    out = te.compute((N, C, 1, 1), lambda n, c, a, b: s[n, c] * tirx.const(1.0 / (H * W), "float32"), name="out")
+    func = te.create_prim_func([x, out])
+    if cpu is None:
+        return _finish(func, name, False)
+    sch = Schedule(tvm.IRModule({"main": func}))
+    blk = sch.get_sblock("sum")
+    n, c, r_y, r_x = sch.get_loops(blk)
+    outer = sch.fuse(n, c)
+    if N * C * H * W >= cpu.min_parallel:
+        sch.parallel(outer)
+    sch.reverse_compute_at(sch.get_sblock("out"), outer)
+    sch.unroll(r_x)
+    return _finish(sch.mod["main"], name, True)
+
+
+def gemm(x_shape, w_shape, *, trans_b, has_bias, name, cpu) -> tirx.PrimFunc:
+    """out[N, M] = x[N, K] @ (w^T if trans_b else w) + bias[M]."""
+    N, K = (int(v) for v in x_shape)
+    M = int(w_shape[0] if trans_b else w_shape[1])
+    x = te.placeholder((N, K), "float32", "x")
+    w = te.placeholder(tuple(int(v) for v in w_shape), "float32", "w")
+    k = te.reduce_axis((0, K), "k")
+    acc = te.compute((N, M), lambda i, j: te.sum(x[i, k] * (w[j, k] if trans_b else w[k, j]), axis=k), name="mm")
+    params = [x, w]
+    if has_bias:
+        b = te.placeholder((M,), "float32", "b")
+        params.append(b)
+        out = te.compute((N, M), lambda i, j: acc[i, j] + b[j], name="out")
+    else:
+        out = te.compute((N, M), lambda i, j: acc[i, j], name="out")
+    func = te.create_prim_func(params + [out])
+    if cpu is None:
+        return _finish(func, name, False)
+    sch = Schedule(tvm.IRModule({"main": func}))
+    mm = sch.get_sblock("mm")
+    i, j, kk = sch.get_loops(mm)
+    if K % cpu.lanes == 0:
+        # vectorised partial sums along K, then a horizontal add
+        ko, ki = sch.split(kk, [None, cpu.lanes])
+        rf = sch.rfactor(ki, 0)
+        sch.vectorize(sch.get_loops(rf)[-1])
+        sch.decompose_reduction(rf, sch.get_loops(rf)[2])
+    return _finish(sch.mod["main"], name, True)

@@ -1,0 +1,258 @@
+"""Per-node lowering of the ONNX importer: each (fused) node becomes call_tir of a PrimFunc from
+float_schedule (float ops) or dcpnas.compiler.kernels (binary convs). Used by onnx_import only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from tvm import relax, tirx
+
+from dcpnas.compiler import float_schedule as fs
+from dcpnas.compiler.onnx_import import Layer, _attrs, _func_name, bn_affine
+from dcpnas.errors import CompileError
+
+
+def _shape(e) -> tuple[int, ...]:
+    return tuple(int(v) for v in e.ty.shape)
+
+
+def cpu_sched(target: Any) -> fs.CpuSched | None:
+    """Vector lanes of a CPU target dict; None for CUDA (dlight schedules there)."""
+    from dcpnas.compiler.kernels import family
+    from dcpnas.compiler.kernels.targets import cpu_params
+
+    fam = family(target)
+    if fam == "cuda":
+        return None
+    return fs.CpuSched(lanes=cpu_params(target).lanes)
+
+
+class Lowering:
+    def __init__(self, target: Any, consts: dict, *, schedule: bool = True):
+        self.target, self.consts = target, consts
+        self.cpu = cpu_sched(target) if schedule else None
+        self.layers: list[Layer] = []
+
+    # ---- helpers
+    def _c(self, name):
+        if name not in self.consts or self.consts[name] is None:
+            raise CompileError(f"input {name!r} must be a constant initializer")
+        return self.consts[name]
+
+    def _arg(self, env, name):
+        if name in env:
+            return env[name]
+        if name in self.consts and self.consts[name] is not None:
+            return relax.const(np.ascontiguousarray(self.consts[name]))
+        raise CompileError(f"tensor {name!r} is used before it is produced")
+
+    def _call(self, bb, layer: Layer, func, args, out_shape, dtype="float32"):
+        name = _func_name(layer.name)
+        gv = bb.add_func(func, name)
+        out = bb.emit(relax.call_tir(gv, args, relax.TensorType(tuple(out_shape), dtype)))
+        layer.funcs.append({"name": gv.name_hint,
+                            "args": [[list(_shape(a)), str(a.ty.dtype)] for a in args]
+                            + [[list(out_shape), dtype]]})
+        return out
+
+    def _layer(self, node, op, extra=()) -> Layer:
+        lay = Layer(node.name or node.output[0], op, [node.name] + [m.name for m in extra if m is not None])
+        self.layers.append(lay)
+        return lay
+
+    # ---- convolutions (with fused BN / PReLU / residual)
+    def conv(self, bb, env, conv, pre, post, act, res):
+        a = _attrs(conv)
+        x = self._arg(env, (pre or conv).input[0])
+        k = tuple(a.get("kernel_shape", self._c(conv.input[1]).shape[2:]))
+        strides, dil = tuple(a.get("strides", (1, 1))), tuple(a.get("dilations", (1, 1)))
+        pads, group = tuple(a.get("pads", (0, 0, 0, 0))), int(a.get("group", 1))
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(k) != 2:
+            raise CompileError(f"{conv.name}: only 2-D convs with explicit pads are supported")
+        in_s = in_b = None
+        if pre is not None:
+            in_s, in_b = bn_affine(self.consts, pre)
+        w = self._c(conv.input[1])
+        co = w.shape[0]
+        scale = np.ones(co, np.float32)
+        bias = np.zeros(co, np.float32)
+        if conv.op_type == "BinaryConv2d":
+            scale = self._c(conv.input[2]).astype(np.float32).reshape(-1)
+            if len(conv.input) > 3 and conv.input[3]:
+                bias = self._c(conv.input[3]).astype(np.float32).reshape(-1)
+        elif len(conv.input) > 2 and conv.input[2]:
+            bias = self._c(conv.input[2]).astype(np.float32).reshape(-1)
+        if post is not None:
+            pa, pb = bn_affine(self.consts, post)
+            scale, bias = scale * pa, bias * pa + pb
+        slope = None
+        if act is not None:
+            slope = self._c(act.input[1]).astype(np.float32).reshape(-1)
+            slope = np.broadcast_to(slope, (co,)).astype(np.float32) if slope.size in (1, co) else None
+            if slope is None:
+                raise CompileError(f"{act.name}: PRelu slope must be per channel")
+        lay = self._layer(conv, conv.op_type, [pre, post, act, res])
+        last = (res or act or post or conv).output[0]
+        if conv.op_type == "BinaryConv2d":
+            from dcpnas.compiler.kernels import BinaryConvAttrs, emit_binary_conv2d
+
+            attrs = BinaryConvAttrs(k, strides, pads, dil, group, int(a["channels_in"]))
+            y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
+                                   prelu=slope)
+            lay.funcs.extend(_calls_back(bb, y, x))
+            return {last: y}
+        args = [x, relax.const(w.astype(np.float32))]
+        if in_s is not None:
+            args += [relax.const(in_s), relax.const(in_b)]
+        fuse_bias = post is not None or conv.op_type != "Conv" or (len(conv.input) > 2 and bool(conv.input[2]))
+        if fuse_bias:
+            args += [relax.const(scale), relax.const(bias)]
+        if slope is not None:
+            args.append(relax.const(slope))
+        if res is not None:
+            other = res.input[1] if res.input[0] == (act or post or conv).output[0] else res.input[0]
+            args.append(self._arg(env, other))
+        f = fs.conv2d_nchw(_shape(x), w.shape, strides=strides, pads=pads, dilations=dil, group=group,
+                           name=_func_name(lay.name), cpu=self.cpu, in_affine=in_s is not None, bias=fuse_bias,
+                           prelu=slope is not None, residual=res is not None)
+        n, _, h, wd = _shape(x)
+        oh = (h + pads[0] + pads[2] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
+        ow = (wd + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
+        return {last: self._call(bb, lay, f, args, (n, co, oh, ow))}
+
+    # ---- every other op
+    def node(self, bb, env, n):
+        op, a = n.op_type, _attrs(n)
+        if op == "Identity":
+            return {n.output[0]: self._arg(env, n.input[0])}
+        if op == "Flatten":
+            x = self._arg(env, n.input[0])
+            s = _shape(x)
+            ax = int(a.get("axis", 1)) % len(s)
+            shape = (int(np.prod(s[:ax])), int(np.prod(s[ax:])))
+            return {n.output[0]: bb.emit(relax.op.reshape(x, shape))}
+        lay = self._layer(n, op)
+        name = _func_name(lay.name)
+        if op == "BatchNormalization":
+            x = self._arg(env, n.input[0])
+            sa, sb = bn_affine(self.consts, n)
+            s = _shape(x)
+            f = fs.elementwise([s, (s[1],), (s[1],)], lambda t, i: t[0][i] * t[1][i[1]] + t[2][i[1]], s,
+                               name=name, cpu=self.cpu)
+            return {n.output[0]: self._call(bb, lay, f, [x, relax.const(sa), relax.const(sb)], s)}
+        if op in ("Add", "Mul", "PRelu"):
+            return {n.output[0]: self._binary(bb, env, n, lay, name)}
+        if op == "Relu":
+            x = self._arg(env, n.input[0])
+            s = _shape(x)
+            f = fs.elementwise([s], lambda t, i: tirx.max(t[0][i], tirx.const(0.0, "float32")), s,
+                               name=name, cpu=self.cpu)
+            return {n.output[0]: self._call(bb, lay, f, [x], s)}
+        if op == "Concat":
+            xs = [self._arg(env, i) for i in n.input]
+            shapes = [_shape(v) for v in xs]
+            if int(a.get("axis", 1)) % 4 != 1 or any(len(s) != 4 for s in shapes):
+                raise CompileError(f"{n.name}: only channel concatenation of NCHW tensors is supported")
+            f = fs.concat_channels(shapes, name=name, cpu=self.cpu)
+            out = (shapes[0][0], sum(s[1] for s in shapes), shapes[0][2], shapes[0][3])
+            return {n.output[0]: self._call(bb, lay, f, xs, out)}
+        if op in ("MaxPool", "AveragePool"):
+            return {n.output[0]: self._pool(bb, env, n, a, lay, name)}
+        if op == "GlobalAveragePool":
+            x = self._arg(env, n.input[0])
+            s = _shape(x)
+            f = fs.global_avg_pool(s, name=name, cpu=self.cpu)
+            return {n.output[0]: self._call(bb, lay, f, [x], (s[0], s[1], 1, 1))}
+        if op == "Slice":
+            return {n.output[0]: self._slice(bb, env, n, lay, name)}
+        if op == "Gemm":
+            x = self._arg(env, n.input[0])
+            w = self._c(n.input[1]).astype(np.float32)
+            if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or a.get("transA", 0):
+                raise CompileError(f"{n.name}: Gemm with alpha/beta != 1 or transA is not supported")
+            tb = bool(a.get("transB", 0))
+            has_b = len(n.input) > 2 and bool(n.input[2])
+            args = [x, relax.const(w)] + ([relax.const(self._c(n.input[2]).astype(np.float32).reshape(-1))]
+                                          if has_b else [])
+            f = fs.gemm(_shape(x), w.shape, trans_b=tb, has_bias=has_b, name=name, cpu=self.cpu)
+            m = w.shape[0] if tb else w.shape[1]
+            return {n.output[0]: self._call(bb, lay, f, args, (_shape(x)[0], m))}
+        raise CompileError(f"{n.name}: op {op} has no lowering")  # check_supported keeps this unreachable
+
+    def _binary(self, bb, env, n, lay, name):
+        xa, xb = self._arg(env, n.input[0]), self._arg(env, n.input[1])
+        sa, sb = _shape(xa), _shape(xb)
+        try:
+            out = tuple(np.broadcast_shapes(sa, sb))
+        except ValueError:
+            raise CompileError(f"{n.name}: shapes {sa} and {sb} do not broadcast") from None
+
+        def idx(shape, i):
+            i = i[len(i) - len(shape):]
+            return tuple(0 if d == 1 else v for d, v in zip(shape, i))
+
+        def fn(t, i):
+            u, v = t[0][idx(sa, i)], t[1][idx(sb, i)]
+            if n.op_type == "Add":
+                return u + v
+            if n.op_type == "Mul":
+                return u * v
+            return tirx.Select(u >= 0, u, u * v)
+        f = fs.elementwise([sa, sb], fn, out, name=name, cpu=self.cpu)
+        return self._call(bb, lay, f, [xa, xb], out)
+
+    def _pool(self, bb, env, n, a, lay, name):
+        x = self._arg(env, n.input[0])
+        if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))) \
+                or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise CompileError(f"{n.name}: pooling with ceil_mode, dilations or auto_pad is not supported")
+        k = tuple(a["kernel_shape"])
+        st = tuple(a.get("strides", (1, 1)))
+        pads = tuple(a.get("pads", (0, 0, 0, 0)))
+        kind = "max" if n.op_type == "MaxPool" else "avg"
+        f = fs.pool2d_nchw(_shape(x), kind=kind, kernel=k, strides=st, pads=pads,
+                           count_include_pad=bool(a.get("count_include_pad", 0)), name=name, cpu=self.cpu)
+        N, C, H, W = _shape(x)
+        out = (N, C, (H + pads[0] + pads[2] - k[0]) // st[0] + 1, (W + pads[1] + pads[3] - k[1]) // st[1] + 1)
+        return self._call(bb, lay, f, [x], out)
+
+    def _slice(self, bb, env, n, lay, name):
+        x = self._arg(env, n.input[0])
+        s = _shape(x)
+        starts, ends = self._c(n.input[1]), self._c(n.input[2])
+        axes = self._c(n.input[3]) if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
+        steps = self._c(n.input[4]) if len(n.input) > 4 and n.input[4] else np.ones(len(starts), np.int64)
+        begin, step, out = [0] * len(s), [1] * len(s), list(s)
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            ax = int(ax) % len(s)
+            if sp <= 0:
+                raise CompileError(f"{n.name}: Slice with non-positive steps is not supported")
+            r = range(s[ax])[slice(int(max(min(st, 2**62), -2**62)), int(max(min(en, 2**62), -2**62)), int(sp))]
+            begin[ax], step[ax], out[ax] = r.start, r.step, len(r)
+        f = fs.elementwise([s], lambda t, i: t[0][tuple(b + v * p for b, v, p in zip(begin, i, step))], out,
+                           name=name, cpu=self.cpu)
+        return self._call(bb, lay, f, [x], tuple(out))
+
+
+def _calls_back(bb, out, stop) -> list[dict]:
+    """The call_tir bindings that produced `out` from `stop` (walking bindings backwards), in call order."""
+    calls, todo, seen = [], [out], set()
+    while todo:
+        v = todo.pop()
+        if v is stop or not isinstance(v, relax.Var) or id(v) in seen:
+            continue
+        seen.add(id(v))
+        val = bb.lookup_binding(v)
+        if val is None:
+            continue
+        if isinstance(val, relax.Call) and val.op.name == "relax.call_tir":
+            gv, args = val.args[0], list(val.args[1].fields)
+            calls.append({"name": gv.name_hint,
+                          "args": [[list(_shape(x)), str(x.ty.dtype)] for x in args]
+                          + [[list(_shape(v)), str(v.ty.dtype)]]})
+            todo.extend(args)
+        elif isinstance(val, relax.Call):
+            todo.extend(val.args)
+    return calls[::-1]

@@ -1,0 +1,176 @@
+"""ONNX (standard ops + the `dcpnas` domain) -> TVM Relax IRModule of scheduled PrimFuncs (call_tir).
+
+The importer is the project's own (TVM's ONNX frontend dispatches on op_type only and has no custom-op
+hook); it uses only public TVM APIs (relax.BlockBuilder, te, call_tir), so no private TVM function is
+patched. Supported: SUPPORTED_OPS below; anything else raises one CompileError naming every unsupported
+node. Before emission, chains BatchNormalization -> (Conv | dcpnas::BinaryConv2d) -> BatchNormalization
+-> PRelu are fused: the first BN becomes the conv's input affine (for the binary conv: the affine before
+the sign), the second BN and the PReLU its epilogue. A residual Add after a float conv joins its epilogue.
+Binary convs go through dcpnas.compiler.kernels.emit_binary_conv2d. PrimFunc names derive from the ONNX
+node names; `Imported.layers` maps every node (group) to its PrimFuncs and argument shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from dcpnas.errors import CompileError
+
+SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "Flatten", "Gemm",
+                 "GlobalAveragePool", "Identity", "MaxPool", "Mul", "PRelu", "Relu", "Slice")
+DCPNAS_OPS = ("BinaryConv2d",)
+
+
+@dataclass
+class Layer:
+    """One emitted layer: ONNX node names fused into it, op label and its PrimFunc calls
+    (name, [(shape, dtype) of every argument incl. the output])."""
+
+    name: str
+    op: str
+    nodes: list[str]
+    funcs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Imported:
+    mod: Any  # tvm.IRModule with "main"
+    input_name: str
+    input_shape: tuple[int, ...]
+    output_name: str
+    output_shape: tuple[int, ...]
+    layers: list[Layer]
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _func_name(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", s).strip("_")
+    return ("l_" + s) if not s or s[0].isdigit() else s
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """CompileError listing every node whose (domain, op_type) the importer does not support."""
+    bad = []
+    for i, n in enumerate(model.graph.node):
+        dom = n.domain or ""
+        ok = (dom in ("", "ai.onnx") and n.op_type in SUPPORTED_OPS) or (dom == "dcpnas" and n.op_type in DCPNAS_OPS)
+        if not ok:
+            bad.append(f"{(dom + '::') if dom else ''}{n.op_type} (node {n.name or '#' + str(i)})")
+    if bad:
+        raise CompileError(f"{len(bad)} unsupported ONNX op(s): " + ", ".join(bad))
+    for o in model.opset_import:
+        if o.domain == "dcpnas" and o.version != 1:
+            raise CompileError(f"dcpnas domain version {o.version} is not supported (this compiler reads version 1)")
+
+
+class _Fuser:
+    """Finds BN -> conv -> BN -> PRelu (-> Add) chains whose intermediates have one consumer."""
+
+    def __init__(self, graph, consts):
+        self.consts = consts
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.outputs = {o.name for o in graph.output}
+        self.order = {id(n): k for k, n in enumerate(graph.node)}
+
+    def only_consumer(self, tensor):
+        c = self.consumers.get(tensor, [])
+        return c[0] if len(c) == 1 and tensor not in self.outputs else None
+
+    def const_inputs(self, node, first=1):
+        return all(i in self.consts for i in node.input[first:] if i)
+
+    def plan(self, conv):
+        pre = self.producer.get(conv.input[0])
+        if not (pre is not None and pre.op_type == "BatchNormalization" and self.const_inputs(pre)
+                and self.only_consumer(pre.output[0]) is conv):
+            pre = None
+        post, act, res = None, None, None
+        nxt = self.only_consumer(conv.output[0])
+        if nxt is not None and nxt.op_type == "BatchNormalization" and self.const_inputs(nxt):
+            post, nxt = nxt, self.only_consumer(nxt.output[0])
+        if nxt is not None and nxt.op_type == "PRelu" and self.const_inputs(nxt):
+            act, nxt = nxt, self.only_consumer(nxt.output[0])
+        last = (act or post or conv).output[0]
+        if conv.op_type == "Conv" and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+            other = nxt.input[1] if nxt.input[0] == last else nxt.input[0]
+            src = self.producer.get(other)
+            # the other addend must exist when the conv runs (emission follows graph order)
+            if other not in self.consts and other != last and (src is None or self.order[id(src)] < self.order[id(conv)]):
+                res = nxt
+        return pre, post, act, res
+
+
+def bn_affine(consts, node) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization (inference) as y = x * a + b per channel (float32, PyTorch's folding)."""
+    g, b, mu, var = (consts[i].astype(np.float32) for i in node.input[1:5])
+    eps = float(_attrs(node).get("epsilon", 1e-5))
+    a = (g / np.sqrt(var + np.float32(eps))).astype(np.float32)
+    return a, (b - mu * a).astype(np.float32)
+
+
+def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -> Imported:
+    """Lower `model` to a Relax IRModule for the TVM target dict `target`.
+
+    Input: one float32 NCHW graph input of static shape. schedule=False leaves float PrimFuncs unscheduled
+    (the CUDA pipeline schedules them with dlight; tests compare both)."""
+    from tvm import relax
+
+    from dcpnas.compiler import lowering
+
+    check_supported(model)
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            consts[n.output[0]] = numpy_helper.to_array(_attrs(n)["value"]) if "value" in _attrs(n) else None
+    inputs = [i for i in g.input if i.name not in consts]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise CompileError(f"expected one graph input and one output, got {len(inputs)} and {len(g.output)}")
+    inp = inputs[0]
+    dims = inp.type.tensor_type.shape.dim
+    if not dims or any(not d.HasField("dim_value") for d in dims):
+        raise CompileError(f"input {inp.name!r} needs a static shape (export with a fixed batch size)")
+    in_shape = tuple(int(d.dim_value) for d in dims)
+    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise CompileError(f"input {inp.name!r} must be float32")
+    low = lowering.Lowering(target, consts, schedule=schedule)
+    fuser = _Fuser(g, consts)
+    absorbed: set[int] = set()
+    plans = {}
+    for n in g.node:
+        if n.op_type in ("Conv", "BinaryConv2d"):
+            plan = fuser.plan(n)
+            plans[id(n)] = plan
+            absorbed.update(id(m) for m in plan if m is not None)
+    bb = relax.BlockBuilder()
+    x = relax.Var(inp.name, relax.TensorType(in_shape, "float32"))
+    env = {inp.name: x}
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            for n in g.node:
+                if id(n) in absorbed or n.op_type == "Constant":
+                    continue
+                plan = plans.get(id(n))
+                if plan is not None:
+                    outs = low.conv(bb, env, n, *plan)
+                else:
+                    outs = low.node(bb, env, n)
+                env.update(outs)
+            out = bb.emit_output(env[g.output[0].name])
+        bb.emit_func_output(out)
+    mod = bb.get()
+    out_shape = tuple(int(v) for v in out.ty.shape)
+    return Imported(mod, inp.name, in_shape, g.output[0].name, out_shape, low.layers)
