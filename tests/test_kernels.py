@@ -167,3 +167,20 @@ def test_bad_shapes_raise_compile_error():
     with pytest.raises(CompileError):
         binary_conv2d_reference(np.zeros((1, 8, 2, 2), np.float32), np.zeros((4, 1, 3, 3), np.uint8),
                                 np.ones(4), None, attrs)
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("case", [(3, 15, 24, 3, 1, 1, 1, 1), (40, 9, 72, 3, 2, 2, 2, 1), (72, 7, 72, 3, 1, 1, 1, 72),
+                                  (64, 7, 32, 1, 1, 0, 1, 1)], ids=lambda c: "c{}h{}co{}k{}s{}p{}d{}g{}".format(*c))
+def test_float_conv_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    from dcpnas.compiler.kernels.float_conv import FloatConvModule
+
+    c, h, co, k, s, p, d, g = case
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, c, h, h)).astype(np.float32)
+    w = rng.standard_normal((co, c // g, k, k)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    m = FloatConvModule(x.shape, w, b, _attrs(c, k, s, p, d, g), X86)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), s, p, d, g).numpy()
+    np.testing.assert_allclose(m.run(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

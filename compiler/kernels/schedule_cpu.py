@@ -50,11 +50,14 @@ def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
     return "pixel", _largest_divisor(ow, 4 * cpu.lanes), 1, 1
 
 
-def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True):
-    """Schedule the conv PrimFunc; returns the scheduled PrimFunc (attr tir.is_scheduled)."""
+def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True,
+                      blocks: tuple[str, str] = ("popc", "binconv_out")):
+    """Schedule a conv PrimFunc whose reduction block `blocks[0]` is [n, g, y, x, c] (reduce ry, rx, rq) and
+    whose epilogue block `blocks[1]` writes [n, g, c, y, x]; returns it scheduled (attr tir.is_scheduled).
+    Shared by the binary conv and the float conv (float_conv.py)."""
     sch = Schedule(tvm.IRModule({"main": func}))
-    pc = sch.get_sblock("popc")
-    ep = sch.get_sblock("binconv_out")
+    pc = sch.get_sblock(blocks[0])
+    ep = sch.get_sblock(blocks[1])
     form, fv, fn, xt = conv_tile(geo, cpu)
     acc = sch.cache_write(pc, 0, "local")
     n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)

@@ -19,10 +19,12 @@ def _largest_divisor(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
 
-def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128):
+def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128,
+                       blocks: tuple[str, str] = ("popc", "binconv_out")):
+    """Blocks as in schedule_cpu.schedule_conv_cpu (shared with the float conv)."""
     sch = Schedule(tvm.IRModule({"main": func}))
-    pc = sch.get_sblock("popc")
-    ep = sch.get_sblock("binconv_out")
+    pc = sch.get_sblock(blocks[0])
+    ep = sch.get_sblock(blocks[1])
     acc = sch.cache_write(pc, 0, "local")
     n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)
     if geo.cog % 32 == 0:
