@@ -298,7 +298,6 @@ def build_onnx(module: nn.Module, input_shape: tuple[int, ...], *, output_name: 
         g.used.add("input")
         with torch.no_grad():
             out = g.emit(module, "input", "")
-            ref_shape = tuple(module(torch.zeros(tuple(int(v) for v in input_shape))).shape)
     finally:
         module.train(was_training)
     output_name = output_name or ("logits" if isinstance(module, Network) else "output")
@@ -308,7 +307,7 @@ def build_onnx(module: nn.Module, input_shape: tuple[int, ...], *, output_name: 
     graph = helper.make_graph(
         g.nodes, graph_name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(input_shape))],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(ref_shape))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)],
         initializer=g.inits,
     )
     opsets = [helper.make_opsetid("", OPSET)]
@@ -319,6 +318,11 @@ def build_onnx(module: nn.Module, input_shape: tuple[int, ...], *, output_name: 
     model = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="dcpnas")
     model.ir_version = 9
     check(model)
+    # the output's static shape, from ONNX shape inference (functions are inferred too)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    if not model.graph.output[0].type.tensor_type.shape.dim:
+        raise CompileError("could not infer the output shape of the exported model")
     return model
 
 

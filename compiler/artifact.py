@@ -1,0 +1,108 @@
+"""A build folder build/<name>-<target>/: model.onnx, the deployable library, manifest.json.
+
+manifest.json (schema dcpnas.build/1), written atomically:
+    {"schema", "name", "binary", "target": {"name", "tvm", "threads", "arch"}, "tvm_version",
+     "genotype": digest | null, "space": SearchSpace dict | null, "weights": path | "fresh" | "onnx",
+     "input": {"name", "shape"}, "output": {"name", "shape"}, "normalization": {"mean","std"} | null,
+     "files": {"onnx": {"path", "bytes", "sha256"}, "lib": {...}},
+     "onnx_weight_bytes": {"binary", "float"}, "parity": {...parity.compare...},
+     "expected_latency_ms": float | null, "expected_latency_source": str,
+     "compile_s": {"export", "import", "build", "parity"},
+     "layers": [{"name", "op", "nodes", "funcs": [{"name", "args": [[shape, dtype], ...]}]}]}
+`layers` lets `dcpnas bench` time every PrimFunc of the library by name (time_evaluator) with args of
+those shapes. The library is loadable with the plain TVM runtime (tvm.runtime.load_module) and runs with
+relax.VirtualMachine(lib, dev)["main"].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dcpnas.errors import ArtifactError
+from dcpnas.io import read_json, sha256_file, write_json
+
+SCHEMA = "dcpnas.build/1"
+MANIFEST = "manifest.json"
+_REQUIRED = ("name", "binary", "target", "tvm_version", "input", "output", "files", "parity", "layers")
+
+
+def file_record(folder: Path, name: str) -> dict:
+    p = folder / name
+    return {"path": name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+@dataclass
+class Artifact:
+    """A validated build folder. manifest: the parsed manifest.json."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def lib_path(self) -> Path:
+        return self.path / self.manifest["files"]["lib"]["path"]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.manifest["files"]["onnx"]["path"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["input"]["shape"])
+
+    def save(self) -> Path:
+        return write_json(self.path / MANIFEST, self.manifest)
+
+    @classmethod
+    def load(cls, path: str | Path, verify_hashes: bool = True) -> "Artifact":
+        """Read and validate DIR/manifest.json and the files it names (sizes and sha256)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"{path}: build folder not found (run `dcpnas compile` first)")
+        m = read_json(path / MANIFEST, schema=SCHEMA)
+        missing = [k for k in _REQUIRED if k not in m]
+        if missing:
+            raise ArtifactError(f"{path / MANIFEST}: missing field(s) {', '.join(missing)}")
+        for key in ("onnx", "lib"):
+            rec = m["files"].get(key)
+            if not isinstance(rec, dict) or "path" not in rec:
+                raise ArtifactError(f"{path / MANIFEST}: files.{key} is missing")
+            f = path / rec["path"]
+            if not f.is_file():
+                raise ArtifactError(f"{f}: file named in the manifest is missing")
+            if verify_hashes and (f.stat().st_size != rec.get("bytes") or sha256_file(f) != rec.get("sha256")):
+                raise ArtifactError(f"{f}: does not match the manifest (size or sha256); rebuild the folder")
+        return cls(path, m)
+
+    def load_module(self):
+        """The library as a runtime module (local; an RPC session loads self.lib_path itself)."""
+        import tvm
+
+        return tvm.runtime.load_module(str(self.lib_path))
+
+    def vm(self, dev=None):
+        """(relax.VirtualMachine on the local device, library module) for this artifact."""
+        import tvm
+        from tvm import relax
+
+        lib = self.load_module()
+        if dev is None:
+            dev = tvm.cuda() if self.manifest["target"]["tvm"].get("kind") == "cuda" else tvm.cpu()
+        return relax.VirtualMachine(lib, dev), lib
+
+    def run(self, x):
+        """Logits of one input batch x (numpy, the compiled input shape) through the local VM."""
+        import tvm
+
+        vm, _ = self.vm()
+        dev = tvm.cpu()
+        return vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+
+
+def find_func_module(lib, name: str):
+    """The module (lib or one of its imports) that implements PrimFunc `name` (for time_evaluator)."""
+    for m in [lib] + list(lib.imports):
+        if m.implements_function(name):
+            return m
+    raise ArtifactError(f"the library has no function {name!r}")

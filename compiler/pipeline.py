@@ -1,0 +1,210 @@
+"""`dcpnas compile` as a library function: genotype (or dcpnas .onnx) -> build folder with parity."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcpnas.errors import DataError, DcpnasError
+from dcpnas.progress import ProgressFn, no_progress
+
+PHASES = ("network", "export", "import+build", "parity")
+
+
+def calibrate_batchnorm(net, x, batches: int = 4, batch_size: int = 64) -> None:
+    """Give fresh BatchNorm layers running statistics of real data: train-mode forward passes (no grad)
+    with a cumulative average (momentum None), then eval mode. Weights are untouched."""
+    import torch
+
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for i in range(batches):
+            net(x[i * batch_size:(i + 1) * batch_size])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.eval()
+
+
+def _weight_bytes(model) -> dict:
+    """Bytes of the initializers: uint8 (packed binary weights) and float32 (everything else)."""
+    out = {"binary": 0, "float": 0}
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if t.data_type == 2:  # UINT8
+            out["binary"] += n
+        elif t.data_type == 1:  # FLOAT
+            out["float"] += 4 * n
+    return out
+
+
+def _network(source: Path, weights, float_: bool, data: str, policy: str | None, cells, channels):
+    """-> (module, space, genotype, normalization, dataset, weights label)."""
+    import torch
+
+    from dcpnas.data import load_dataset
+    from dcpnas.genotype import load_genotype
+    from dcpnas.model import Network
+    from dcpnas.train import default_eval_space
+
+    genotype = load_genotype(source)
+    dataset = load_dataset(data)
+    if weights is not None:
+        from dcpnas.checkpoint import load_model
+
+        net, meta = load_model(weights, genotype)
+        space, norm = meta["space"], meta["normalization"]
+        if float_ and net.binary:  # the float twin of the trained net: same float weights, real convs
+            twin = Network(genotype, space, binary=False)
+            sd = twin.state_dict()
+            twin.load_state_dict({k: v for k, v in net.state_dict().items() if k in sd and sd[k].shape == v.shape},
+                                 strict=False)
+            net = twin.eval()
+        label = str(weights)
+    else:
+        space = default_eval_space(dataset.input_shape, dataset.num_classes, policy or "book", cells, channels)
+        torch.manual_seed(0)
+        net = Network(genotype, space, binary=not float_)
+        norm = dataset.normalization()
+        x, _ = dataset.tensors("train", norm["mean"], norm["std"])
+        calibrate_batchnorm(net, x)
+        label = "fresh"
+    if tuple(space.input_shape) != tuple(dataset.input_shape):
+        raise DataError(f"dataset {dataset.name} has images {dataset.input_shape}, the network expects "
+                        f"{tuple(space.input_shape)}; pass --data with matching images")
+    return net.eval(), space, genotype, norm, dataset, label
+
+
+def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool = False, data: str = "embedded",
+                     parity_inputs: int = 16, policy: str | None = None, cells: int | None = None,
+                     channels: int | None = None, progress: ProgressFn | None = None, check: bool = True):
+    """Compile a genotype.json / DARTS-string file / dcpnas .onnx for `target` into out_dir
+    (default build/<name>-<target>, <name>-float-<target> with float_). Fresh weights (BatchNorm
+    calibrated on the training images) unless `weights` (model.pt). Parity (PyTorch vs ORT vs TVM on
+    `parity_inputs` test images) is recorded in the manifest; with check, a failure raises ParityError.
+    Returns the Artifact."""
+    import onnx
+    import tvm
+
+    from dcpnas.compiler.artifact import SCHEMA, Artifact, file_record
+    from dcpnas.compiler.build import build_onnx_model, resolve_target, runs_here, tvm_runner
+    from dcpnas.compiler.export import build_onnx
+    from dcpnas.compiler.parity import check_parity
+    from dcpnas.io import atomic_write_bytes
+
+    progress = progress or no_progress
+    source = Path(source)
+    tgt = resolve_target(target)
+    times: dict[str, float] = {}
+    is_onnx = source.suffix.lower() == ".onnx"
+    name = source.parent.name if source.stem == "genotype" and source.parent.name else source.stem
+    out = Path(out_dir) if out_dir else Path("build") / f"{name}{'-float' if float_ else ''}-{tgt.name}"
+    progress("network", 0, 1)
+    t0 = time.perf_counter()
+    net = space = genotype = norm = dataset = None
+    if is_onnx:
+        if weights is not None or float_:
+            raise DcpnasError("--weights and --float apply to a genotype input, not to an .onnx file")
+        if not source.is_file():
+            raise DcpnasError(f"{source}: file not found")
+        try:
+            model = onnx.load(str(source))
+        except Exception as e:
+            raise DcpnasError(f"{source}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from None
+        label = "onnx"
+        binary = any(n.domain == "dcpnas" for n in model.graph.node)
+    else:
+        net, space, genotype, norm, dataset, label = _network(source, weights, float_, data, policy, cells, channels)
+        binary = not float_
+    times["network"] = time.perf_counter() - t0
+    progress("network", 1, 1)
+    progress("export", 0, 1)
+    t0 = time.perf_counter()
+    if not is_onnx:
+        model = build_onnx(net, (1,) + tuple(space.input_shape))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "model.onnx", model.SerializeToString())
+    times["export"] = time.perf_counter() - t0
+    progress("export", 1, 1)
+    progress("import+build", 0, 1)
+    built = build_onnx_model(model, tgt, out / "model.so")
+    times["import"], times["build"] = built.import_s, built.build_s
+    progress("import+build", 1, 1)
+    imp = built.imported
+    progress("parity", 0, 1)
+    t0 = time.perf_counter()
+    x, inputs = _parity_inputs(dataset, norm, imp.input_shape, parity_inputs, data)
+    ok, why = runs_here(tgt)
+    parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(),
+                          tvm_fn=tvm_runner(built.lib_path, tgt) if ok else None, raise_on_fail=False)
+    parity["inputs"] = inputs
+    parity["tvm_run"] = "ran" if ok else f"skipped: {why}"
+    times["parity"] = time.perf_counter() - t0
+    progress("parity", 1, 1)
+    lat, lat_src = _expected_latency(tgt, genotype, space, binary)
+    manifest = {
+        "schema": SCHEMA, "name": name, "binary": binary,
+        "target": {"name": tgt.name, "arch": tgt.arch, "tvm": dict(tgt.tvm), "threads": tgt.threads},
+        "tvm_version": tvm.__version__,
+        "genotype": genotype.digest() if genotype is not None else None,
+        "space": space.to_dict() if space is not None else None,
+        "weights": label,
+        "input": {"name": imp.input_name, "shape": list(imp.input_shape)},
+        "output": {"name": imp.output_name, "shape": list(imp.output_shape)},
+        "normalization": norm,
+        "files": {"onnx": file_record(out, "model.onnx"), "lib": file_record(out, "model.so")},
+        "onnx_weight_bytes": _weight_bytes(model),
+        "parity": parity,
+        "expected_latency_ms": lat, "expected_latency_source": lat_src,
+        "compile_s": {k: round(v, 3) for k, v in times.items()},
+        "layers": [vars(layer) for layer in imp.layers],
+    }
+    art = Artifact(out, manifest)
+    art.save()
+    if check and not parity["passed"]:
+        from dcpnas.errors import ParityError
+
+        raise ParityError(
+            f"parity failed (manifest written to {out}): top-1 agreement {parity['top1_agreement']:.3f}, "
+            f"max |ORT-ref| {parity['max_abs_diff_ort']}, max |TVM-ref| {parity['max_abs_diff_tvm']}, "
+            f"allowed {parity['rtol']:g} x {parity['reference_max_abs']:.3g}")
+    return art
+
+
+def _parity_inputs(dataset, norm, shape, n: int, data: str) -> tuple[np.ndarray, str]:
+    """n normalised test images of `dataset` (or of load_dataset(data) when the shape matches)."""
+    if dataset is None:
+        from dcpnas.data import load_dataset
+
+        try:
+            dataset = load_dataset(data)
+        except DcpnasError:
+            dataset = None
+        if dataset is not None and tuple(dataset.input_shape) == tuple(shape[1:]):
+            norm = dataset.normalization()
+        else:
+            dataset = None
+    if dataset is None:
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((n,) + tuple(shape[1:])).astype(np.float32), "random normal (no matching dataset)"
+    x, _ = dataset.tensors("test", norm["mean"], norm["std"])
+    return x[:n].numpy().astype(np.float32), f"{dataset.name} test[:{n}]"
+
+
+def _expected_latency(tgt, genotype, space, binary: bool) -> tuple[Any, str]:
+    if genotype is None or not binary:
+        return None, "n/a (" + ("float network" if not binary else "no genotype") + ")"
+    try:
+        from dcpnas.latency import genotype_latency
+
+        lut = tgt.load_lut()
+        return round(genotype_latency(genotype, space, lut), 6), f"lut {tgt.name} ({getattr(lut, 'method', '?')})"
+    except DcpnasError as e:
+        return None, f"unavailable: {e}"
