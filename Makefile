@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test system-deps clean
+.PHONY: venv demo test system-deps arm-runtime clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: venv
 	$(VENV)/bin/dcpnas compile runs/demo/genotype.json --target x86-avx512 -o build/demo-x86-avx512
 	$(VENV)/bin/dcpnas bench build/demo-x86-avx512
 
-test: venv system-deps
+# aarch64 TVM runtime + qemu harness for the `arm` tests (cached; the tests skip with a reason without it)
+arm-runtime: venv system-deps
+	PYTHON=$(PY) bash scripts/setup_arm_runtime.sh || echo "arm runtime setup failed; arm tests will skip"
+
+test: venv system-deps arm-runtime
 	$(VENV)/bin/python -m pytest -q
 
 clean:
