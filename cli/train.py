@@ -1,0 +1,115 @@
+"""`dcpnas train GENOTYPE`: train the evaluation network of a genotype from scratch (METHOD.md section 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dcpnas.cli.common import console, handle_errors, rich_progress
+
+BUILTIN_GENOTYPES = ("DDPNAS_MCN_2",)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+
+
+def resolve_genotype(arg: str):
+    """A genotype.json / DARTS-string file, or the name of a built-in genotype (DDPNAS_MCN_2)."""
+    from dcpnas import genotype as G
+
+    if not Path(arg).exists() and arg.upper() in BUILTIN_GENOTYPES:
+        return getattr(G, arg.upper())
+    return G.load_genotype(arg)
+
+
+@handle_errors
+def train_cmd(
+    genotype: str = typer.Argument(..., help="genotype.json, a file with a DARTS Genotype(...) string, or DDPNAS_MCN_2."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default runs/train-<genotype hash>[-float])."),
+    float_net: bool = typer.Option(False, "--float", help="Train the real-valued twin (a teacher for --teacher)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="model.pt of the real-valued network of the same genotype: KL loss to its softmax."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (split between the two stages of a 1-bit run)."),
+    cells: Optional[int] = typer.Option(None, "--cells", help="Cells of the evaluation network."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Channels of the first cell."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy: book | authors."),
+    data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagefolder:DIR"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    target: Optional[str] = typer.Option(None, "--target", help="Add the LUT latency of each layer of this target to the summary."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or [train]); flags win."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is fastest on a busy machine)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Train a genotype's network: 1-bit two-stage recipe (or --float), writes model.pt, metrics.jsonl, curves.png."""
+    from dcpnas.errors import ConfigError
+    from dcpnas.train import TrainConfig, train
+
+    geno = resolve_genotype(genotype)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    overrides = {k: v for k, v in {
+        "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "data": data, "seed": seed,
+        "batch_size": batch_size, "device": device}.items() if v is not None}
+    if float_net:
+        overrides["binary"] = False
+    cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides, "options")
+    if teacher is not None and not cfg.binary:
+        raise ConfigError("--teacher distils into the 1-bit network; drop --float or --teacher")
+    table = None
+    if target is not None:  # load the LUT first so that a bad target fails before training
+        from dcpnas.targets import get_target
+
+        table = get_target(target).load_lut()
+    out = out or Path("runs") / f"train-{geno.digest()[:8]}{'' if cfg.binary else '-float'}"
+    kind = "1-bit" if cfg.binary else "real-valued"
+    console.print(f"training the {kind} network of genotype {geno.digest()[:8]} on {cfg.data} -> {out}")
+    with rich_progress(not no_progress) as progress:
+        result = train(geno, cfg, out, progress=progress, resume=resume, teacher=teacher)
+
+    from dcpnas.checkpoint import load_model
+    from dcpnas.summary import summarize
+
+    net, _ = load_model(result.model_path, genotype=geno)
+    print_summary(summarize(net, table), target, table)
+    console.print(f"test accuracy [bold]{100 * result.test_accuracy:.2f}%[/] on "
+                  f"the held-out test split; {result.seconds:.0f} s of training; wrote {result.model_path}, "
+                  f"{out / 'metrics.jsonl'}, {out / 'curves.png'}")
+
+
+def print_summary(s, target: str | None, table) -> None:
+    """The larq-style table: per layer binary or float, parameters, bits, memory, LUT latency."""
+    from rich.table import Table
+
+    t = Table(title="network summary", show_footer=True)
+    cols = ["layer", "op", "kind", "1-bit params", "32-bit params", "memory KiB"]
+    if table is not None:
+        cols.append(f"latency ms ({target})")
+    foot = ["total", "", "", str(s.params_1bit), str(s.params_32bit), f"{s.memory_kib:.2f}"]
+    if table is not None:
+        foot.append(f"{s.latency_ms:.4f}")
+    for c, f in zip(cols, foot):
+        t.add_column(c, footer=f, justify="right" if "params" in c or "KiB" in c or "ms" in c else "left")
+    for r in s.rows:
+        row = [r.name, r.op, "1-bit" if r.binary else "float", str(r.params_1bit), str(r.params_32bit),
+               f"{r.memory_kib:.2f}"]
+        if table is not None:
+            row.append("-" if r.latency_ms is None else f"{r.latency_ms:.4f}")
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"memory {s.memory_kib:.1f} KiB vs {s.float_memory_kib:.1f} KiB all 32-bit "
+                  f"({s.compression:.1f}x smaller)")
+    if table is not None:
+        method = getattr(table, "method", "")
+        note = f" ({method} LUT)" if method else ""
+        console.print(f"LUT latency on {target}{note}: {s.latency_ms:.3f} ms over the layers it holds")
+        if s.missing_keys:
+            console.print(f"[yellow]{len(s.missing_keys)} of {len(s.rows)} layers are not in the LUT[/] "
+                          f"(it covers the shapes of the search space; build one for this network size with "
+                          f"`dcpnas lut build`)")

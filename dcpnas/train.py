@@ -1,0 +1,367 @@
+"""Final training of a genotype (METHOD.md section 7): the evaluation network trained from scratch.
+
+The authors' two-stage recipe for the 1-bit network: stage 1 with binary activations and real weights,
+stage 2 fully binary, initialised from stage 1 (beta re-initialised to mean |w|); each stage AdamW with
+a cosine schedule from lr to 0. Loss: KL(teacher softmax || student softmax) when a teacher (the
+real-valued network of the same genotype, `train(..., binary=False)` = `dcpnas train --float`) is
+given, cross-entropy on the labels otherwise. The test split is used only for reporting: the network
+kept is the last one, no model selection.
+
+Out folder: model.pt (dcpnas.checkpoint), checkpoint.pt (each epoch; `resume=True` continues from it
+exactly), metrics.jsonl (one record per epoch), train.json (schema dcpnas.train/1), curves.png.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dcpnas.binary import BinaryConv2d, set_binary_weights
+from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
+from dcpnas.errors import ArtifactError, ConfigError
+from dcpnas.genotype import Genotype
+from dcpnas.io import atomic_write_text, write_json
+from dcpnas.model import Network
+from dcpnas.progress import ProgressFn, no_progress
+from dcpnas.space import POLICIES, SearchSpace
+
+# Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
+# sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
+EVAL_CELLS = 6
+EVAL_CHANNELS = 12
+RESULT_SCHEMA = "dcpnas.train/1"
+CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
+
+
+def default_eval_space(input_shape=(1, 28, 28), num_classes: int = 10, policy: str = "book",
+                       cells: int | None = None, channels: int | None = None) -> SearchSpace:
+    """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS)."""
+    return SearchSpace(cells=cells or EVAL_CELLS, channels=channels or EVAL_CHANNELS,
+                       input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (written to train.json; resume checks it is unchanged).
+
+    epochs: total epochs; a binary run gives round(stage1_fraction * epochs) to stage 1 and the rest
+    (at least 1) to stage 2; a float run (binary=False) trains one stage. lr: AdamW peak lr, cosine to
+    0 within each stage. weight_decay applies to stage 1 / float only (stage 2: 0, as binary latent
+    weights should not shrink). temperature: of the KL to the teacher. augment: random +-2 px shifts and
+    horizontal flips. train_subset/test_subset: stratified subsets (None = all).
+    """
+
+    epochs: int = 8
+    stage1_fraction: float = 0.5
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    temperature: float = 1.0
+    augment: bool = True
+    binary: bool = True
+    cells: int | None = None
+    channels: int | None = None
+    policy: str = "book"
+    data: str = "embedded"
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    eval_batch_size: int = 500
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0.0 <= self.stage1_fraction < 1.0:
+            raise ConfigError(f"stage1_fraction must be in [0, 1), got {self.stage1_fraction}")
+        if self.batch_size < 2 or self.eval_batch_size < 1:
+            raise ConfigError("batch_size must be >= 2 and eval_batch_size >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
+            raise ConfigError("lr and temperature must be > 0, weight_decay >= 0")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+
+    def stages(self) -> list[tuple[str, int, bool | None, float]]:
+        """[(name, epochs, binary_weight, weight_decay)]; binary_weight None for the float network."""
+        if not self.binary:
+            return [("float", self.epochs, None, self.weight_decay)]
+        e1 = min(round(self.stage1_fraction * self.epochs), self.epochs - 1)
+        out = [("stage1", e1, False, self.weight_decay)] if e1 > 0 else []
+        return out + [("stage2", self.epochs - e1, True, 0.0)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        clean = {}
+        for k, v in d.items():
+            default = getattr(cls, k, None)
+            try:
+                if v is None:
+                    clean[k] = None
+                elif isinstance(default, bool):
+                    if not isinstance(v, bool):
+                        raise ValueError("expected true or false")
+                    clean[k] = v
+                elif isinstance(default, float):
+                    clean[k] = float(v)
+                elif isinstance(default, int) or k in ("cells", "channels", "train_subset", "test_subset"):
+                    if isinstance(v, bool) or int(v) != v:
+                        raise ValueError("expected an integer")
+                    clean[k] = int(v)
+                else:
+                    clean[k] = str(v)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{source}: {k} = {v!r}: {e}") from None
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+        """Keys at the top level or under [train]; `overrides` (e.g. CLI flags) win."""
+        import tomllib
+
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        d = d.get("train", d)
+        return cls.from_dict({**d, **(overrides or {})}, source=str(path))
+
+
+@dataclass
+class TrainResult:
+    """test_accuracy in [0, 1] of the final network; seconds: training wall time (summed over resumes)."""
+
+    out_dir: Path
+    model_path: Path
+    test_accuracy: float
+    test_loss: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    space: SearchSpace | None = None
+
+
+# -- pieces -----------------------------------------------------------------------------------------
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, fill: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """Random shift by up to `pad` pixels (uncovered pixels = `fill` [C], the normalised black) and
+    random horizontal flip, per image. x [N, C, H, W] -> same shape."""
+    n, c, h, w = x.shape
+    big = fill.view(1, c, 1, 1).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+    big[:, :, pad:pad + h, pad:pad + w] = x
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n)[:, None, None, None]
+    idx_c = torch.arange(c)[None, :, None, None]
+    return big[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """lr at `step` of `total` steps: base * (1 + cos(pi * step / total)) / 2."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
+    """KL(softmax(t/T) || softmax(s/T)) * T^2, mean over the batch. logits [N, classes]."""
+    p_t = F.softmax(teacher_logits / temperature, dim=1)
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+             device: str = "cpu") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]) of `model` in eval mode on x [N, C, H, W], y [N]."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / max(len(y), 1), correct / max(len(y), 1)
+
+
+def _set_stage(model: torch.nn.Module, binary_weight: bool | None, fresh: bool) -> None:
+    if binary_weight is None:
+        return
+    if fresh:
+        set_binary_weights(model, binary_weight)  # re-initialises beta when switching to binary
+    else:
+        for m in model.modules():
+            if isinstance(m, BinaryConv2d):
+                m.binary_weight = binary_weight
+
+
+def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, device: str):
+    """(teacher module, input transform) from a model.pt path or a module (assumed same normalisation)."""
+    if teacher is None:
+        return None, None
+    if isinstance(teacher, torch.nn.Module):
+        return teacher.to(device).eval(), None
+    net, meta = load_model(teacher, genotype=genotype)
+    t_space: SearchSpace = meta["space"]
+    if t_space.input_shape != space.input_shape or t_space.num_classes != space.num_classes:
+        raise ArtifactError(f"{teacher}: teacher takes {t_space.input_shape} -> {t_space.num_classes} classes, "
+                            f"the data is {space.input_shape} -> {space.num_classes}")
+    m_s, s_s = torch.tensor(norm["mean"]).view(1, -1, 1, 1), torch.tensor(norm["std"]).view(1, -1, 1, 1)
+    m_t = torch.tensor(meta["normalization"]["mean"]).view(1, -1, 1, 1)
+    s_t = torch.tensor(meta["normalization"]["std"]).view(1, -1, 1, 1)
+    # our inputs are (x - m_s) / s_s; the teacher expects (x - m_t) / s_t
+    a, b = (s_s / s_t).to(device), ((m_s - m_t) / s_t).to(device)
+    return net.to(device).eval(), (lambda x: x * a + b)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progress: ProgressFn | None = None,
+          resume: bool = False, teacher=None) -> TrainResult:
+    """Train the evaluation network of `genotype` (see the module docstring); returns the final result.
+
+    teacher: None, a model.pt path (validated: same genotype, same input shape and classes) or a module.
+    resume: continue from out_dir/checkpoint.pt (config and genotype must be unchanged); without a
+    checkpoint it starts afresh. progress(phase, done, total, **metrics) is called per batch and, with
+    test_acc, after each epoch (after the checkpoint is written).
+    """
+    from dcpnas.data import load_dataset
+
+    progress = progress or no_progress
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    genotype.validate()
+    data = load_dataset(config.data)
+    if config.train_subset or config.test_subset:
+        data = data.subset(config.train_subset, config.test_subset, seed=config.seed)
+    space = default_eval_space(data.input_shape, data.num_classes, config.policy, config.cells, config.channels)
+    norm = data.normalization()
+    x_train, y_train = data.tensors("train")
+    x_test, y_test = data.tensors("test")
+    fill = ((0.0 - torch.tensor(norm["mean"])) / torch.tensor(norm["std"])).float()
+    dev = config.device
+
+    torch.manual_seed(config.seed)
+    model = Network(genotype, space, binary=config.binary).to(dev)
+    gen = torch.Generator().manual_seed(config.seed)
+    teacher_net, teacher_in = _load_teacher(teacher, genotype, space, norm, dev)
+    stages = config.stages()
+    n = len(y_train)
+    bs = min(config.batch_size, n)
+    steps = max(n // bs, 1)
+
+    state = {"stage": 0, "epoch_in_stage": 0, "history": [], "seconds": 0.0}
+    ckpt_path = out_dir / "checkpoint.pt"
+    opt_state = None
+    if resume and ckpt_path.is_file():
+        ck = load_torch(ckpt_path)
+        if ck.get("schema") != CHECKPOINT_SCHEMA:
+            raise ArtifactError(f"{ckpt_path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
+        if ck.get("config") != config.to_dict() or ck.get("genotype") != genotype.to_dict():
+            raise ConfigError(f"{ckpt_path}: was written with another config or genotype; "
+                              f"use the same options to --resume, or a new -o folder")
+        _set_stage(model, stages[ck["stage"]][2], fresh=False)
+        model.load_state_dict(ck["model"])
+        gen.set_state(ck["rng"])
+        state = {k: ck[k] for k in state}
+        opt_state = ck["optimizer"]
+        write_metrics(out_dir, state["history"])  # drop lines written after the checkpoint
+    elif not resume:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    t_start = time.perf_counter() - state["seconds"]
+    model.train()
+    for si in range(state["stage"], len(stages)):
+        name, epochs, binary_weight, wd = stages[si]
+        fresh = not (si == state["stage"] and (state["epoch_in_stage"] > 0 or opt_state is not None))
+        _set_stage(model, binary_weight, fresh=fresh and state["epoch_in_stage"] == 0)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=wd)
+        if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
+            opt.load_state_dict(opt_state)
+        start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
+        for epoch in range(start_epoch, epochs):
+            loss_sum, correct, seen = 0.0, 0, 0
+            perm = torch.randperm(n, generator=gen)
+            for b in range(steps):
+                idx = perm[b * bs:(b + 1) * bs]
+                xb, yb = x_train[idx], y_train[idx]
+                if config.augment:
+                    xb = augment_batch(xb, gen, fill)
+                xb, yb = xb.to(dev), yb.to(dev)
+                for g in opt.param_groups:
+                    g["lr"] = cosine_lr(config.lr, epoch * steps + b, epochs * steps)
+                logits = model(xb)
+                if teacher_net is not None:
+                    with torch.no_grad():
+                        t_logits = teacher_net(teacher_in(xb) if teacher_in else xb)
+                    loss = distillation_loss(logits, t_logits, config.temperature)
+                else:
+                    loss = F.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(yb)
+                correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += len(yb)
+                progress(name, epoch * steps + b + 1, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
+                         loss=loss_sum / seen, acc=correct / seen)
+            test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
+            record = {"epoch": len(state["history"]) + 1, "stage": name, "epoch_in_stage": epoch + 1,
+                      "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                      "test_loss": test_loss, "test_accuracy": test_acc,
+                      "seconds": time.perf_counter() - t_start}
+            state["history"].append(record)
+            state.update(stage=si, epoch_in_stage=epoch + 1, seconds=record["seconds"])
+            save_torch(ckpt_path, {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(),
+                                   "genotype": genotype.to_dict(), "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(), "rng": gen.get_state(), **state})
+            write_metrics(out_dir, state["history"])
+            progress(name, (epoch + 1) * steps, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
+                     loss=record["train_loss"], acc=record["train_accuracy"], test_acc=test_acc)
+        state.update(stage=si + 1, epoch_in_stage=0)
+        opt_state = None
+
+    seconds = state["seconds"]
+    test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
+    info = {"dataset": data.name, "test_accuracy": test_acc, "epochs": config.epochs, "seed": config.seed,
+            "teacher": str(teacher) if isinstance(teacher, (str, Path)) else None}
+    model_path = save_model(out_dir / "model.pt", model.cpu(), norm, info)
+    write_json(out_dir / "train.json", {
+        "schema": RESULT_SCHEMA, "genotype": genotype.to_dict(), "genotype_digest": genotype.digest(),
+        "space": space.to_dict(), "config": config.to_dict(), "dataset": data.name,
+        "n_train": n, "n_test": len(y_test), "test_accuracy": test_acc, "test_loss": test_loss,
+        "seconds": seconds, "teacher": info["teacher"], "history": state["history"]})
+    if state["history"]:
+        from dcpnas.train_plots import plot_history
+
+        kind = "1-bit" if config.binary else "float"
+        plot_history(state["history"], out_dir / "curves.png", f"{kind} network {genotype.digest()[:8]}")
+    return TrainResult(out_dir, model_path, test_acc, test_loss, seconds, state["history"], space)
+
+
+def write_metrics(out_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl: one JSON line per finished epoch (rewritten whole, atomically)."""
+    import json
+
+    atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss",
+           "augment_batch", "cosine_lr", "EVAL_CELLS", "EVAL_CHANNELS"]
