@@ -184,3 +184,27 @@ def test_float_conv_matches_torch(case):
     m = FloatConvModule(x.shape, w, b, _attrs(c, k, s, p, d, g), X86)
     want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), s, p, d, g).numpy()
     np.testing.assert_allclose(m.run(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.tvm
+def test_tuning_records_roundtrip_and_tile_used(tmp_path):
+    from dcpnas.compiler.kernels.binary_conv import ConvGeometry
+    from dcpnas.compiler.kernels.tuning import candidate_tiles, load_records, lookup_tile, save_records, workload_key
+    from dcpnas.errors import ArtifactError
+
+    attrs = _attrs(64, 3)
+    geo = ConvGeometry(1, 64, 7, 7, 64, attrs)
+    tiles = candidate_tiles(geo, X86)
+    assert ("channel", 16, 2, 7) in tiles and all(t[2] * t[3] <= 28 for t in tiles)
+    save_records(X86, {workload_key(geo): {"tile": ["channel", 8, 4, 7], "ms": 1.0, "default_ms": 1.0}}, tmp_path)
+    recs = load_records(X86, tmp_path)
+    assert lookup_tile(recs, geo) == ("channel", 8, 4, 7)
+    rng = np.random.default_rng(5)
+    x, wb = _case(rng, 1, 64, 7, 7, 64, attrs)
+    ones, zeros = np.ones(64, np.float32), np.zeros(64, np.float32)
+    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86, records=recs)
+    assert "T.vectorized(8)" in m.ir_module["binconv"].script()  # the recorded tile (fv=8) was applied, not fv=16
+    np.testing.assert_array_equal(m.run(x), binary_conv2d_reference(x, wb, ones, zeros, attrs))
+    (tmp_path / "x86-znver4.json").write_text('{"schema": "dcpnas.kernel_records/1", "entries": {"k": {"tile": [1]}}}')
+    with pytest.raises(ArtifactError):
+        load_records(X86, tmp_path)

@@ -21,14 +21,16 @@ class BinaryConvModule:
 
     x_shape: (N, C_in, H, W); w_bits: schema uint8 weights; scale/bias/prelu: [C_out];
     in_affine: the pack kernel takes in_scale/in_shift [C_in] (the BatchNorm before the sign).
+    records: tuned tiles (tuning.py); None: the target's committed records.
     """
 
     def __init__(self, x_shape, w_bits, scale, bias, attrs: BinaryConvAttrs, target: Any, *, prelu=None,
-                 in_affine: bool = False, schedule: bool = True):
+                 in_affine: bool = False, schedule: bool = True, records: dict | None = None):
         self.geo = geometry(x_shape, w_bits, attrs)
         self.target = as_target(target)
         self.in_affine = in_affine
-        pack_f, conv_f = kernel_funcs(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule)
+        pack_f, conv_f = kernel_funcs(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule,
+                                      records=records)
         self.ir_module = tvm.IRModule({"binpack": pack_f.with_attr("global_symbol", "binpack"),
                                        "binconv": conv_f.with_attr("global_symbol", "binconv")})
         self.consts = conv_constants(self.geo, w_bits, scale, bias, prelu)

@@ -18,10 +18,12 @@ from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
 from .targets import as_target, cpu_params, family
 
 
-def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True):
+def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
+                 records: dict | None = None):
     """-> (pack PrimFunc, conv PrimFunc), scheduled for `target` (attr tir.is_scheduled) unless schedule=False.
 
     pack: (x, [in_scale, in_shift,] P); conv: (P, Wt, corr, ycls, xcls, scale, bias, [slope,] out5).
+    records: tuned tiles (tuning.load_records); None: the committed records of this target, if any.
     """
     rows, cols = border_classes(geo.attrs, geo.h, geo.w)
     pack = make_pack_func(geo, affine)
@@ -32,8 +34,11 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     if fam == "cuda":
         with as_target(target):
             return schedule_pack_cuda(pack, geo), schedule_conv_cuda(conv, geo)
+    from .tuning import load_records, lookup_tile
+
     cpu = cpu_params(target)
-    return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu)
+    tile = lookup_tile(load_records(target) if records is None else records, geo)
+    return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
 
 
 def _vec(v, n: int, name: str, default: float | None = None) -> np.ndarray:

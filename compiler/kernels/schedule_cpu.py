@@ -51,14 +51,15 @@ def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
 
 
 def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True,
-                      blocks: tuple[str, str] = ("popc", "binconv_out")):
+                      blocks: tuple[str, str] = ("popc", "binconv_out"), tile: tuple | None = None):
     """Schedule a conv PrimFunc whose reduction block `blocks[0]` is [n, g, y, x, c] (reduce ry, rx, rq) and
     whose epilogue block `blocks[1]` writes [n, g, c, y, x]; returns it scheduled (attr tir.is_scheduled).
-    Shared by the binary conv and the float conv (float_conv.py)."""
+    Shared by the binary conv and the float conv (float_conv.py). tile: (form, fv, fn, xt) from a tuning
+    record (tuning.py); default: conv_tile's choice."""
     sch = Schedule(tvm.IRModule({"main": func}))
     pc = sch.get_sblock(blocks[0])
     ep = sch.get_sblock(blocks[1])
-    form, fv, fn, xt = conv_tile(geo, cpu)
+    form, fv, fn, xt = tuple(tile) if tile else conv_tile(geo, cpu)
     acc = sch.cache_write(pc, 0, "local")
     n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)
     if form == "channel":

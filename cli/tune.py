@@ -1,0 +1,52 @@
+"""`dcpnas tune`: refresh the binary conv tuning records of a target (best register tile per conv shape)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from dcpnas.cli.common import console, handle_errors, rich_progress
+
+# the benchmark's convs (benchmarks/kernels.py): (kernel, H, C) with C_in = C_out = C, stride 1, same padding
+DEFAULT_SHAPES = [(k, h, c) for k in (3, 1) for h, c in ((56, 64), (28, 128), (14, 256), (7, 512))]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_cmd)
+
+
+@handle_errors
+def tune_cmd(
+    target: str = typer.Option("x86-avx512", "--target", "-t", help="Target name (dcpnas targets) or target TOML file; x86 only (measured here)."),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="K,H,C (kernel, size, channels); repeatable. Default: the benchmark's 8 convs."),
+    records_dir: Optional[str] = typer.Option(None, "--records-dir", help="Where to write <family>-<mcpu>.json (default: the package's compiler/records)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+) -> None:
+    """Time every valid register tile of the hand-scheduled binary conv (each checked bit-exact first) and save the best per shape."""
+    from pathlib import Path
+
+    from dcpnas.compiler.kernels import BinaryConvAttrs
+    from dcpnas.compiler.kernels.binary_conv import ConvGeometry
+    from dcpnas.compiler.kernels.tuning import RECORDS_DIR, save_records, tune_conv, workload_key
+    from dcpnas.errors import ConfigError
+    from dcpnas.targets import get_target
+
+    tgt = get_target(target)
+    shapes = DEFAULT_SHAPES
+    if shape:
+        try:
+            shapes = [tuple(int(v) for v in s.split(",")) for s in shape]
+            assert all(len(s) == 3 for s in shapes)
+        except (ValueError, AssertionError):
+            raise ConfigError(f"--shape takes K,H,C (three integers), got {shape}") from None
+    entries = {}
+    with rich_progress(not no_progress) as progress:
+        for k, h, c in shapes:
+            attrs = BinaryConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), 1, c)
+            geo = ConvGeometry(1, c, h, h, c, attrs)
+            rec = tune_conv(geo, tgt.tvm, progress)
+            entries[workload_key(geo)] = rec
+            console.print(f"{workload_key(geo)}: tile {rec['tile']} {rec['ms']:.4f} ms (default tile {rec['default_ms']:.4f} ms)")
+    path = save_records(tgt.tvm, entries, Path(records_dir) if records_dir else RECORDS_DIR)
+    console.print(f"wrote {path}")
