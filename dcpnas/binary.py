@@ -22,12 +22,19 @@ class SteSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
         return sign(x)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g * (x.abs() <= 1).to(g.dtype)
+
+    @staticmethod
+    def jvp(ctx, t):
+        # forward-mode twin of the STE (used by the ggn curvature estimator)
+        (x,) = ctx.saved_tensors
+        return t * (x.abs() <= 1).to(t.dtype)
 
 
 class ApproxSign(torch.autograd.Function):
@@ -36,6 +43,7 @@ class ApproxSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
         return sign(x)
 
     @staticmethod
@@ -43,6 +51,11 @@ class ApproxSign(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         # 2 + 2x on [-1, 0) and 2 - 2x on [0, 1) are both 2 - 2|x|; zero outside (-1, 1)
         return g * (2 - 2 * x.abs()).clamp_min(0)
+
+    @staticmethod
+    def jvp(ctx, t):
+        (x,) = ctx.saved_tensors
+        return t * (2 - 2 * x.abs()).clamp_min(0)
 
 
 def ste_sign(x: torch.Tensor) -> torch.Tensor:
