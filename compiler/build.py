@@ -53,6 +53,30 @@ def unscheduled_funcs(mod) -> list[str]:
     return sorted(bad)
 
 
+def relax_pipeline(tt):
+    """CPU: TVM's default build pipeline (no op fusion; every PrimFunc arrives scheduled).
+    CUDA: the default CUDA pipeline without FuseOps/FuseTIR (which mis-fuse the importer's reshape views
+    with its elementwise PrimFuncs in TVM 0.27); dlight schedules the float PrimFuncs."""
+    import tvm
+
+    if tt.kind.name != "cuda":
+        return "default"
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cp
+    from tvm.s_tir import dlight as dl
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with tt:
+            passes = cp.library_dispatch_passes(tt) + [
+                relax.transform.LegalizeOps(),
+                dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                        dl.gpu.GeneralReduction(), dl.gpu.Fallback()),
+            ] + cp.dataflow_lower_passes(tt) + cp.finalize_passes(tt)
+            return tvm.transform.Sequential(passes)(mod)
+    return _pipeline
+
+
 @dataclass
 class Built:
     lib_path: Path
@@ -75,7 +99,8 @@ def build_onnx_model(model, target, lib_path: Path) -> Built:
         if bad:
             raise CompileError(f"internal: unscheduled PrimFuncs would be built: {', '.join(bad[:8])}")
     try:
-        ex = tvm.compile(imported.mod, target=tvm_target(target))
+        tt = tvm_target(target)
+        ex = tvm.compile(imported.mod, target=tt, relax_pipeline=relax_pipeline(tt))
     except DcpnasError:
         raise
     except Exception as e:  # TVM's own errors: keep one line

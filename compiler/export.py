@@ -317,12 +317,16 @@ def build_onnx(module: nn.Module, input_shape: tuple[int, ...], *, output_name: 
         functions.append(binary_conv2d_function())
     model = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="dcpnas")
     model.ir_version = 9
-    check(model)
-    # the output's static shape, from ONNX shape inference (functions are inferred too)
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    model.graph.output[0].CopyFrom(inferred.graph.output[0])
-    if not model.graph.output[0].type.tensor_type.shape.dim:
+    # the output's static shape, from ONNX shape inference (model-local functions are inferred too)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise CompileError(f"exported ONNX model fails shape inference: {str(e).splitlines()[0]}") from None
+    out_vi = next(o for o in inferred.graph.output if o.name == output_name)
+    if not out_vi.type.tensor_type.shape.dim:
         raise CompileError("could not infer the output shape of the exported model")
+    model.graph.output[0].CopyFrom(out_vi)
+    check(model)
     return model
 
 

@@ -241,9 +241,9 @@ def _calls_back(bb, out, stop) -> list[dict]:
     calls, todo, seen = [], [out], set()
     while todo:
         v = todo.pop()
-        if v is stop or not isinstance(v, relax.Var) or id(v) in seen:
+        if not isinstance(v, relax.Var) or v.same_as(stop) or v.name in seen:
             continue
-        seen.add(id(v))
+        seen.add(v.name)
         val = bb.lookup_binding(v)
         if val is None:
             continue

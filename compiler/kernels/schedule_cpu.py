@@ -77,7 +77,8 @@ def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams
         _vectorize(sch, cii)
         init = sch.decompose_reduction(pc, ry)
         _vectorize(sch, sch.get_loops(init)[-1])
-        wl = sch.get_loops(acc)  # ..., x (xt), c (fv*fn): store to NCHW is strided along c
+        # store along c (strided in NCHW); storing along x with the tile read transposed measured slower
+        wl = sch.get_loops(acc)  # ..., x (xt), c (fv*fn)
         wo, wi = sch.split(wl[-1], [None, fv])
         _vectorize(sch, wi)
     else:
