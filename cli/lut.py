@@ -36,6 +36,7 @@ CELLS = typer.Option(None, "--cells", help="Cells of the search space (repeat fo
 CHANNELS = typer.Option(None, "--channels", help="Channels C of the search space (repeat for several) [default: 8].")
 SHAPE = typer.Option("1,28,28", "--input-shape", help="Input C,H,W.")
 POLICY = typer.Option("book", "--policy", help="Binarisation policy: book | authors.")
+STAT = typer.Option("median", "--statistic", help="median | min (min on a shared, loaded host: contention only adds time).")
 
 
 @lut_app.command("build")
@@ -53,6 +54,8 @@ def build_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file [default: the target's LUT; emulated: ./<target>.emulated.json]."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep entries already measured."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples per op."),
+    min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
+    statistic: str = STAT,
 ) -> None:
     """Measure (or model) every candidate op at every supernet position, plus stem, preprocessing, classifier."""
     from dcpnas.targets import get_target
@@ -73,7 +76,7 @@ def build_cmd(
     if not emulated and t.arch == "aarch64" and rpc and rpc.split(":")[0] in ("127.0.0.1", "localhost"):
         console.print("[yellow]warning[/]: an aarch64 server on this host is an emulator; add --emulated")
     path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
-    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat)
+    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
     keys = keys_of(spaces)
     with rich_progress() as progress:
         lut = build_lut(t, keys, path, prof, resume=resume, method="emulated" if emulated else "measured",
@@ -128,6 +131,9 @@ def check_cmd(
     seed: int = typer.Option(0, "--seed"),
     cells: int = typer.Option(5, "--cells"), channels: int = typer.Option(8, "--channels"),
     input_shape: str = SHAPE, policy: str = POLICY,
+    statistic: str = STAT,
+    repeat: int = typer.Option(15, "--repeat", help="Timing samples per genotype."),
+    min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     json_out: bool = typer.Option(False, "--json", help="Print {n, mape, spearman, ...} as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the full report (rows) to this JSON file."),
 ) -> None:
@@ -140,7 +146,9 @@ def check_cmd(
     t = get_target(target, threads=threads)
     lut = t.load_lut()
     space = _spaces([cells], [channels], input_shape, policy, False)[0]
-    prof = Profiler(t, rpc=rpc, key=key, threads=threads)
+    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
+    if lut.method == "measured" and lut.statistic != statistic:
+        console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
     with rich_progress() as progress:
         report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress)
     if fit_glue:

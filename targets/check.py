@@ -60,7 +60,7 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
         progress("lut check", 0, len(genos))
         for i, g in enumerate(genos):
             lib = compile_fn(Network(g, space, binary=True).eval(), shape, target, Path(tmp) / f"g{i}")
-            measured.append(sess.time_vm(sess.load(lib), [x]).median_ms)
+            measured.append(sess.time_vm(sess.load(lib), [x]).value(profiler.statistic))
             progress("lut check", i + 1, len(genos), ms=measured[-1], pred=raw[i])
     cells = [space.cells] * len(genos)
     per_cell = float(lut.glue.get("per_cell_ms", 0.0))
@@ -79,7 +79,7 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
     return {
         "target": target.name, "n": len(genos), "mape": mape(pred, measured), "spearman": spearman(pred, measured),
         "mape_raw": mape(raw, measured), "mape_loo": loo, "glue_per_cell_ms": per_cell,
-        "method": lut.method, "threads": profiler.threads, "space": space.to_dict(),
+        "method": lut.method, "threads": profiler.threads, "statistic": profiler.statistic, "space": space.to_dict(),
         "rows": [{"genotype": g.digest(), "predicted_ms": p, "raw_predicted_ms": r, "measured_ms": m}
                  for g, p, r, m in zip(genos, pred, raw, measured)],
     }

@@ -2,13 +2,15 @@
 
     {"schema": "dcpnas.lut/1", "target": "x86-avx512", "tvm_version": "0.27.0", "device": "...",
      "threads": 2, "method": "measured" | "modeled" | "emulated", "created": "2026-...Z",
+     "statistic": "median" | "min",
      "entries": {"sep_conv_3x3|8|8|28|28|1": {"mean_ms": 0.05, "std_ms": 0.001, "count": 50, ...}},
      "glue": {"per_cell_ms": 0.01, ...}            # optional, see `query`
      "costmodel": {"coef": {...}, "source": "..."} # optional: fitted cost-model coefficients
      "notes": "..."}
 
-`mean_ms` holds the figure the search uses (the median of the timing repeats for measured tables:
-robust to the noise of a shared CPU); `std_ms` the spread; `count` the number of repeats.
+`mean_ms` holds the figure the search uses: for measured tables the `statistic` of the timing
+repeats (median; or min on a shared, loaded CPU, where contention only ever adds time) less the
+VM's call overhead; `std_ms` the spread; `count` the number of repeats.
 `emulated` tables (timed under qemu) prove a path works and are never shipped as a target's LUT.
 """
 
@@ -53,6 +55,7 @@ class LatencyTable:
     glue: dict = field(default_factory=dict)
     costmodel: dict = field(default_factory=dict)
     notes: str = ""
+    statistic: str = "median"
     path: Path | None = None
 
     # ---- lookups -------------------------------------------------------------------------------
@@ -90,7 +93,7 @@ class LatencyTable:
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "target": self.target, "tvm_version": self.tvm_version, "device": self.device,
              "threads": self.threads, "method": self.method, "created": self.created or utc_now(),
-             "entries": self.entries}
+             "statistic": self.statistic, "entries": self.entries}
         if self.glue:
             d["glue"] = self.glue
         if self.costmodel:
@@ -115,7 +118,8 @@ class LatencyTable:
         return cls(target=d["target"], method=d["method"], device=d["device"], threads=int(d["threads"]),
                    entries={k: dict(v) for k, v in d["entries"].items()}, tvm_version=d.get("tvm_version", ""),
                    created=d.get("created", ""), glue=dict(d.get("glue", {})),
-                   costmodel=dict(d.get("costmodel", {})), notes=d.get("notes", ""), path=path)
+                   costmodel=dict(d.get("costmodel", {})), notes=d.get("notes", ""),
+                   statistic=d.get("statistic", "median"), path=path)
 
     @classmethod
     def load(cls, path: str | Path, expect_target: str | None = None) -> "LatencyTable":
@@ -162,6 +166,8 @@ def validate(d: dict, where: str = "LUT") -> None:
                 raise LutError(f"{where}: entry {key!r}: {f} must be a finite number >= 0, got {e.get(f)!r}")
         if not isinstance(e.get("count"), int) or isinstance(e.get("count"), bool) or e["count"] < 0:
             raise LutError(f"{where}: entry {key!r}: count must be an integer >= 0")
+    if d.get("statistic", "median") not in ("median", "min"):
+        raise LutError(f"{where}: statistic must be 'median' or 'min', got {d.get('statistic')!r}")
     glue = d.get("glue", {})
     if not isinstance(glue, dict) or not all(
             isinstance(v, (int, float)) and math.isfinite(v) for k, v in glue.items() if k.endswith("_ms")):

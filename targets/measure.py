@@ -6,7 +6,8 @@ project pipeline for the target (`compile_fn`, default dcpnas.compiler), and its
 timed with the Profiler. The VM's fixed cost of one call (measured on an identity module of the
 smallest shape, `call_overhead_ms`) is subtracted, since a network pays it once and not per op:
 
-    entry.mean_ms = median(op) - call_overhead_ms   (>= 0);  entry.median_ms = median(op)
+    entry.mean_ms = stat(op) - call_overhead_ms   (>= 0);  entry.median_ms = median(op), entry.min_ms
+    (stat: the Profiler's statistic, `median`, or `min` on a shared host where contention only adds time)
 
 What the op sums still miss (the node adds and concat of each cell, VM dispatch between ops) is
 fitted by `check_lut(fit_glue=True)` as one constant per cell (LatencyTable.glue).
@@ -57,12 +58,36 @@ def op_module(key: str):
 
 
 def default_compile_fn() -> CompileFn:
-    """The project's pipeline (dcpnas.compiler): export ONNX, import to Relax, build, export library."""
+    """The project's pipeline: dcpnas.compiler's own module builder when it has one, else the same
+    steps spelled out here (export_onnx's graph -> import_onnx -> tvm.compile -> export_library)."""
     try:
-        from dcpnas.compiler import build_module_library  # noqa: F401
-    except ImportError as e:
-        raise LutError(f"the compiler pipeline (dcpnas.compiler.build_module_library) is not available: {e}") from None
-    return build_module_library
+        from dcpnas.compiler.build import build_module_library  # H3's builder, when present
+
+        return build_module_library
+    except ImportError:
+        return compile_module_library
+
+
+def compile_module_library(module, input_shape: tuple, target: Target, out_dir: Path) -> Path:
+    """Export `module` to ONNX (dcpnas schema), import it to Relax with the project's kernels and
+    schedules, build for `target` and export a shared library (cross-compiled for aarch64)."""
+    import tvm
+
+    from dcpnas.compiler.export import build_onnx
+    from dcpnas.compiler.onnx_import import import_onnx
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    imported = import_onnx(build_onnx(module, input_shape), target.tvm, schedule=target.arch != "cuda")
+    ex = tvm.compile(imported.mod, target=target.tvm_target())
+    path = out_dir / "lib.so"
+    if target.cross_compiler:
+        from tvm.support import cc
+
+        ex.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+    else:
+        ex.export_library(str(path))
+    return path
 
 
 @dataclass
@@ -88,7 +113,8 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
     """Measure every key into the LUT at `path`, saving (atomically) after each entry.
 
     resume: keep entries of an existing measured LUT at `path` for the same target and thread count
-    (a modeled one is replaced). method: "measured", or "emulated" for a board emulated by qemu."""
+    (a modeled one is replaced). method: "measured", or "emulated" for a board emulated by qemu.
+    The entry figure is profiler.statistic (median, or min on a loaded host) minus the call overhead."""
     compile_fn = compile_fn or default_compile_fn()
     path = Path(path)
     lut = None
@@ -97,7 +123,8 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
             old = LatencyTable.load(path)
         except DcpnasError:
             old = None
-        if old is not None and old.method == method and old.target == target.name and old.threads == profiler.threads:
+        if (old is not None and old.method == method and old.target == target.name and old.threads == profiler.threads
+                and old.statistic == profiler.statistic):
             lut = old
     if lut is None:
         lut = LatencyTable(target=target.name, method=method, device=profiler.device_name, threads=profiler.threads,
@@ -110,16 +137,18 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
             lut.device = profiler.device_name
             if sess.threads != profiler.threads:
                 lut.notes = f"runtime reported {sess.threads} threads (asked {profiler.threads})"
-            base = timer.time_key(sess, IDENTITY_KEY)
-            lut.glue["call_overhead_ms"] = round(base.median_ms, 6)
+            stat = profiler.statistic
+            lut.statistic = stat
+            base = timer.time_key(sess, IDENTITY_KEY).value(stat)
+            lut.glue["call_overhead_ms"] = round(base, 6)
             done = len(keys) - len(todo)
             progress("lut build", done, len(keys))
             for key in todo:
                 t0 = time.monotonic()
                 r = timer.time_key(sess, key)
-                lut.entries[key] = {"mean_ms": round(max(0.0, r.median_ms - base.median_ms), 6),
+                lut.entries[key] = {"mean_ms": round(max(0.0, r.value(stat) - base), 6),
                                     "std_ms": round(r.std_ms, 6), "count": r.count, "median_ms": round(r.median_ms, 6),
-                                    "iqr_ms": round(r.iqr_ms, 6), "number": r.number}
+                                    "min_ms": round(r.min_ms, 6), "iqr_ms": round(r.iqr_ms, 6), "number": r.number}
                 lut.created = utc_now()
                 lut.save(path)
                 done += 1

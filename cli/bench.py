@@ -1,0 +1,77 @@
+"""`dcpnas bench DIR`: 1-bit vs float twin (TVM) vs float on ONNX Runtime, end to end and per layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dcpnas.cli.common import console, handle_errors, rich_progress
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+@handle_errors
+def bench_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder of `dcpnas compile` (with manifest.json)."),
+    rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (time on a board)."),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
+    target_file: Optional[str] = typer.Option(None, "--target", help="Target name or .toml [default: the build's]."),
+    repeat: int = typer.Option(15, "--repeat", help="Timing samples (median and IQR over them)."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed runs first."),
+    no_layers: bool = typer.Option(False, "--no-layers", help="End to end only (skip per-layer timing)."),
+    emulated: bool = typer.Option(False, "--emulated", help="The RPC device is an emulator (qemu): label the timings."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go [default: DIR]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the DESIGN.md JSON summary on stdout."),
+) -> None:
+    """Time a compiled 1-bit network against its float twin and ONNX Runtime; write bench.json and bench.png."""
+    from dcpnas.compiler.artifact import Artifact
+    from dcpnas.targets import get_target
+    from dcpnas.targets.bench import bench, json_summary, write_outputs
+    from dcpnas.targets.profiler import Profiler
+
+    art = Artifact.load(build_dir, verify_hashes=False)
+    target = get_target(target_file or art.manifest["target"]["name"], threads=threads)
+    prof = Profiler(target, rpc=rpc, key=key, threads=threads, warmup=warmup, repeat=repeat)
+    with rich_progress(enabled=True) as progress:
+        report = bench(build_dir, prof, per_layer=not no_layers, emulated=emulated, progress=progress)
+    js, png = write_outputs(report, out or build_dir)
+    if json_out:
+        typer.echo(json.dumps(json_summary(report)))
+        return
+    from rich.table import Table
+
+    tag = " [magenta](EMULATED: not device speed)[/]" if emulated else ""
+    table = Table(title=f"{target.name}, {report['threads']} threads, {report['device']}{tag}")
+    for col in ("layer", "binary/float", "ms 1-bit", "ms float", "speedup", "LUT ms"):
+        table.add_column(col, justify="left" if col in ("layer", "binary/float") else "right")
+    for r in report["layers"]:
+        table.add_row(r["layer"], r["kind"], _ms(r["binary_ms"]), _ms(r["float_ms"]),
+                      "-" if r["speedup"] is None else f"{r['speedup']:.1f}x", _ms(r["lut_ms"]))
+    if report["layers"]:
+        console.print(table)
+    console.print(f"end to end: 1-bit {report['binary_ms']:.4f} ms (IQR {report['binary_iqr_ms']:.4f}), "
+                  f"float TVM {report['float_tvm_ms']:.4f} ms, float ONNX Runtime {_ms(report['float_ort_ms'])} ms; "
+                  f"speedup vs ORT {_x(report['speedup_vs_float_ort'])}, vs float TVM {_x(report['speedup_vs_float_tvm'])}")
+    if report.get("lut_predicted_ms") is not None:
+        console.print(f"LUT ({report['lut']}) predicts {report['lut_predicted_ms']:.4f} ms end to end")
+    if report.get("breakdown_ms"):
+        b = report["breakdown_ms"]
+        console.print(f"where the 1-bit time goes: binary conv layers {b['binary_conv_layers']:.4f} ms, other layers "
+                      f"{b['other_layers']:.4f} ms, VM dispatch and glue {b['vm_and_glue']:.4f} ms")
+    if report.get("notes"):
+        console.print(report["notes"])
+    console.print(f"wrote {js} and {png}")
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"

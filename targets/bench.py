@@ -1,0 +1,364 @@
+"""`dcpnas bench`: the 1-bit network vs its float twin (TVM, same pipeline) and vs ONNX Runtime.
+
+Input: a build folder of `dcpnas compile` (manifest.json, model.onnx, model.so). The float twin is
+the sibling folder `<name>-float-<target>` written by `dcpnas compile --float` when it exists;
+otherwise it is derived from the 1-bit model.onnx (every dcpnas::BinaryConv2d becomes a float Conv
+with weights scale * sign(w), the rest of the graph unchanged: the same network with real
+arithmetic) and built with the same pipeline into DIR/float-twin/.
+
+Timings: end to end (Relax VM `main`, Profiler: warm-up, repeats, median and IQR, fixed threads),
+per layer (every PrimFunc the manifest's `layers` name, timed by name with time_evaluator on
+arguments of the recorded shapes: floats random normal, integers zero, which keeps index tables in
+range), and the float ONNX model on ONNX Runtime with the same thread count (local runs only).
+Layers are grouped into the network's ops (stem, cells.i.pre0/pre1, cells.i.ops.k, cells.i glue,
+classifier) and each group is shown with its LUT prediction.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dcpnas.errors import ArtifactError, DcpnasError
+from dcpnas.progress import ProgressFn, no_progress
+from dcpnas.targets.profiler import Profiler, Timing
+
+SCHEMA = "dcpnas.bench/1"
+JSON_KEYS = ("target", "threads", "binary_ms", "float_tvm_ms", "float_ort_ms", "speedup_vs_float_ort",
+             "speedup_vs_float_tvm", "layers")
+_GROUP = re.compile(r"^(stem|classifier|cells\.\d+\.(?:pre0|pre1|ops\.\d+))(?:\.|$)")
+_CELL = re.compile(r"^(cells\.\d+)\.")
+
+
+def group_of(layer_name: str) -> str:
+    """The network op a layer belongs to: 'cells.2.ops.5.op.0.dw.bn_in' -> 'cells.2.ops.5';
+    a cell's node adds and concat -> 'cells.2.glue'."""
+    m = _GROUP.match(layer_name)
+    if m:
+        return m.group(1)
+    m = _CELL.match(layer_name)
+    return f"{m.group(1)}.glue" if m else layer_name
+
+
+# ---- float twin ------------------------------------------------------------------------------------
+def float_twin_onnx(model):
+    """The float twin of a 1-bit ONNX model: dcpnas::BinaryConv2d(X, W bits, scale[, bias]) -> Conv with
+    weights scale * sign(w) (and the bias). Same graph, same node names, no custom domain."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from dcpnas.compiler.export import unpack_sign_bits
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    new_nodes = []
+    for n in g.node:
+        if n.domain != "dcpnas" or n.op_type != "BinaryConv2d":
+            new_nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        bits = numpy_helper.to_array(inits[n.input[1]])
+        scale = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32)
+        cin_g = int(attrs["channels_in"]) // int(attrs.get("group", 1))
+        w = unpack_sign_bits(bits, cin_g).astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        wname = n.input[1] + "_float"
+        g.initializer.append(numpy_helper.from_array(w, wname))
+        ins = [n.input[0], wname] + ([n.input[3]] if len(n.input) > 3 and n.input[3] else [])
+        keep = {k: v for k, v in attrs.items() if k in ("kernel_shape", "strides", "pads", "dilations", "group")}
+        new_nodes.append(helper.make_node("Conv", ins, list(n.output), name=n.name, **keep))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    used = {i for n in g.node for i in n.input}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    del m.functions[:]
+    opsets = [o for o in m.opset_import if o.domain != "dcpnas"]
+    del m.opset_import[:]
+    m.opset_import.extend(opsets)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def float_twin(art, target, progress: ProgressFn = no_progress):
+    """(lib path, layers, onnx bytes, source) of the float twin of Artifact `art`."""
+    from dcpnas.compiler.artifact import Artifact
+
+    m = art.manifest
+    sibling = art.path.parent / f"{m['name']}-float-{m['target']['name']}"
+    if sibling.is_dir() and sibling != art.path:
+        try:
+            tw = Artifact.load(sibling)
+            if not tw.manifest["binary"] and tw.manifest["input"]["shape"] == m["input"]["shape"]:
+                return tw.lib_path, tw.manifest["layers"], tw.onnx_path.read_bytes(), f"dcpnas compile --float ({sibling})"
+        except DcpnasError:
+            pass
+    import onnx
+
+    from dcpnas.compiler.build import build_onnx_model
+
+    out = art.path / "float-twin"
+    progress("float twin", 0, 1)
+    model = float_twin_onnx(onnx.load(str(art.onnx_path)))
+    built = build_onnx_model(model, target, out / "model.so")
+    progress("float twin", 1, 1)
+    return built.lib_path, [vars(layer) for layer in built.imported.layers], model.SerializeToString(), \
+        f"derived from model.onnx (binary convs as float convs), built into {out}"
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+def ort_timing(onnx_bytes: bytes, x: np.ndarray, threads: int, warmup: int = 5, repeat: int = 15,
+               min_repeat_ms: float = 20.0) -> Timing:
+    """Median/IQR of ONNX Runtime runs (CPU, intra-op threads = `threads`, sequential)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    t0 = time.perf_counter()
+    sess.run(None, {name: x})
+    one = max(time.perf_counter() - t0, 1e-6)
+    number = int(max(1, min(10000, round(min_repeat_ms / 1e3 / one))))
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sess.run(None, {name: x})
+        samples.append((time.perf_counter() - t0) / number)
+    return Timing.from_samples(samples, number)
+
+
+def _arg(shape, dtype, rng):
+    if dtype.startswith("float"):
+        return rng.standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype)  # integer inputs: index tables must stay in range
+
+
+def time_layers(sess, lib, layers: list[dict], rng) -> list[dict]:
+    """Per layer: the sum of the median times of its PrimFuncs (ms)."""
+    rows = []
+    for layer in layers:
+        total, n = 0.0, 0
+        for f in layer["funcs"]:
+            args = [_arg(tuple(s), d, rng) for s, d in f["args"]]
+            total += sess.time_func(lib, f["name"], args).median_ms
+            n += 1
+        rows.append({"layer": layer["name"], "op": layer["op"], "group": group_of(layer["name"]), "ms": total, "funcs": n})
+    return rows
+
+
+# ---- LUT predictions per group ---------------------------------------------------------------------
+def group_keys(model, space) -> dict[str, str | None]:
+    """OpKey of every op group of the network in ONNX `model` built on SearchSpace `space`
+    (edge ops are recognised from their node names and attributes; `none` edges map to None)."""
+    from onnx import helper
+
+    from dcpnas.latency import fixed_keys, op_key
+    from dcpnas.model import cell_plan
+
+    fixed, plans = fixed_keys(space), cell_plan(space)
+    keys: dict[str, str | None] = {"stem": fixed[0], "classifier": fixed[-1]}
+    for i in range(len(plans)):
+        keys[f"cells.{i}.pre0"], keys[f"cells.{i}.pre1"] = fixed[1 + 2 * i], fixed[2 + 2 * i]
+    groups: dict[str, list] = {}
+    for n in model.graph.node:
+        g = group_of(n.name)
+        if ".ops." in g:
+            groups.setdefault(g, []).append(n)
+    for g, nodes in groups.items():
+        plan = plans[int(g.split(".")[1])]
+        attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+        first = next((a for n, a in zip(nodes, attrs) if n.op_type in ("Conv", "BinaryConv2d", "MaxPool", "AveragePool")), {})
+        stride = int(first.get("strides", [1])[0])
+        names = [n.name for n in nodes]
+        types = {n.op_type for n in nodes}
+        k = first.get("kernel_shape", [3])[0]
+        if any(".op.0." in s for s in names):
+            op = f"sep_conv_{k}x{k}"
+        elif any(".op.dw." in s for s in names):
+            op = f"dil_conv_{k}x{k}"
+        elif "MaxPool" in types:
+            op = "max_pool_3x3"
+        elif "AveragePool" in types:
+            op = "avg_pool_3x3"
+        elif any(".conv_1." in s for s in names):
+            op = "skip_connect"
+        else:
+            keys[g] = None  # `none` (zeros)
+            continue
+        h, w = (plan.H, plan.W) if stride == 2 or not plan.reduction else (plan.H // 2, plan.W // 2)
+        keys[g] = op_key(op, plan.C, plan.C, h, w, stride, space.policy)
+    return keys
+
+
+def _lut_column(art, target, model) -> tuple[dict, dict]:
+    """({group: predicted ms or None}, info about the LUT)."""
+    from dcpnas.space import SearchSpace
+
+    if not art.manifest.get("space"):
+        return {}, {"lut": "n/a: the build has no search space (compiled from an .onnx file)"}
+    try:
+        lut = target.load_lut()
+    except DcpnasError as e:
+        return {}, {"lut": f"unavailable: {e}"}
+    space = SearchSpace.from_dict(art.manifest["space"])
+    pred = {}
+    for g, key in group_keys(model, space).items():
+        pred[g] = None if key is None or key not in lut else lut.query(key)
+    per_cell = float(lut.glue.get("per_cell_ms", 0.0))
+    for i in range(space.cells):  # the glue is charged to the pre keys in query(); show it on its own row
+        for pre in ("pre0", "pre1"):
+            if pred.get(f"cells.{i}.{pre}") is not None:
+                pred[f"cells.{i}.{pre}"] -= 0.5 * per_cell
+        pred[f"cells.{i}.glue"] = per_cell if per_cell else None
+    if pred.get("stem") is not None:
+        pred["stem"] -= float(lut.glue.get("call_overhead_ms", 0.0))
+    return pred, {"lut": lut.method, "lut_device": lut.device,
+                  "lut_call_overhead_ms": float(lut.glue.get("call_overhead_ms", 0.0))}
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, ort: bool = True,
+          emulated: bool = False, seed: int = 0, progress: ProgressFn = no_progress) -> dict:
+    """Time the build in `build_dir` (see module docstring); returns the report (bench.json content).
+    Nothing is written except the float twin's build when it must be derived."""
+    import onnx
+
+    from dcpnas.compiler.artifact import Artifact
+
+    art = Artifact.load(build_dir)
+    m = art.manifest
+    target = profiler.target
+    if m["target"]["name"] != target.name:
+        raise ArtifactError(f"{art.path} was built for {m['target']['name']}, not {target.name}; "
+                            f"bench it with --target {m['target']['name']} or rebuild")
+    if not m["binary"]:
+        raise ArtifactError(f"{art.path} is a float build; bench the 1-bit build (its float twin is found or derived)")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(tuple(m["input"]["shape"])).astype(np.float32)
+    steps = 2 + (2 if per_layer else 0) + (1 if ort else 0)
+    with profiler.session() as s:  # first: an unreachable device fails before anything is written
+        f_lib, f_layers, f_onnx, f_src = float_twin(art, target, progress)
+        progress("bench", 0, steps)
+        b_mod, f_mod = s.load(art.lib_path), s.load(f_lib)
+        tb = s.time_vm(b_mod, [x])
+        progress("bench", 1, steps, binary_ms=tb.median_ms)
+        tf = s.time_vm(f_mod, [x])
+        progress("bench", 2, steps, float_ms=tf.median_ms)
+        b_rows = time_layers(s, b_mod, m["layers"], rng) if per_layer else []
+        f_rows = time_layers(s, f_mod, f_layers, rng) if per_layer else []
+        if per_layer:
+            progress("bench", 4, steps)
+        threads = s.threads
+    to = None
+    ort_note = ""
+    if ort and profiler.rpc is None and target.arch == "x86_64":
+        to = ort_timing(f_onnx, x, threads, profiler.warmup, profiler.repeat, profiler.min_repeat_ms)
+        progress("bench", steps, steps, ort_ms=to.median_ms)
+    else:
+        ort_note = "ONNX Runtime runs on this host only: not timed for an RPC device"
+    model = onnx.load(str(art.onnx_path))
+    lut_pred, lut_info = _lut_column(art, target, model)
+    layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"])
+    binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
+    report = {
+        "schema": SCHEMA, "target": target.name, "threads": threads, "device": profiler.device_name,
+        "emulated": emulated, "build": str(art.path), "float_twin": f_src,
+        "binary_ms": tb.median_ms, "binary_iqr_ms": tb.iqr_ms,
+        "float_tvm_ms": tf.median_ms, "float_tvm_iqr_ms": tf.iqr_ms,
+        "float_ort_ms": to.median_ms if to else None, "float_ort_iqr_ms": to.iqr_ms if to else None,
+        "speedup_vs_float_ort": (to.median_ms / tb.median_ms) if to else None,
+        "speedup_vs_float_tvm": tf.median_ms / tb.median_ms,
+        "lut_predicted_ms": _lut_total(lut_pred, lut_info) if lut_pred else None, **lut_info,
+        "breakdown_ms": {"binary_conv_layers": binary_layers,
+                         "other_layers": sum(r["ms"] for r in b_rows) - binary_layers,
+                         "vm_and_glue": tb.median_ms - sum(r["ms"] for r in b_rows)} if per_layer else None,
+        "timing": {"warmup": profiler.warmup, "repeat": profiler.repeat, "min_repeat_ms": profiler.min_repeat_ms,
+                   "statistic": "median of repeats; iqr = q3 - q1"},
+        "notes": ort_note,
+        "layers": layers,
+        "layer_detail": {"binary": b_rows, "float": f_rows},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return report
+
+
+def _lut_total(pred: dict, info: dict) -> float:
+    return float(sum(v for v in pred.values() if v is not None) + info.get("lut_call_overhead_ms", 0.0))
+
+
+def _group_rows(b_rows, f_rows, lut_pred, layers) -> list[dict]:
+    order = list(dict.fromkeys([group_of(lay["name"]) for lay in layers]))
+    out = []
+    for g in order:
+        b = [r for r in b_rows if r["group"] == g]
+        f = [r for r in f_rows if r["group"] == g]
+        bms = sum(r["ms"] for r in b) if b else None
+        fms = sum(r["ms"] for r in f) if f else None
+        kind = "binary" if any(r["op"] == "BinaryConv2d" for r in b) or any(
+            lay["op"] == "BinaryConv2d" for lay in layers if group_of(lay["name"]) == g) else "float"
+        out.append({"layer": g, "kind": kind, "binary_ms": bms, "float_ms": fms,
+                    "speedup": (fms / bms) if bms and fms else None, "lut_ms": lut_pred.get(g)})
+    return out
+
+
+def json_summary(report: dict) -> dict:
+    """The `dcpnas bench --json` object of DESIGN.md."""
+    return {k: report[k] for k in JSON_KEYS}
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+def write_outputs(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """bench.json and bench.png (per-layer time, 1-bit vs float, and speedup), each written atomically."""
+    from dcpnas.io import atomic_write_bytes, write_json
+
+    out_dir = Path(out_dir)
+    png = atomic_write_bytes(out_dir / "bench.png", render_chart(report))
+    js = write_json(out_dir / "bench.json", report)
+    return js, png
+
+
+def render_chart(report: dict) -> bytes:
+    """PNG bytes: per-layer ms (1-bit vs float TVM, log scale) and per-layer speedup."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["layers"] if r["binary_ms"] is not None or r["float_ms"] is not None]
+    names = [r["layer"] for r in rows]
+    xs = np.arange(len(rows))
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(rows) + 2), 8), sharex=True)
+    b = [r["binary_ms"] or 0 for r in rows]
+    f = [r["float_ms"] or 0 for r in rows]
+    a1.bar(xs - 0.2, f, 0.4, label=f"float (TVM) {report['float_tvm_ms']:.3f} ms e2e", color="#999999")
+    a1.bar(xs + 0.2, b, 0.4, label=f"1-bit (TVM) {report['binary_ms']:.3f} ms e2e", color="#1f77b4")
+    a1.set_yscale("log")
+    a1.set_ylabel("ms per layer")
+    title = f"dcpnas bench: {report['target']}, {report['threads']} threads"
+    if report.get("float_ort_ms"):
+        title += f"; float ONNX Runtime {report['float_ort_ms']:.3f} ms e2e"
+    if report.get("emulated"):
+        title += " (EMULATED: not real device timings)"
+    a1.set_title(title)
+    a1.legend()
+    sp = [r["speedup"] or 0 for r in rows]
+    a2.bar(xs, sp, 0.6, color=["#2ca02c" if r["kind"] == "binary" else "#ff7f0e" for r in rows])
+    a2.axhline(1.0, color="k", lw=0.8)
+    a2.set_ylabel("speedup float / 1-bit")
+    a2.set_xticks(xs, names, rotation=90, fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
