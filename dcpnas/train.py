@@ -33,7 +33,7 @@ from dcpnas.space import POLICIES, SearchSpace
 # Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
 # sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
 EVAL_CELLS = 6
-EVAL_CHANNELS = 12
+EVAL_CHANNELS = 8
 RESULT_SCHEMA = "dcpnas.train/1"
 CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
 
@@ -56,9 +56,9 @@ class TrainConfig:
     horizontal flips. train_subset/test_subset: stratified subsets (None = all).
     """
 
-    epochs: int = 8
+    epochs: int = 6
     stage1_fraction: float = 0.5
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
     temperature: float = 1.0
@@ -260,6 +260,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
 
     torch.manual_seed(config.seed)
     model = Network(genotype, space, binary=config.binary).to(dev)
+    # channels_last: about 1.2-2x faster depthwise convs and batch norms on CPU (same numbers)
+    fmt = torch.channels_last if dev == "cpu" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     gen = torch.Generator().manual_seed(config.seed)
     teacher_net, teacher_in = _load_teacher(teacher, genotype, space, norm, dev)
     stages = config.stages()
@@ -304,7 +307,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 xb, yb = x_train[idx], y_train[idx]
                 if config.augment:
                     xb = augment_batch(xb, gen, fill)
-                xb, yb = xb.to(dev), yb.to(dev)
+                xb, yb = xb.to(dev).contiguous(memory_format=fmt), yb.to(dev)
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(config.lr, epoch * steps + b, epochs * steps)
                 logits = model(xb)
