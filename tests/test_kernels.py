@@ -80,23 +80,30 @@ CASES = [
 ]
 
 
+# AVX2 (no VPOPCNTDQ): byte words with uint8 popcount sums where C_out per group is a multiple of 16
+CASES_AVX2 = [(1, 40, 15, 15, 32, 3, 2, 2, 2, 1), (1, 130, 7, 7, 64, 3, 1, 1, 1, 1), (1, 48, 7, 7, 96, 3, 1, 1, 1, 3),
+              (1, 24, 7, 7, 24, 3, 1, 1, 1, 24)]
+
+
 @pytest.mark.tvm
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "n{}c{}h{}w{}co{}k{}s{}p{}d{}g{}".format(*c))
-def test_binary_conv_exact_vs_reference(case):
+@pytest.mark.parametrize("case,target", [(c, X86) for c in CASES] + [(c, X86_AVX2) for c in CASES_AVX2],
+                         ids=lambda c: "n{}c{}h{}w{}co{}k{}s{}p{}d{}g{}".format(*c) if isinstance(c, tuple) else c["mcpu"])
+def test_binary_conv_exact_vs_reference(case, target):
     n, c, h, w, co, k, s, p, d, g = case
-    rng = np.random.default_rng(hash(case) % 2**32)
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
     attrs = _attrs(c, k, s, p, d, g)
     x, wb = _case(rng, n, c, h, w, co, attrs)
     ones, zeros = np.ones(co, np.float32), np.zeros(co, np.float32)
-    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86)
+    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, target)
+    assert m.geo.word_bits == (8 if target is X86_AVX2 and (co // g) % 16 == 0 else 32)
     # the pack kernel alone, bit-exact
     rt = m.runtime()
     import tvm
 
     xt = tvm.runtime.tensor(x, tvm.cpu())
-    pt = tvm.runtime.tensor(np.zeros(m.geo.packed_shape, np.uint32), tvm.cpu())
+    pt = tvm.runtime.tensor(np.zeros(m.geo.packed_shape, m.geo.word_dtype), tvm.cpu())
     rt["binpack"](xt, pt)
-    np.testing.assert_array_equal(pt.numpy(), pack_activations_reference(x, attrs))
+    np.testing.assert_array_equal(pt.numpy(), pack_activations_reference(x, attrs, word_bits=m.geo.word_bits))
     # pack + conv, integers (scale 1, bias 0), bit-exact
     y = m.run(x)
     ref = binary_conv2d_reference(x, wb, ones, zeros, attrs)

@@ -28,6 +28,11 @@ class ConvGeometry:
     w: int
     c_out: int
     attrs: BinaryConvAttrs
+    word_bits: int = WORD_BITS  # 32, or 8 for the AVX2 byte-lane kernel
+
+    @property
+    def word_dtype(self) -> str:
+        return f"uint{self.word_bits}"
 
     @property
     def g(self) -> int:
@@ -43,7 +48,7 @@ class ConvGeometry:
 
     @property
     def qg(self) -> int:
-        return words_per_group(self.cg)
+        return words_per_group(self.cg, self.word_bits)
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -78,23 +83,23 @@ def pack_compute(x: te.Tensor, geo: ConvGeometry, in_scale: te.Tensor | None = N
     n, gq, hp, wp = geo.packed_shape
     cg, qg = geo.cg, geo.qg
     pt, pl, _, _ = geo.attrs.pads
-    nb = min(WORD_BITS, cg)
-    b = te.reduce_axis((0, nb), "b")
-    one = tvm.tirx.const(1, "uint32")
-    zero = tvm.tirx.const(0, "uint32")
+    wb, dt = geo.word_bits, geo.word_dtype
+    b = te.reduce_axis((0, min(wb, cg)), "b")
+    one = tvm.tirx.const(1, dt)
+    zero = tvm.tirx.const(0, dt)
 
     def bit(i, gqi, y, xx):
         g, q = gqi // qg, gqi % qg
-        c = g * cg + q * WORD_BITS + b
+        c = g * cg + q * wb + b
         v = x[i, c, y - pt, xx - pl]
         if in_scale is not None:
             v = v * in_scale[c]
         if in_shift is not None:
             v = v + in_shift[c]
         inside = tvm.tirx.all(y >= pt, y < pt + geo.h, xx >= pl, xx < pl + geo.w)
-        if cg % WORD_BITS:
-            inside = tvm.tirx.all(inside, q * WORD_BITS + b < cg)
-        return tvm.tirx.if_then_else(inside, tvm.tirx.if_then_else(v < 0, one << b.astype("uint32"), zero), zero)
+        if cg % wb:
+            inside = tvm.tirx.all(inside, q * wb + b < cg)
+        return tvm.tirx.if_then_else(inside, tvm.tirx.if_then_else(v < 0, one << b.astype(dt), zero), zero)
 
     return te.compute((n, gq, hp, wp), lambda i, gqi, y, xx: te.sum(bit(i, gqi, y, xx), axis=b), name="pack")
 
@@ -105,13 +110,16 @@ def conv_compute(p: te.Tensor, wt: te.Tensor, corr: te.Tensor, ycls: te.Tensor, 
     n, g, cog, oh, ow = geo.out5_shape
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     qg = geo.qg
-    ry, rx, rq = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, qg), "rq")
-    popc = te.compute(
-        (n, g, oh, ow, cog),
-        lambda i, gi, y, xx, c: te.sum(
-            tvm.tirx.popcount(p[i, gi * qg + rq, y * sh + ry * dh, xx * sw + rx * dw] ^ wt[gi, ry, rx, rq, c]
-                              ).astype("int32"), axis=[ry, rx, rq]),
-        name="popc")
+    if geo.word_bits == 8:
+        popc = _popc_bytes(p, wt, geo)
+    else:
+        ry, rx, rq = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, qg), "rq")
+        popc = te.compute(
+            (n, g, oh, ow, cog),
+            lambda i, gi, y, xx, c: te.sum(
+                tvm.tirx.popcount(p[i, gi * qg + rq, y * sh + ry * dh, xx * sw + rx * dw] ^ wt[gi, ry, rx, rq, c]
+                                  ).astype("int32"), axis=[ry, rx, rq]),
+            name="popc")
     kt = kh * kw * geo.cg
 
     def epilogue(i, gi, c, y, xx):
@@ -122,6 +130,30 @@ def conv_compute(p: te.Tensor, wt: te.Tensor, corr: te.Tensor, ycls: te.Tensor, 
         return o
 
     return te.compute((n, g, cog, oh, ow), epilogue, name="binconv_out")
+
+
+def byte_chunk(qb: int) -> int:
+    """Bytes summed in uint8 before widening: a divisor of qb with 8 * chunk <= 255."""
+    return max(d for d in range(1, min(qb, 31) + 1) if qb % d == 0)
+
+
+def _popc_bytes(p: te.Tensor, wt: te.Tensor, geo: ConvGeometry) -> te.Tensor:
+    """Byte-word variant (AVX2 has no vector popcount on 32-bit lanes; the byte popcount is 2 vpshufb):
+    popcounts of `chunk` bytes are summed in uint8 lanes ("popc8"), then widened to int32 ("popc")."""
+    n, g, cog, oh, ow = geo.out5_shape
+    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    qb = geo.qg
+    ch = byte_chunk(qb)
+    ri = te.reduce_axis((0, ch), "ri")
+    popc8 = te.compute(
+        (n, g, oh, ow, cog, kh, kw, qb // ch),
+        lambda i, gi, y, xx, c, a, b, o: te.sum(
+            tvm.tirx.popcount(p[i, gi * qb + o * ch + ri, y * sh + a * dh, xx * sw + b * dw] ^ wt[gi, a, b, o * ch + ri, c]),
+            axis=ri),
+        name="popc8")
+    ry, rx, ro = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, qb // ch), "ro")
+    return te.compute((n, g, oh, ow, cog), lambda i, gi, y, xx, c: te.sum(
+        popc8[i, gi, y, xx, c, ry, rx, ro].astype("int32"), axis=[ry, rx, ro]), name="popc")
 
 
 def make_pack_func(geo: ConvGeometry, affine: bool) -> tvm.tirx.PrimFunc:
@@ -141,8 +173,8 @@ def make_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool) -> 
     """PrimFunc (P, Wt, corr, ycls, xcls, scale, bias[, slope], out5)."""
     n, g, cog, oh, ow = geo.out5_shape
     kh, kw = geo.attrs.kernel_shape
-    p = te.placeholder(geo.packed_shape, "uint32", "P")
-    wt = te.placeholder((g, kh, kw, geo.qg, cog), "uint32", "Wt")
+    p = te.placeholder(geo.packed_shape, geo.word_dtype, "P")
+    wt = te.placeholder((g, kh, kw, geo.qg, cog), geo.word_dtype, "Wt")
     corr = te.placeholder((n_ycls, n_xcls, g, cog), "int32", "corr")
     ycls = te.placeholder((oh,), "int32", "ycls")
     xcls = te.placeholder((ow,), "int32", "xcls")

@@ -26,7 +26,7 @@ class BinaryConvModule:
 
     def __init__(self, x_shape, w_bits, scale, bias, attrs: BinaryConvAttrs, target: Any, *, prelu=None,
                  in_affine: bool = False, schedule: bool = True, records: dict | None = None):
-        self.geo = geometry(x_shape, w_bits, attrs)
+        self.geo = geometry(x_shape, w_bits, attrs, target)
         self.target = as_target(target)
         self.in_affine = in_affine
         pack_f, conv_f = kernel_funcs(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule,
@@ -50,7 +50,7 @@ class BinaryConvModule:
         pack = [np.ascontiguousarray(x, np.float32)]
         if self.in_affine:
             pack += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
-        p = np.zeros(geo.packed_shape, np.uint32)
+        p = np.zeros(geo.packed_shape, geo.word_dtype)
         return {"binpack": pack + [p], "binconv": [p] + self.consts + [np.zeros(geo.out5_shape, np.float32)]}
 
     def run(self, x: np.ndarray, in_scale=None, in_shift=None) -> np.ndarray:

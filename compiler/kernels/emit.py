@@ -13,9 +13,9 @@ from dcpnas.errors import CompileError
 from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
 from .pack import border_classes, border_correction, weights_to_words
 from .reference import BinaryConvAttrs
-from .schedule_cpu import schedule_conv_cpu, schedule_pack_cpu
+from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
 from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
-from .targets import as_target, cpu_params, family
+from .targets import as_target, cpu_params, family, word_bits
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
@@ -37,6 +37,8 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     from .tuning import load_records, lookup_tile
 
     cpu = cpu_params(target)
+    if geo.word_bits == 8:
+        return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
 
@@ -52,8 +54,9 @@ def _vec(v, n: int, name: str, default: float | None = None) -> np.ndarray:
     return v
 
 
-def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs) -> ConvGeometry:
-    """Validate shapes against the schema and return the conv geometry."""
+def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any = None) -> ConvGeometry:
+    """Validate shapes against the schema and return the conv geometry (word size chosen for `target`;
+    None: 32-bit words)."""
     if len(x_shape) != 4:
         raise CompileError(f"binary conv: input must be NCHW, got shape {tuple(x_shape)}")
     n, c, h, w = (int(s) for s in x_shape)
@@ -65,7 +68,9 @@ def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs) -> ConvGeometr
     if w_bits.ndim != 4 or tuple(w_bits.shape[1:]) != want or w_bits.shape[0] % attrs.group:
         raise CompileError(f"binary conv: W must be uint8 [C_out, {want[0]}, {want[1]}, {want[2]}] with C_out a "
                            f"multiple of group {attrs.group}, got {tuple(w_bits.shape)}")
-    geo = ConvGeometry(n, c, h, w, int(w_bits.shape[0]), attrs)
+    co = int(w_bits.shape[0])
+    bits = 32 if target is None else word_bits(target, co // attrs.group)
+    geo = ConvGeometry(n, c, h, w, co, attrs, bits)
     geo.out_hw  # raises on too small inputs
     return geo
 
@@ -73,7 +78,7 @@ def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs) -> ConvGeometr
 def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
     """The conv PrimFunc's constant inputs in order: Wt, corr, ycls, xcls, scale, bias[, slope]."""
     g, cog = geo.g, geo.cog
-    wt = weights_to_words(np.asarray(w_bits), geo.attrs)
+    wt = weights_to_words(np.asarray(w_bits), geo.attrs, geo.word_bits)
     corr, ycls, xcls = border_correction(np.asarray(w_bits), geo.attrs, geo.h, geo.w)
     consts = [wt, corr, ycls, xcls, _vec(scale, geo.c_out, "scale").reshape(g, cog),
               _vec(bias, geo.c_out, "bias", 0.0).reshape(g, cog)]
@@ -96,7 +101,7 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
         x_shape = [int(s) for s in shape]
     except Exception:
         raise CompileError(f"binary conv: input shape must be static, got {shape}") from None
-    geo = geometry(x_shape, w_bits, attrs)
+    geo = geometry(x_shape, w_bits, attrs, target)
     if (in_scale is None) != (in_shift is None):
         in_scale = _vec(in_scale, geo.c_in, "in_scale", 1.0)
         in_shift = _vec(in_shift, geo.c_in, "in_shift", 0.0)
@@ -108,7 +113,7 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
     pack_args = [x]
     if affine:
         pack_args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
-    p = bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape, "uint32")))
+    p = bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape, geo.word_dtype)))
     consts = [relax.const(c) for c in conv_constants(geo, w_bits, scale, bias, prelu)]
     y5 = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(geo.out5_shape, "float32")))
     return bb.emit(relax.op.reshape(y5, geo.out_shape))

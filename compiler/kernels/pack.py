@@ -21,22 +21,24 @@ from .reference import BinaryConvAttrs, unpack_weights
 WORD_BITS = 32
 
 
-def words_per_group(channels_per_group: int) -> int:
-    return -(-channels_per_group // WORD_BITS)
+def words_per_group(channels_per_group: int, word_bits: int = WORD_BITS) -> int:
+    return -(-channels_per_group // word_bits)
 
 
-def weights_to_words(w_bits: np.ndarray, attrs: BinaryConvAttrs) -> np.ndarray:
-    """Schema uint8 [Co, ceil(Cg/8), kh, kw] -> uint32 [G, kh, kw, Qg, Cog] (bits past Cg cleared)."""
+def weights_to_words(w_bits: np.ndarray, attrs: BinaryConvAttrs, word_bits: int = WORD_BITS) -> np.ndarray:
+    """Schema uint8 [Co, ceil(Cg/8), kh, kw] -> uint{word_bits} [G, kh, kw, Qg, Cog] (bits past Cg cleared).
+    word_bits 32 (default) or 8 (the AVX2 byte-lane kernel)."""
     cg = attrs.channels_per_group
     w_pm = unpack_weights(w_bits, cg)  # validates dtype and shape; +-1 float
     co, _, kh, kw = w_pm.shape
-    g, qg = attrs.group, words_per_group(cg)
+    g, qg = attrs.group, words_per_group(cg, word_bits)
     if co % g:
         raise CompileError(f"binary conv: C_out {co} is not divisible by group {g}")
-    bits = np.zeros((co, qg * WORD_BITS, kh, kw), np.uint8)
+    bits = np.zeros((co, qg * word_bits, kh, kw), np.uint8)
     bits[:, :cg] = (w_pm < 0)
-    b = np.packbits(bits, axis=1, bitorder="little")  # [co, 4*qg, kh, kw]
-    words = np.ascontiguousarray(b.transpose(0, 2, 3, 1)).view("<u4").astype(np.uint32)  # [co, kh, kw, qg]
+    b = np.packbits(bits, axis=1, bitorder="little")  # [co, qg*word_bits/8, kh, kw]
+    dt = np.dtype(f"uint{word_bits}")
+    words = np.ascontiguousarray(b.transpose(0, 2, 3, 1)).view(dt.newbyteorder("<")).astype(dt)  # [co, kh, kw, qg]
     return np.ascontiguousarray(words.reshape(g, co // g, kh, kw, qg).transpose(0, 2, 3, 4, 1))
 
 
@@ -76,8 +78,9 @@ def border_correction(w_bits: np.ndarray, attrs: BinaryConvAttrs, h: int, w: int
     return corr.astype(np.int32), ycls, xcls
 
 
-def pack_activations_reference(x: np.ndarray, attrs: BinaryConvAttrs, in_scale=None, in_shift=None) -> np.ndarray:
-    """numpy version of the packing kernel: float32 [N, C, H, W] -> uint32 P (layout above)."""
+def pack_activations_reference(x: np.ndarray, attrs: BinaryConvAttrs, in_scale=None, in_shift=None,
+                               word_bits: int = WORD_BITS) -> np.ndarray:
+    """numpy version of the packing kernel: float32 [N, C, H, W] -> uint{word_bits} P (layout above)."""
     x = np.asarray(x, np.float32)
     n, c, h, w = x.shape
     if in_scale is not None:
@@ -85,13 +88,14 @@ def pack_activations_reference(x: np.ndarray, attrs: BinaryConvAttrs, in_scale=N
     if in_shift is not None:
         x = x + np.asarray(in_shift, np.float32).reshape(1, c, 1, 1)
     g, cg = attrs.group, attrs.channels_per_group
-    qg = words_per_group(cg)
+    qg = words_per_group(cg, word_bits)
     pt, pl, pb, pr = attrs.pads
-    bits = np.zeros((n, g, qg * WORD_BITS, h, w), np.uint8)
+    bits = np.zeros((n, g, qg * word_bits, h, w), np.uint8)
     bits[:, :, :cg] = (x < 0).reshape(n, g, cg, h, w)
-    b = np.packbits(bits, axis=2, bitorder="little")  # [n, g, 4qg, h, w]
-    words = np.ascontiguousarray(np.moveaxis(b, 2, -1)).view("<u4").astype(np.uint32)  # [n, g, h, w, qg]
+    b = np.packbits(bits, axis=2, bitorder="little")  # [n, g, qg*word_bits/8, h, w]
+    dt = np.dtype(f"uint{word_bits}")
+    words = np.ascontiguousarray(np.moveaxis(b, 2, -1)).view(dt.newbyteorder("<")).astype(dt)  # [n, g, h, w, qg]
     words = np.moveaxis(words, -1, 2).reshape(n, g * qg, h, w)
-    out = np.zeros((n, g * qg, h + pt + pb, w + pl + pr), np.uint32)
+    out = np.zeros((n, g * qg, h + pt + pb, w + pl + pr), dt)
     out[:, :, pt:pt + h, pl:pl + w] = words
     return out

@@ -117,3 +117,43 @@ def schedule_pack_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams
     _vectorize(sch, sch.get_loops(init)[-1])
     _vectorize(sch, sch.get_loops(acc)[-1])
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def schedule_conv_bytes(func: tvm.tirx.PrimFunc, geo: ConvGeometry, parallel: bool = True, xt_cap: int = 2):
+    """AVX2 schedule of the byte-word conv (geo.word_bits == 8, C_out per group a multiple of 16): a tile of
+    `xt` pixels x fv (32 or 16) output channels; per tap and byte chunk, popcounts accumulate in one uint8
+    vector per pixel ("popc8", vpshufb popcount + vpaddb), then widen into int32 accumulators."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    pc, p8, ep = sch.get_sblock("popc"), sch.get_sblock("popc8"), sch.get_sblock("binconv_out")
+    fv = 32 if geo.cog % 32 == 0 else 16
+    xt = _largest_divisor(geo.out_hw[1], xt_cap if fv == 32 else 2 * xt_cap)
+    acc = sch.cache_write(pc, 0, "local")
+    sch.set_scope(p8, 0, "local")
+    n, g, y, x, c, ry, rx, ro = sch.get_loops(pc)
+    xo, xi = sch.split(x, [None, xt])
+    co, ci = sch.split(c, [None, fv])
+    sch.reorder(n, g, y, co, xo, ry, rx, ro, xi, ci)
+    outer = sch.fuse(n, g, y, co)
+    if parallel:
+        sch.parallel(outer)
+    sch.compute_at(p8, ro)
+    l8 = sch.get_loops(p8)  # outer, xo, ry, rx, ro, then p8's own: xx (xt; gone when xt == 1), c (fv), ri
+    c8, ri = l8[-2], l8[-1]
+    if len(l8) == 8:
+        sch.reorder(ri, l8[-3], c8)
+        sch.unroll(l8[-3])
+    else:
+        sch.reorder(ri, c8)
+    _vectorize(sch, c8)
+    init8 = sch.decompose_reduction(p8, ri)
+    _vectorize(sch, sch.get_loops(init8)[-1])
+    sch.reverse_compute_at(acc, xo)
+    sch.reverse_compute_inline(ep)
+    sch.unroll(xi)
+    _vectorize(sch, ci)
+    init = sch.decompose_reduction(pc, ry)
+    _vectorize(sch, sch.get_loops(init)[-1])
+    wl = sch.get_loops(acc)
+    _, wi = sch.split(wl[-1], [None, 8])
+    _vectorize(sch, wi)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)

@@ -59,3 +59,11 @@ def cpu_params(target: Any) -> CpuParams:
     if has_avx512_popcount(target):
         return CpuParams(lanes=16, regs=28, max_xt=14)
     return CpuParams(lanes=8, regs=12, max_xt=7)
+
+
+def word_bits(target: Any, c_out_per_group: int) -> int:
+    """Packed word size: 8 (byte lanes, popcount summed in uint8) on x86 without AVX-512 VPOPCNTDQ when
+    C_out per group is a multiple of 16; else 32."""
+    if family(target) == "x86" and not has_avx512_popcount(target) and c_out_per_group % 16 == 0:
+        return 8
+    return 32
