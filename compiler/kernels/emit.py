@@ -38,7 +38,7 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
 
     cpu = cpu_params(target)
     if geo.word_bits == 8:
-        return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo)
+        return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
 

@@ -24,6 +24,7 @@ class CpuParams:
     lanes: int
     regs: int
     max_xt: int = 14
+    bytes_xt: int = 2  # pixels per tile of the byte-word kernel (32 output channels each)
 
 
 def _largest_divisor(n: int, cap: int) -> int:

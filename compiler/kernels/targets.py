@@ -55,15 +55,17 @@ def cpu_params(target: Any) -> CpuParams:
     """Vector width (uint32 lanes) and accumulator register budget of a CPU target."""
     fam = family(target)
     if fam == "arm":
-        return CpuParams(lanes=4, regs=28, max_xt=7)
+        return CpuParams(lanes=4, regs=28, max_xt=7, bytes_xt=2)
     if has_avx512_popcount(target):
         return CpuParams(lanes=16, regs=28, max_xt=14)
     return CpuParams(lanes=8, regs=12, max_xt=7)
 
 
 def word_bits(target: Any, c_out_per_group: int) -> int:
-    """Packed word size: 8 (byte lanes, popcount summed in uint8) on x86 without AVX-512 VPOPCNTDQ when
-    C_out per group is a multiple of 16; else 32."""
-    if family(target) == "x86" and not has_avx512_popcount(target) and c_out_per_group % 16 == 0:
+    """Packed word size: 8 (byte lanes, popcount summed in uint8 before widening) on x86 without AVX-512
+    VPOPCNTDQ (the vector popcount is vpshufb on bytes) when C_out per group is a multiple of 16; else 32.
+    aarch64 stays on 32-bit words: the byte kernel there spilled NEON registers (LLVM unrolls the byte
+    chunk), and qemu cannot time the difference; a board can (see the report)."""
+    if c_out_per_group % 16 == 0 and family(target) == "x86" and not has_avx512_popcount(target):
         return 8
     return 32
