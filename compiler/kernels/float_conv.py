@@ -129,7 +129,9 @@ class FloatConvModule:
         self._rt["fconv"](*args)
         return args[-1].numpy().reshape(self.geo.out_shape)
 
-    def time_ms(self, x: np.ndarray, number: int = 20, repeat: int = 7) -> float:
+    def time_ms(self, x: np.ndarray, number: int = 20, repeat: int = 7, stat: str = "median") -> float:
+        """ms per call: median (or min, stat="min") over `repeat` runs of `number` calls."""
         args = self._args(x)
         ev = self._rt.time_evaluator("fconv", tvm.cpu(), number=number, repeat=repeat, min_repeat_ms=20)
-        return float(np.median(ev(*args).results)) * 1e3
+        res = ev(*args).results
+        return float(np.min(res) if stat == "min" else np.median(res)) * 1e3
