@@ -215,3 +215,34 @@ def test_tuning_records_roundtrip_and_tile_used(tmp_path):
     (tmp_path / "x86-znver4.json").write_text('{"schema": "dcpnas.kernel_records/1", "entries": {"k": {"tile": [1]}}}')
     with pytest.raises(ArtifactError):
         load_records(X86, tmp_path)
+
+
+@pytest.mark.tvm
+def test_emit_two_chained_convs_with_affine():
+    """Two different binary convs in one Relax function (PrimFunc names must not clash), the second with the
+    BatchNorm affine before its sign; compared with the references applied in sequence."""
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(11)
+    a1, a2 = _attrs(24, 3, 1, 1), _attrs(32, 1, 2, 0)
+    x = rng.standard_normal((1, 24, 9, 9)).astype(np.float32)
+    w1 = pack_weights(rng.standard_normal((32, 24, 3, 3)))
+    w2 = pack_weights(rng.standard_normal((16, 32, 1, 1)))
+    s_in = rng.uniform(0.5, 2, 32).astype(np.float32)
+    t_in = np.round(rng.standard_normal(32)).astype(np.float32) + 0.25  # x' never exactly 0
+    ones32, half32 = np.ones(32, np.float32), np.full(32, 0.5, np.float32)
+    scale2 = rng.uniform(0.5, 2, 16).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y1 = emit_binary_conv2d(bb, xv, w1, ones32, half32, a1, X86)
+            y2 = emit_binary_conv2d(bb, y1, w2, scale2, None, a2, X86, in_scale=s_in, in_shift=t_in)
+            out = bb.emit_output(y2)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(X86)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+    r1 = binary_conv2d_reference(x, w1, ones32, half32, a1)
+    want = binary_conv2d_reference(r1, w2, scale2, None, a2, in_scale=s_in, in_shift=t_in)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -78,10 +78,7 @@ def run_library(lib: Path, arrays: list[np.ndarray], calls: list[tuple[str, list
 def run_binary_conv(module, x: np.ndarray, lib_dir: Path, in_scale=None, in_shift=None, iters: int = 0):
     """Export a BinaryConvModule built for an aarch64 target, run pack + conv under qemu.
     -> (float32 [N, C_out, OH, OW], qemu ms per pack+conv or None)."""
-    from tvm.support import cc
-
-    lib = Path(lib_dir) / "binconv_aarch64.so"
-    module.executable.export_library(str(lib), fcompile=cc.cross_compiler(CROSS_CC))
+    lib = Path(module.export(Path(lib_dir) / "binconv_aarch64.so", CROSS_CC))
     arrs = module.arrays(x, in_scale, in_shift)
     pack, conv = arrs["binpack"], arrs["binconv"]
     arrays = pack + conv[1:]

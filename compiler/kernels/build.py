@@ -38,6 +38,17 @@ class BinaryConvModule:
             self.executable = tvm.compile(self.ir_module, target=self.target)
         self._rt = None
 
+    def export(self, path, cross_compiler: str | None = None) -> str:
+        """Write the compiled module as a shared library (for `remote.upload` over TVM RPC, or qemu);
+        cross_compiler: e.g. "aarch64-linux-gnu-gcc" for an aarch64 target. Returns the path."""
+        kw = {}
+        if cross_compiler:
+            from tvm.support import cc
+
+            kw["fcompile"] = cc.cross_compiler(cross_compiler)
+        self.executable.export_library(str(path), **kw)
+        return str(path)
+
     def runtime(self):
         """The module loaded in this process (CPU targets of this machine only)."""
         if self._rt is None:
