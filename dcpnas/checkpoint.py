@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -63,7 +65,8 @@ def load_torch(path: str | Path) -> dict:
         raise ArtifactError(f"{path}: file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
+            KeyError, TypeError, struct.error, zipfile.BadZipFile) as e:  # foreign bytes raise any of these
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     if not isinstance(obj, dict):

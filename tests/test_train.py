@@ -1,0 +1,212 @@
+"""dcpnas.train: the two-stage recipe, artifacts, exact resume, teacher distillation, config parsing."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcpnas.binary import BinaryConv2d
+from dcpnas.checkpoint import load_model, save_model
+from dcpnas.errors import ArtifactError, ConfigError
+from dcpnas.genotype import DDPNAS_MCN_2, Genotype
+from dcpnas.train import (TrainConfig, augment_batch, cosine_lr, default_eval_space, distillation_loss, evaluate,
+                          train)
+
+TINY = dict(cells=3, channels=4, train_subset=60, test_subset=30, batch_size=20, eval_batch_size=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(epoch_end: int):
+    """A progress callback that interrupts the run after the `epoch_end`-th finished epoch."""
+    seen = []
+
+    def progress(phase, done, total, **m):
+        if "test_acc" in m:
+            seen.append(phase)
+            if len(seen) == epoch_end:
+                raise Stop
+
+    return progress
+
+
+def test_stages_split():
+    assert TrainConfig(epochs=6).stages() == [("stage1", 3, False, 1e-5), ("stage2", 3, True, 0.0)]
+    assert TrainConfig(epochs=1).stages() == [("stage2", 1, True, 0.0)]
+    assert TrainConfig(epochs=3, stage1_fraction=0.0).stages() == [("stage2", 3, True, 0.0)]
+    assert [s[1] for s in TrainConfig(epochs=3).stages()] == [2, 1]
+    assert TrainConfig(epochs=4, binary=False).stages() == [("float", 4, None, 1e-5)]
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+
+
+def test_default_eval_space_is_larger_than_the_supernet_default():
+    from dcpnas.space import SearchSpace
+
+    sp, sup = default_eval_space(), SearchSpace()
+    assert sp.cells >= sup.cells and sp.channels >= sup.channels and (sp.cells, sp.channels) != (sup.cells, sup.channels)
+    assert default_eval_space((3, 32, 32), 10, "authors").input_shape == (3, 32, 32)
+
+
+def test_config_toml_and_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nepochs = 4\nlr = 0.002\naugment = false\npolicy = "authors"\ncells = 5\n')
+    cfg = TrainConfig.from_toml(f, {"epochs": 2})
+    assert (cfg.epochs, cfg.lr, cfg.augment, cfg.policy, cfg.cells) == (2, 0.002, False, "authors", 5)
+    f.write_text("epochs = 3\n")
+    assert TrainConfig.from_toml(f).epochs == 3
+    f.write_text("epochz = 3\n")
+    with pytest.raises(ConfigError, match="unknown key.*epochz"):
+        TrainConfig.from_toml(f)
+    f.write_text('epochs = "many"\n')
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig.from_toml(f)
+    f.write_text("augment = 1\n")
+    with pytest.raises(ConfigError, match="true or false"):
+        TrainConfig.from_toml(f)
+    f.write_text("epochs = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        TrainConfig.from_toml(f)
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_toml(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="policy"):
+        TrainConfig(policy="mine")
+    assert TrainConfig.from_dict(TrainConfig(epochs=5, cells=7).to_dict()) == TrainConfig(epochs=5, cells=7)
+
+
+def test_cosine_and_distillation_formulas():
+    assert cosine_lr(1.0, 0, 10) == 1.0 and cosine_lr(1.0, 10, 10) == pytest.approx(0.0)
+    assert cosine_lr(2.0, 5, 10) == pytest.approx(1.0)
+    assert cosine_lr(1.0, 3, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.3)))
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    for T in (1.0, 3.0):
+        p, q = F.softmax(t / T, 1), F.softmax(s / T, 1)
+        manual = (p * (p.log() - q.log())).sum(1).mean() * T * T
+        torch.testing.assert_close(distillation_loss(s, t, T), manual)
+    assert float(distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_augment_batch_is_a_shift_or_flip_of_each_image():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 5, 5)
+    fill = torch.tensor([-3.0, -4.0])
+    y = augment_batch(x, gen, fill, pad=2)
+    assert y.shape == x.shape
+    for n in range(6):
+        big = fill.view(2, 1, 1).expand(2, 9, 9).clone()
+        big[:, 2:7, 2:7] = x[n]
+        cands = [big[:, dy:dy + 5, dx:dx + 5] for dy in range(5) for dx in range(5)]
+        cands += [c.flip(-1) for c in cands]
+        assert any(torch.equal(y[n], c) for c in cands)
+
+
+def test_train_writes_artifacts_and_loadable_model(tmp_path):
+    cfg = TrainConfig(epochs=2, **TINY)
+    calls = []
+    res = train(DDPNAS_MCN_2, cfg, tmp_path, progress=lambda ph, d, t, **m: calls.append((ph, d, t, m)))
+    for name in ("model.pt", "checkpoint.pt", "metrics.jsonl", "train.json", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(h["epoch"], h["stage"]) for h in lines] == [(1, "stage1"), (2, "stage2")]
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds"} <= set(lines[0])
+    assert [c[0] for c in calls if "test_acc" in c[3]] == ["stage1", "stage2"]
+    assert all("loss" in c[3] and "acc" in c[3] for c in calls) and calls[-1][1] == calls[-1][2] == 3
+    rec = json.loads((tmp_path / "train.json").read_text())
+    assert rec["schema"] == "dcpnas.train/1" and rec["n_train"] == 60 and rec["n_test"] == 30
+    assert rec["test_accuracy"] == res.test_accuracy == lines[-1]["test_accuracy"]
+    net, meta = load_model(res.model_path, genotype=DDPNAS_MCN_2)
+    assert meta["binary"] and meta["binary_weight"] and meta["space"] == res.space
+    assert all(m.binary_weight for m in net.modules() if isinstance(m, BinaryConv2d))
+    from dcpnas.data import load_dataset
+
+    data = load_dataset("embedded").subset(60, 30, seed=0)
+    x, y = data.tensors("test", meta["normalization"]["mean"], meta["normalization"]["std"])
+    loss, acc = evaluate(net, x, y)
+    assert acc == res.test_accuracy and loss == pytest.approx(res.test_loss, rel=1e-5)
+
+
+def test_resume_is_exact(tmp_path):
+    """Interrupted after epoch 1 (mid stage 1) and after epoch 2 (the stage boundary), then resumed:
+    the same final weights, bit for bit, as one uninterrupted run."""
+    cfg = TrainConfig(epochs=3, **TINY)
+    ref = train(DDPNAS_MCN_2, cfg, tmp_path / "ref")
+    out = tmp_path / "resumed"
+    for k in (1, 2):
+        with pytest.raises(Stop):
+            train(DDPNAS_MCN_2, cfg, out, progress=stop_after(1), resume=True)
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == k
+    res = train(DDPNAS_MCN_2, cfg, out, resume=True)
+    a, _ = load_model(ref.model_path)
+    b, _ = load_model(res.model_path)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert res.test_accuracy == ref.test_accuracy
+    assert [h["test_accuracy"] for h in res.history] == [h["test_accuracy"] for h in ref.history]
+    # a finished run resumes to the same result without training again
+    again = train(DDPNAS_MCN_2, cfg, out, resume=True)
+    assert again.test_accuracy == ref.test_accuracy and len(again.history) == 3
+    with pytest.raises(ConfigError, match="another config or genotype"):
+        train(DDPNAS_MCN_2, TrainConfig(epochs=4, **TINY), out, resume=True)
+
+
+def test_float_teacher_distillation(tmp_path):
+    float_cfg = TrainConfig(epochs=1, binary=False, **TINY)
+    t = train(DDPNAS_MCN_2, float_cfg, tmp_path / "float")
+    tnet, tmeta = load_model(t.model_path)
+    assert not tmeta["binary"] and not any(isinstance(m, BinaryConv2d) for m in tnet.modules())
+    res = train(DDPNAS_MCN_2, TrainConfig(epochs=1, **TINY), tmp_path / "kd", teacher=t.model_path)
+    assert json.loads((tmp_path / "kd" / "train.json").read_text())["teacher"] == str(t.model_path)
+    assert 0.0 <= res.test_accuracy <= 1.0 and math.isfinite(res.history[0]["train_loss"])
+    other = Genotype(DDPNAS_MCN_2.reduce, (2, 3, 4, 5), DDPNAS_MCN_2.normal, (2, 3, 4, 5))
+    with pytest.raises(ArtifactError, match="not to the given genotype"):
+        train(other, TrainConfig(epochs=1, **TINY), tmp_path / "bad", teacher=t.model_path)
+
+
+def test_teacher_with_other_normalisation_sees_its_own_inputs(tmp_path):
+    """A teacher saved with other mean/std gets inputs renormalised to its own convention: distilling
+    from it equals distilling from a module wrapper that does the same by hand."""
+    from dcpnas.model import Network
+
+    cfg = TrainConfig(epochs=1, augment=False, **TINY)
+    torch.manual_seed(1)
+    teacher = Network(DDPNAS_MCN_2, default_eval_space(policy="book", cells=3, channels=4), binary=False).eval()
+    norm_t = {"mean": [0.5], "std": [0.2]}
+    path = save_model(tmp_path / "t.pt", teacher, norm_t)
+    from dcpnas.data import load_dataset
+
+    d = load_dataset("embedded").subset(60, 30, seed=0)
+    m_s, s_s = d.mean[0], d.std[0]
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            raw = x * s_s + m_s
+            return self.net((raw - 0.5) / 0.2)
+
+    first = {}
+
+    def first_loss(key):
+        return lambda ph, done, total, **m: first.setdefault(key, m["loss"])
+
+    train(DDPNAS_MCN_2, cfg, tmp_path / "a", teacher=path, progress=first_loss("a"))
+    train(DDPNAS_MCN_2, cfg, tmp_path / "b", teacher=Wrapped(load_model(path)[0]), progress=first_loss("b"))
+    train(DDPNAS_MCN_2, cfg, tmp_path / "c", teacher=load_model(path)[0], progress=first_loss("c"))
+    assert first["a"] == pytest.approx(first["b"], rel=1e-5)
+    assert abs(first["a"] - first["c"]) > 1e-3  # the renormalisation matters
