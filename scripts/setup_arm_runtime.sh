@@ -9,6 +9,12 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEST="${DCPNAS_ARM_RT:-$HOME/.cache/dcpnas/arm}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
+for tool in aarch64-linux-gnu-g++ unzip; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "setup_arm_runtime: $tool not found (scripts/install_system_deps.sh); arm tests will skip" >&2
+    exit 0
+  fi
+done
 mkdir -p "$DEST/wheels" "$DEST/rt"
 if [ ! -f "$DEST/rt/tvm/lib/libtvm_runtime.so" ] || [ ! -f "$DEST/rt/tvm_ffi/lib/libtvm_ffi.so" ]; then
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
