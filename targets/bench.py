@@ -9,7 +9,8 @@ arithmetic) and built with the same pipeline into DIR/float-twin/.
 Timings: end to end (Relax VM `main`, Profiler: warm-up, repeats, median and IQR, fixed threads),
 per layer (every PrimFunc the manifest's `layers` name, timed by name with time_evaluator on
 arguments of the recorded shapes: floats random normal, integers zero, which keeps index tables in
-range), and the float ONNX model on ONNX Runtime with the same thread count (local runs only).
+range; locally from the build's own library, over RPC from `kernels.so`, a plain library of the same
+PrimFuncs, since a remote Relax executable does not expose its kernels by name), and the float ONNX model on ONNX Runtime with the same thread count (local runs only).
 Layers are grouped into the network's ops (stem, cells.i.pre0/pre1, cells.i.ops.k, cells.i glue,
 classifier) and each group is shown with its LUT prediction.
 """
@@ -87,7 +88,7 @@ def float_twin_onnx(model):
 
 
 def float_twin(art, target, progress: ProgressFn = no_progress):
-    """(lib path, layers, onnx bytes, source) of the float twin of Artifact `art`."""
+    """(lib path, layers, onnx bytes, source, folder) of the float twin of Artifact `art`."""
     from dcpnas.compiler.artifact import Artifact
 
     m = art.manifest
@@ -96,7 +97,8 @@ def float_twin(art, target, progress: ProgressFn = no_progress):
         try:
             tw = Artifact.load(sibling)
             if not tw.manifest["binary"] and tw.manifest["input"]["shape"] == m["input"]["shape"]:
-                return tw.lib_path, tw.manifest["layers"], tw.onnx_path.read_bytes(), f"dcpnas compile --float ({sibling})"
+                return (tw.lib_path, tw.manifest["layers"], tw.onnx_path.read_bytes(), f"dcpnas compile --float ({sibling})",
+                        sibling)
         except DcpnasError:
             pass
     import onnx
@@ -108,8 +110,8 @@ def float_twin(art, target, progress: ProgressFn = no_progress):
     model = float_twin_onnx(onnx.load(str(art.onnx_path)))
     built = build_onnx_model(model, target, out / "model.so")
     progress("float twin", 1, 1)
-    return built.lib_path, [vars(layer) for layer in built.imported.layers], model.SerializeToString(), \
-        f"derived from model.onnx (binary convs as float convs), built into {out}"
+    return (built.lib_path, [vars(layer) for layer in built.imported.layers], model.SerializeToString(),
+            f"derived from model.onnx (binary convs as float convs), built into {out}", out)
 
 
 # ---- timing ----------------------------------------------------------------------------------------
@@ -136,6 +138,34 @@ def ort_timing(onnx_bytes: bytes, x: np.ndarray, threads: int, warmup: int = 5, 
             sess.run(None, {name: x})
         samples.append((time.perf_counter() - t0) / number)
     return Timing.from_samples(samples, number)
+
+
+def kernels_library(model, target, path: Path) -> Path:
+    """A plain library of the network's PrimFuncs, callable by name (for per-layer timing over RPC,
+    where the Relax executable's kernel library is not reachable by name). The PrimFuncs are those the
+    importer emits for the build (same schedules, same target); cached at `path`, written atomically."""
+    import tvm
+
+    from dcpnas.compiler.build import tvm_target
+    from dcpnas.compiler.onnx_import import import_onnx
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    mod = import_onnx(model, dict(target.tvm), schedule=target.arch != "cuda").mod
+    funcs = {gv.name_hint: f.with_attr("global_symbol", gv.name_hint)
+             for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    ex = tvm.compile(tvm.IRModule(funcs), target=tvm_target(target))
+    kw = {}
+    if target.cross_compiler:
+        kw["fcompile"] = tvm.support.cc.cross_compiler(target.cross_compiler)
+    tmp = path.with_name(f".{path.name}.tmp.so")
+    try:
+        ex.export_library(str(tmp), **kw)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _arg(shape, dtype, rng):
@@ -248,15 +278,24 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
     x = rng.standard_normal(tuple(m["input"]["shape"])).astype(np.float32)
     steps = 2 + (2 if per_layer else 0) + (1 if ort else 0)
     with profiler.session() as s:  # first: an unreachable device fails before anything is written
-        f_lib, f_layers, f_onnx, f_src = float_twin(art, target, progress)
+        f_lib, f_layers, f_onnx, f_src, f_dir = float_twin(art, target, progress)
         progress("bench", 0, steps)
         b_mod, f_mod = s.load(art.lib_path), s.load(f_lib)
+        b_kern, f_kern = b_mod, f_mod
+        if per_layer and s.remote is not None:
+            import onnx as _onnx
+
+            progress("kernel libs", 0, 2)
+            b_kern = s.load(kernels_library(_onnx.load(str(art.onnx_path)), target, art.path / "kernels.so"))
+            progress("kernel libs", 1, 2)
+            f_kern = s.load(kernels_library(_onnx.load_from_string(f_onnx), target, f_dir / "kernels.so"))
+            progress("kernel libs", 2, 2)
         tb = s.time_vm(b_mod, [x])
         progress("bench", 1, steps, binary_ms=tb.median_ms)
         tf = s.time_vm(f_mod, [x])
         progress("bench", 2, steps, float_ms=tf.median_ms)
-        b_rows = time_layers(s, b_mod, m["layers"], rng) if per_layer else []
-        f_rows = time_layers(s, f_mod, f_layers, rng) if per_layer else []
+        b_rows = time_layers(s, b_kern, m["layers"], rng) if per_layer else []
+        f_rows = time_layers(s, f_kern, f_layers, rng) if per_layer else []
         if per_layer:
             progress("bench", 4, steps)
         threads = s.threads

@@ -197,9 +197,12 @@ class Session:
             raise DeviceError(f"{path}: compiled library not found")
         if self.remote is None:
             return tvm.runtime.load_module(str(path))
+        # a unique remote name: re-uploading over a library the server has loaded (two builds both
+        # called model.so) would truncate a mapped file and crash the server
+        name = self._uploaded.setdefault(str(path.resolve()), f"{len(self._uploaded)}_{path.name}")
         try:
-            self.remote.upload(str(path))
-            return self.remote.load_module(path.name)
+            self.remote.upload(str(path), target=name)
+            return self.remote.load_module(name)
         except Exception as e:
             raise DeviceError(f"cannot upload or load {path.name} on {self.profiler.device_name}: {e}") from None
 
