@@ -77,6 +77,8 @@ CASES = [
     (1, 130, 15, 15, 130, 1, 2, 0, 1, 1),
     (1, 64, 14, 14, 64, 3, 1, (0, 1, 2, 0), 1, 1),
     (1, 256, 7, 7, 512, 3, 1, 1, 1, 1),
+    (1, 24, 9, 13, 32, 3, 2, 1, 1, 1),
+    (1, 32, 5, 5, 16, 1, 1, 1, 1, 1),
 ]
 
 
@@ -246,3 +248,13 @@ def test_emit_two_chained_convs_with_affine():
     r1 = binary_conv2d_reference(x, w1, ones32, half32, a1)
     want = binary_conv2d_reference(r1, w2, scale2, None, a2, in_scale=s_in, in_shift=t_in)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.tvm
+def test_rectangular_kernel_and_strides():
+    rng = np.random.default_rng(13)
+    attrs = BinaryConvAttrs((1, 3), (1, 2), (0, 1, 0, 1), (1, 2), 1, 20)
+    x, wb = _case(rng, 1, 20, 6, 11, 16, attrs)
+    ones, zeros = np.ones(16, np.float32), np.zeros(16, np.float32)
+    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86)
+    np.testing.assert_array_equal(m.run(x), binary_conv2d_reference(x, wb, ones, zeros, attrs))
