@@ -106,23 +106,27 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
         return _finish(func, name, False)
     sch = Schedule(tvm.IRModule({"main": func}))
     conv, ob = sch.get_sblock("conv"), sch.get_sblock("out")
-    cb = next((b for b in (8, 4, 2) if Co % b == 0 and (group == 1 or cog % b == 0 or cog == 1)), 1)
-    if group > 1 and cog != 1 and cog % cb:
-        cb = 1
-    if cog == 1:
-        cb = 1  # depthwise: nothing to share across output channels
+    # register tile: cb output channels x OW pixels as n_jo vectors of ji lanes (ji divides OW)
+    ji = max(d for d in range(1, min(OW, cpu.lanes) + 1) if OW % d == 0)
+    n_jo = OW // ji
+    budget = 16 if cpu.lanes >= 16 else 12
+    cb = 1
+    if cog > 1:  # depthwise (cog == 1) shares nothing across output channels
+        cb = next((b for b in (8, 4, 2, 1) if cog % b == 0 and b * n_jo <= budget), 1)
     n, co, i, j, r_c, r_y, r_x = sch.get_loops(conv)
     coo, coi = sch.split(co, [None, cb])
-    sch.reorder(n, coo, i, r_c, r_y, r_x, coi, j)
+    jo, jv = sch.split(j, [n_jo, ji])
+    sch.reorder(n, coo, i, r_c, r_y, r_x, coi, jo, jv)
     outer = sch.fuse(n, coo, i)
     if N * Co * OH * OW >= cpu.min_parallel:
         sch.parallel(outer)
     sch.reverse_compute_at(ob, outer)
     sch.set_scope(conv, 0, "local")  # the [cb, OW] accumulator tile lives in registers
     sch.unroll(coi)
+    sch.unroll(jo)
     sch.unroll(r_y)
     sch.unroll(r_x)
-    sch.vectorize(j)
+    sch.vectorize(jv)
     init = sch.decompose_reduction(conv, r_c)
     sch.vectorize(sch.get_loops(init)[-1])
     ol = sch.get_loops(ob)
@@ -130,7 +134,9 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     if padded:
         pb_ = sch.get_sblock("pad")
         pn, pc, pi, pj = sch.get_loops(pb_)
-        sch.parallel(sch.fuse(pn, pc))
+        fused = sch.fuse(pn, pc)
+        if N * C * H * W >= cpu.min_parallel:
+            sch.parallel(fused)
         sch.vectorize(pj)
     return _finish(sch.mod["main"], name, True)
 
