@@ -91,6 +91,28 @@ def test_float_twin_build(genotype_file, tmp_path):
     assert art.manifest["onnx_weight_bytes"]["binary"] == 0
 
 
+ALL_OPS = Genotype(
+    normal=(("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 0), ("avg_pool_3x3", 2),
+            ("sep_conv_5x5", 3), ("max_pool_3x3", 1), ("dil_conv_3x3", 4), ("skip_connect", 2)),
+    normal_concat=(2, 3, 4, 5),
+    reduce=(("skip_connect", 0), ("avg_pool_3x3", 1), ("sep_conv_5x5", 0), ("dil_conv_5x5", 2),
+            ("max_pool_3x3", 1), ("sep_conv_3x3", 3), ("dil_conv_3x3", 2), ("skip_connect", 4)),
+    reduce_concat=(2, 3, 4, 5))
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_every_primitive_under_authors_policy(tmp_path):
+    """All seven DARTS ops (strided skip = FactorizedReduce) with the `authors` policy (real-activation
+    depthwise/1x1 convs as float Convs with beta*sign(w)); genotype given as a DARTS string."""
+    src = tmp_path / "g.txt"
+    src.write_text(ALL_OPS.to_darts())
+    art = compile_genotype(src, "x86-avx2", tmp_path / "a", policy="authors", **SMALL)
+    ops = {layer["op"] for layer in art.manifest["layers"]}
+    assert {"BinaryConv2d", "Conv", "MaxPool", "AveragePool", "Slice", "Concat", "Add"} <= ops
+    assert art.manifest["parity"]["passed"] and art.manifest["space"]["policy"] == "authors"
+
+
 def test_errors_before_any_build(genotype_file, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("Genotype(normal=[('warp_drive', 0)])")
