@@ -3,8 +3,8 @@
 conv: one thread per output channel of a block of `tc` channels x `xt` pixels of one row (register tile
 of xt accumulators; adjacent threads read adjacent weight words, coalesced); falls back to one thread
 per output element when C_out per group is not a multiple of 32. pack: one thread per packed word.
-Shared-memory tiling of the packed input is not done: a row of packed words is small and read through
-L1/L2 by all threads of a block.
+In the channel form the block's window of packed input words is first staged in shared memory by all
+its threads (TVM inserts the __syncthreads).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ def _largest_divisor(n: int, cap: int) -> int:
 
 
 def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128,
-                       blocks: tuple[str, str] = ("popc", "binconv_out")):
-    """Blocks as in schedule_cpu.schedule_conv_cpu (shared with the float conv)."""
+                       blocks: tuple[str, str] = ("popc", "binconv_out"), shared_input: str | None = "P"):
+    """Blocks as in schedule_cpu.schedule_conv_cpu (shared with the float conv). shared_input: the name of
+    the input buffer whose per-block window (all words x the taps' rows x columns) is staged in shared
+    memory by the block's threads together (channel form only)."""
     sch = Schedule(tvm.IRModule({"main": func}))
     pc = sch.get_sblock(blocks[0])
     ep = sch.get_sblock(blocks[1])
@@ -38,6 +40,13 @@ def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int 
         sch.bind(ci, "threadIdx.x")
         sch.unroll(xi)
         sch.reverse_compute_at(acc, ci)
+        reads = [r.source.name for r in sch.get(pc).reads]
+        if shared_input in reads:
+            sh = sch.cache_read(pc, reads.index(shared_input), "shared")
+            sch.compute_at(sh, bx)
+            fused = sch.fuse(*sch.get_loops(sh)[1:])
+            _, t = sch.split(fused, [None, tc])
+            sch.bind(t, "threadIdx.x")
     else:
         fused = sch.fuse(n, g, y, x, c)
         bx, tx = sch.split(fused, [None, threads])
