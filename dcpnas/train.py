@@ -277,7 +277,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         ck = load_torch(ckpt_path)
         if ck.get("schema") != CHECKPOINT_SCHEMA:
             raise ArtifactError(f"{ckpt_path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
-        if ck.get("config") != config.to_dict() or ck.get("genotype") != genotype.to_dict():
+        if ck.get("config") != config.to_dict() or ck.get("genotype_digest") != genotype.digest():
             raise ConfigError(f"{ckpt_path}: was written with another config or genotype; "
                               f"use the same options to --resume, or a new -o folder")
         _set_stage(model, stages[ck["stage"]][2], fresh=False)
@@ -333,7 +333,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             state["history"].append(record)
             state.update(stage=si, epoch_in_stage=epoch + 1, seconds=record["seconds"])
             save_torch(ckpt_path, {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(),
-                                   "genotype": genotype.to_dict(), "model": model.state_dict(),
+                                   "genotype_digest": genotype.digest(), "model": model.state_dict(),
                                    "optimizer": opt.state_dict(), "rng": gen.get_state(), **state})
             write_metrics(out_dir, state["history"])
             progress(name, (epoch + 1) * steps, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
