@@ -53,6 +53,7 @@ def build_cmd(
     input_shape: str = SHAPE, policy: str = POLICY,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file [default: the target's LUT; emulated: ./<target>.emulated.json]."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep entries already measured."),
+    refine: bool = typer.Option(False, "--refine", help="Time existing entries again, keep the lower (with --statistic min)."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples per op."),
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     statistic: str = STAT,
@@ -80,7 +81,7 @@ def build_cmd(
     keys = keys_of(spaces)
     with rich_progress() as progress:
         lut = build_lut(t, keys, path, prof, resume=resume, method="emulated" if emulated else "measured",
-                        progress=progress)
+                        progress=progress, refine=refine)
     console.print(f"[green]{lut.method}[/] LUT of {t.name} on {lut.device}, {lut.threads} threads: "
                   f"{len(lut.entries)} entries -> {path}")
 

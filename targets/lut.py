@@ -17,12 +17,13 @@ VM's call overhead; `std_ms` the spread; `count` the number of repeats.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError, LutError
-from dcpnas.io import read_json, write_json
+from dcpnas.io import atomic_write_text, read_json
 
 SCHEMA = "dcpnas.lut/1"
 METHODS = ("measured", "modeled", "emulated")
@@ -107,8 +108,9 @@ class LatencyTable:
         path = Path(path) if path is not None else self.path
         if path is None:
             raise LutError("LatencyTable.save needs a path")
-        validate(self.to_dict(), str(path))
-        write_json(path, self.to_dict())
+        d = self.to_dict()
+        validate(d, str(path))
+        atomic_write_text(path, dumps(d))
         self.path = path
         return path
 
@@ -136,6 +138,14 @@ class LatencyTable:
         if expect_target is not None and lut.target != expect_target:
             raise LutError(f"{path}: LUT is for target {lut.target!r}, expected {expect_target!r}")
         return lut
+
+
+def dumps(d: dict) -> str:
+    """JSON of a LUT record, one entry per line (thousands of entries stay diff- and grep-friendly)."""
+    head = {k: v for k, v in d.items() if k != "entries"}
+    lines = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}" for k, v in d["entries"].items())
+    body = json.dumps(head, indent=2)[:-2]  # drop the closing "\n}"
+    return f"{body},\n  \"entries\": {{\n{lines}\n  }}\n}}\n"
 
 
 def _finite_nonneg(v) -> bool:

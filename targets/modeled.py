@@ -1,8 +1,8 @@
 """Modeled LUTs: the cost model of targets/costmodel.py applied to every OpKey of a set of search spaces.
 
-`coverage_spaces()` is the set the shipped LUTs cover: SearchSpace() and its smaller and larger
-variants (cells 3..8, channels 4..16, inputs (1,28,28) and (3,32,32), both policies), so that a search
-on any of them finds every key.
+`coverage_spaces()` is the set the shipped modeled LUTs cover: SearchSpace() and its smaller and
+larger variants (cells 3..8, channels 2..16, inputs 1x8x8 (smoke), 1x16x16 (the default search),
+1x28x28, 1x32x32, 3x16x16, 3x32x32, both policies), so that a search on any of them finds every key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from dcpnas.targets.lut import LatencyTable, utc_now
 from dcpnas.targets.registry import Target, get_target
 
 
-def coverage_spaces(cells=range(3, 9), channels=range(4, 17), inputs=((1, 28, 28), (3, 32, 32)),
+COVERAGE_INPUTS = ((1, 8, 8), (1, 16, 16), (1, 28, 28), (1, 32, 32), (3, 16, 16), (3, 32, 32))
+
+
+def coverage_spaces(cells=range(3, 9), channels=range(2, 17), inputs=COVERAGE_INPUTS,
                     policies=("book", "authors")) -> list[SearchSpace]:
     """Search spaces whose keys a shipped LUT covers (combinations that are not valid are skipped)."""
     spaces = [SearchSpace()]

@@ -177,7 +177,9 @@ class Session:
 
                 os.environ["TVM_NUM_THREADS"] = str(threads)  # read by the runtime when it (re)sizes the pool
                 get = tvm.get_global_func
-            for mode in (1, -3):  # big cores; then all cores shared (when "big" cannot give `threads`)
+            # -3: every worker may run on every core (the OS balances them; pinning one worker per core
+            # stalls each parallel region whenever another process holds that core); 1: big cores
+            for mode in (-3, 1):
                 get("runtime.config_threadpool")(mode, threads)
                 self.threads = int(get("runtime.NumThreads")())
                 if self.threads == threads:

@@ -135,6 +135,9 @@ def test_modeled_lut_covers_spaces_and_is_labelled():
 
 
 @pytest.mark.parametrize("space", [SearchSpace(), SearchSpace(cells=3, channels=4), SearchSpace(cells=8, channels=16),
+                                   SearchSpace(cells=3, channels=8, input_shape=(1, 16, 16)),   # the default search
+                                   SearchSpace(cells=3, channels=2, input_shape=(1, 8, 8)),     # the smoke budget
+                                   SearchSpace(cells=6, channels=8),                             # the eval network
                                    SearchSpace(cells=6, channels=12, input_shape=(3, 32, 32), policy="authors")])
 def test_shipped_luts_cover_default_spaces(space):
     for name in ("x86-avx512", "arm-a72"):
@@ -224,3 +227,24 @@ def test_build_lut_resumes_and_saves_each_entry(tmp_path):
     e = lut.entries[keys[1]]
     assert e["count"] == 3 and e["median_ms"] >= e["mean_ms"] >= 0
     assert LatencyTable.load(path).entries == lut.entries
+
+
+@pytest.mark.tvm
+def test_refine_keeps_the_lower_figure(tmp_path):
+    from dcpnas.targets.measure import build_lut
+    from dcpnas.targets.profiler import Profiler
+
+    target = get_target("x86-avx512")
+    keys = ["max_pool_3x3|8|8|28|28|1"]
+    path = tmp_path / "lut.json"
+    with pytest.raises(LutError, match="statistic 'min'"):
+        build_lut(target, keys, path, Profiler(target), compile_fn=_handmade_compile_fn([]), refine=True)
+    prof = Profiler(target, repeat=3, min_repeat_ms=1, warmup=1, statistic="min")
+    first = build_lut(target, keys, path, prof, compile_fn=_handmade_compile_fn([]))
+    assert first.statistic == "min" and first.entries[keys[0]]["passes"] == 1
+    fake = LatencyTable.load(path)
+    fake.entries[keys[0]].update(min_ms=1e-9, mean_ms=0.0)  # an unbeatable earlier pass
+    fake.save(path)
+    again = build_lut(target, keys, path, prof, compile_fn=_handmade_compile_fn([]), refine=True)
+    e = again.entries[keys[0]]
+    assert e["passes"] == 2 and e["min_ms"] == 1e-9 and e["mean_ms"] == 0.0
