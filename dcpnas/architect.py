@@ -1,0 +1,115 @@
+"""Architecture updates: plain first-order (DARTS) and decoupled with psi backtracking (METHOD.md section 4).
+
+The caller computes the architecture gradient G (first-order, or g_C + 2 lambda H v for the Child)
+and hands it to `Architect.step(G)`. With `decoupled=True`, after the optimizer step
+
+    alpha_tilde(t+1)[e, m] = alpha(t+1)[e, m] + eta * psi(t)[e] * alpha(t)[e, m]   for m in top-tau(R(w)) on edge e
+
+and psi(t+1) = | psi(t) - eta_psi * dL/dpsi(t) |. dL/dpsi(t)[e] = eta * sum_m G'[e, m] * alpha(t)[e, m] * mask[e, m],
+where G' = dL/dalpha at alpha_tilde(t+1), which is exactly the gradient handed to the *next* step: psi is
+updated there, so the chain rule costs no extra forward/backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dcpnas.binary import BinaryConv2d, sign
+from dcpnas.operations import Identity, Pool, Zero
+
+
+def _conv_weight(m: nn.Module) -> torch.Tensor:
+    """The weight a conv applies: beta ∘ sign(w) for a binary conv (the Child's w), else w."""
+    if isinstance(m, BinaryConv2d) and m.binary_weight:
+        return m.scale.detach().view(-1, 1, 1, 1) * sign(m.weight.detach())
+    return m.weight.detach()
+
+
+def op_weight_norm(op: nn.Module, channels: int) -> float:
+    """R(w_m) = ||w_m||^2 of one candidate op with C channels. Weight-free ops count as convs with
+    fixed weights: identity = 1 per channel (C), a k x k pool = 1/k^2 per tap (C / k^2), zero = 0."""
+    if isinstance(op, Zero):
+        return 0.0
+    if isinstance(op, Identity):
+        return float(channels)
+    if isinstance(op, Pool):
+        return channels / 9.0
+    total = 0.0
+    for m in op.modules():
+        if isinstance(m, (nn.Conv2d, BinaryConv2d)):
+            total += float(_conv_weight(m).pow(2).sum())
+    return total
+
+
+def op_weight_norms(supernet) -> list[torch.Tensor]:
+    """[R_normal, R_reduce], each [edges, primitives]: R(w_m) summed over the cells of that type."""
+    out = [torch.zeros_like(a, device="cpu") for a in supernet.arch_parameters()]
+    with torch.no_grad():
+        for cell in supernet.cells:
+            R = out[1 if cell.reduction else 0]
+            C = cell.pre1.conv.out_channels
+            for e, mixed in enumerate(cell.edges):
+                for m, op in enumerate(mixed.ops):
+                    R[e, m] += op_weight_norm(op, C)
+    return out
+
+
+def top_tau_mask(R: torch.Tensor, tau: float) -> torch.Tensor:
+    """1 for the ceil(tau * P) ops of largest R on each edge (ties: lower index first), else 0. [E, P]."""
+    k = max(1, int(round(tau * R.shape[1])))
+    order = torch.argsort(-R, dim=1, stable=True)[:, :k]
+    mask = torch.zeros_like(R)
+    mask.scatter_(1, order, 1.0)
+    return mask
+
+
+class Architect:
+    """Adam on the architecture parameters (DARTS settings), optionally decoupled.
+
+    alphas: the Parameters to update in place; norms_fn() -> [R per alpha tensor] (op_weight_norms of
+    the supernet that owns the alphas). eta: backtracking step; eta_psi: psi learning rate; tau: the
+    fraction of ops per edge that are backtracked.
+    """
+
+    def __init__(self, alphas: list[nn.Parameter], lr: float = 3e-3, betas=(0.5, 0.999),
+                 weight_decay: float = 1e-3, decoupled: bool = True, eta: float = 0.1,
+                 eta_psi: float = 1e-2, tau: float = 0.5, norms_fn=None):
+        self.alphas = list(alphas)
+        self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.decoupled, self.eta, self.eta_psi, self.tau = decoupled, eta, eta_psi, tau
+        self.norms_fn = norms_fn
+        self.psi = [torch.zeros(a.shape[0], dtype=a.dtype, device=a.device) for a in self.alphas]
+        self._backtrack: list[torch.Tensor] | None = None  # eta * alpha(t) * mask of the last step
+
+    def step(self, grads: list[torch.Tensor]) -> dict:
+        """One update with the gradient `grads` (dL/dalpha at the current alpha). Returns metrics."""
+        metrics = {}
+        if self.decoupled and self._backtrack is not None:
+            for k, (g, b) in enumerate(zip(grads, self._backtrack)):
+                dpsi = (g * b).sum(dim=1)
+                self.psi[k] = (self.psi[k] - self.eta_psi * dpsi).abs()
+            metrics["psi_mean"] = float(torch.cat(self.psi).mean())
+        previous = [a.detach().clone() for a in self.alphas]
+        for a, g in zip(self.alphas, grads):
+            a.grad = g.detach().to(a.dtype).clone()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.decoupled:
+            norms = self.norms_fn() if self.norms_fn is not None else [torch.ones_like(a) for a in previous]
+            self._backtrack = []
+            with torch.no_grad():
+                for a, prev, R, psi in zip(self.alphas, previous, norms, self.psi):
+                    b = self.eta * prev * top_tau_mask(R.to(prev.device), self.tau)
+                    a.add_(psi.view(-1, 1) * b)
+                    self._backtrack.append(b)
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "psi": [p.clone() for p in self.psi],
+                "backtrack": None if self._backtrack is None else [b.clone() for b in self._backtrack]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.psi = [p.clone() for p in state["psi"]]
+        self._backtrack = None if state["backtrack"] is None else [b.clone() for b in state["backtrack"]]

@@ -1,0 +1,193 @@
+"""SearchConfig: every knob of `dcpnas search`, from a preset (`budget`), a TOML file and CLI overrides.
+
+Precedence: dataclass defaults < budget preset < TOML file < overrides (None values ignored).
+The used config is written beside the results as config.toml (`SearchConfig.save`).
+
+Budgets (the default is sized for a 2-core CPU: see README / the `default` entry of BUDGETS):
+  default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
+           images (1000 weight / 1000 architecture), batch 32, 4 epochs x 12 steps, the first epoch weights
+           only. Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
+  smoke    tiny supernet on 8x8 images, 1 epoch x 2 steps: a pipeline check for tests (seconds).
+  paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from dcpnas.errors import ConfigError
+from dcpnas.io import atomic_write_text
+from dcpnas.space import POLICIES, SearchSpace
+
+MODES = ("dcp", "cp", "direct", "random")
+CURVATURES = ("exact", "ggn", "fisher")
+LATENCY_FORMS = ("add", "mul")
+DEVICES = ("cpu", "cuda")
+
+BUDGETS: dict[str, dict] = {
+    "default": {},
+    "smoke": {"cells": 3, "channels": 2, "image_size": 8, "n_train": 64, "n_eval": 40, "batch_size": 8,
+              "epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "eval_batches": 1},
+    "paper": {"cells": 5, "channels": 16, "image_size": 0, "n_train": 0, "n_eval": 0, "batch_size": 64,
+              "epochs": 50, "steps_per_epoch": 0, "warmup_epochs": 15, "eval_batches": 0},
+}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """All fields of a search. Units: latency_ms in ms; lr are learning rates; image_size in pixels
+    (0 = the dataset's own size); n_train/n_eval images (0 = all); steps_per_epoch 0 = one pass."""
+
+    name: str = ""
+    budget: str = "default"
+    mode: str = "dcp"  # dcp | cp (lambda = 0) | direct (real-valued DARTS) | random
+    curvature: str = "ggn"
+    lam: float = 5e-3  # lambda: weight of the tangent-propagation term D
+    mu: float = 0.2  # weight of the reconstruction loss L_R
+    decoupled: bool = True
+    epochs: int = 4
+    warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
+    steps_per_epoch: int = 12
+    seed: int = 0
+    data: str = "embedded"
+    n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
+    n_eval: int = 500  # images of the test split used to report val accuracy
+    eval_batches: int = 0  # 0 = all of n_eval
+    batch_size: int = 32
+    image_size: int = 16
+    # search space
+    cells: int = 3
+    channels: int = 8
+    policy: str = "book"
+    # optimisation
+    parent_lr: float = 3e-3
+    child_lr: float = 2e-3
+    weight_decay: float = 0.0
+    arch_lr: float = 6e-3
+    arch_weight_decay: float = 1e-3
+    eta: float = 0.1
+    eta_psi: float = 1e-2
+    tau: float = 0.5
+    # hardware awareness
+    target: str | None = None
+    latency_ms: float | None = None  # None: the expected latency of the initial (uniform) supernet
+    latency_form: str = "mul"
+    latency_gamma: float = 0.1
+    latency_beta: float = 0.6
+    # execution
+    device: str = "cpu"
+    threads: int = 0  # 0: leave torch's default
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("mode", MODES), ("curvature", CURVATURES), ("latency_form", LATENCY_FORMS),
+                              ("device", DEVICES), ("policy", POLICIES), ("budget", tuple(BUDGETS))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name in ("epochs", "cells", "channels", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lam", "mu", "warmup_epochs", "steps_per_epoch", "n_train", "n_eval", "image_size",
+                     "threads", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.latency_ms is not None and self.latency_ms <= 0:
+            raise ConfigError(f"latency_ms must be > 0, got {self.latency_ms}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        if self.image_size and self.image_size % 4:
+            raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def effective_lambda(self) -> float:
+        """lambda actually used: `cp` mode is DCP-NAS without tangent propagation."""
+        return 0.0 if self.mode == "cp" else self.lam
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.mode}-{Path(self.target).stem if self.target else 'notarget'}-seed{self.seed}"
+
+    def space(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> SearchSpace:
+        """The supernet's SearchSpace for a dataset of `input_shape` (C, H, W) (resized to image_size)."""
+        c, h, w = input_shape
+        if self.image_size:
+            h = w = self.image_size
+        return SearchSpace(cells=self.cells, channels=self.channels, input_shape=(c, h, w),
+                           num_classes=num_classes, policy=self.policy)
+
+    # -- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps({k: v for k, v in self.to_dict().items() if v is not None})
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_toml())
+
+    def replace(self, **changes) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "SearchConfig":
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        kwargs = {}
+        for k, v in d.items():
+            kwargs[k] = _coerce(k, v, known[k].type, source)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, toml_path: str | Path | None = None, overrides: dict | None = None) -> "SearchConfig":
+        """defaults < BUDGETS[budget] < TOML file (top level or a [search] table) < overrides."""
+        data: dict = {}
+        if toml_path is not None:
+            path = Path(toml_path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path}: not valid TOML ({e})") from None
+            if "search" in data and isinstance(data["search"], dict):
+                data = data["search"]
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        budget = overrides.get("budget", data.get("budget", "default"))
+        if budget not in BUDGETS:
+            raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+        merged = {**BUDGETS[budget], **data, **overrides, "budget": budget}
+        return cls.from_dict(merged, source=str(toml_path) if toml_path else "config")
+
+
+def _coerce(key: str, value, type_str, source: str):
+    t = str(type_str)
+    try:
+        if value is None:
+            if "None" in t:
+                return None
+            raise ValueError("must not be empty")
+        if t.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError(f"expected true/false, got {value!r}")
+        if t.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if t.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {key}: {e}") from None

@@ -1,0 +1,233 @@
+"""Parent (real-valued) and Child (1-bit) supernets and their update steps (METHOD.md sections 3-5).
+
+ParentChild holds both supernets, their weight optimisers, one Architect each, the curvature estimator,
+the tangent direction g_P and the latency term. Each *_step method does one forward/backward and one
+optimiser update on one batch and returns its metrics; the loop lives in dcpnas.search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcpnas.architect import Architect, op_weight_norms
+from dcpnas.binary import reconstruction_loss
+from dcpnas.config import SearchConfig
+from dcpnas.curvature import kl_to_parent, make_estimator
+from dcpnas.distributed import DistContext
+from dcpnas.latency import LatencyLookup, edge_keys, fixed_latency, latency_loss
+from dcpnas.model import Supernet, cell_plan
+from dcpnas.space import SearchSpace
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """Forward passes inside do not move BatchNorm running statistics (momentum 0)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+class LatencyTerm:
+    """Expected latency E[LAT] (ms) of a supernet, the LUT read once into tensors, and the latency loss.
+
+    Same value as dcpnas.latency.expected_latency (the reference), without a LUT query per call.
+    """
+
+    def __init__(self, space: SearchSpace, table: LatencyLookup, target_ms: float | None, form: str,
+                 gamma: float, beta: float, device="cpu"):
+        self.fixed = fixed_latency(space, table)
+        self.reduction = [p.reduction for p in cell_plan(space)]
+        self.tables = [torch.tensor([[0.0 if k is None else table.query(k) for k in edge] for edge in cell],
+                                    device=device) for cell in edge_keys(space)]
+        self.form, self.gamma, self.beta = form, gamma, beta
+        self.target_ms = target_ms
+
+    def expected(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor) -> torch.Tensor:
+        pn, pr = F.softmax(alpha_normal, -1), F.softmax(alpha_reduce, -1)
+        total = alpha_normal.new_tensor(self.fixed)
+        for red, lat in zip(self.reduction, self.tables):
+            total = total + ((pr if red else pn) * lat.to(alpha_normal.dtype)).sum()
+        return total
+
+    def adjust(self, loss_value: float, grads: list[torch.Tensor], alphas: list[torch.Tensor]
+               ) -> tuple[list[torch.Tensor], float]:
+        """Gradient of latency_loss(L, E[LAT]) given L's value and gradient: L enters as the linear surrogate
+        L + G . (alpha - alpha0), which has that value and gradient, so both `add` and `mul` get the exact
+        chain rule. Returns (grads, E[LAT] in ms)."""
+        leaves = [a.detach().requires_grad_(True) for a in alphas]
+        with torch.enable_grad():
+            surrogate = loss_value + sum((g.detach() * (a - a.detach())).sum() for g, a in zip(grads, leaves))
+            lat = self.expected(*leaves)
+            total = latency_loss(surrogate, lat, self.target_ms, self.form, self.gamma, self.beta)
+            new = torch.autograd.grad(total, leaves)
+        return [g.detach() for g in new], float(lat)
+
+
+class ParentChild:
+    """Both supernets and everything their updates need. All state is in state_dict()."""
+
+    def __init__(self, space: SearchSpace, config: SearchConfig, total_steps: int, device="cpu",
+                 latency: LatencyTerm | None = None, dist_ctx: DistContext | None = None):
+        self.space, self.config, self.device = space, config, device
+        self.total_steps = max(1, total_steps)
+        self.dist = dist_ctx or DistContext()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.parent = Supernet(space, binary=False).to(device)
+            self.child = Supernet(space, binary=True).to(device)
+        self.copy_alphas(self.parent, self.child)
+        self.dist.broadcast_state(self.parent)
+        self.dist.broadcast_state(self.child)
+        self.p_opt = torch.optim.Adam(self.parent.weight_parameters(), lr=config.parent_lr,
+                                      weight_decay=config.weight_decay)
+        self.c_opt = torch.optim.Adam(self.child.weight_parameters(), lr=config.child_lr,
+                                      weight_decay=config.weight_decay)
+        arch_kw = dict(lr=config.arch_lr, weight_decay=config.arch_weight_decay, decoupled=config.decoupled,
+                       eta=config.eta, eta_psi=config.eta_psi, tau=config.tau)
+        self.p_arch = Architect(self.parent.arch_parameters(), norms_fn=lambda: op_weight_norms(self.parent), **arch_kw)
+        self.c_arch = Architect(self.child.arch_parameters(), norms_fn=lambda: op_weight_norms(self.child), **arch_kw)
+        self.estimator = make_estimator(config.curvature)
+        self.latency = latency
+        self.g_parent: list[torch.Tensor] | None = None
+        self.step_count = {"parent": 0, "child": 0}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _lr(self, base: float, phase: str) -> float:
+        """Cosine schedule over the search's steps of that phase, down to 10% of base."""
+        t = min(self.step_count[phase], self.total_steps) / self.total_steps
+        return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def _weight_update(self, model: Supernet, opt, loss: torch.Tensor, base_lr: float, phase: str) -> None:
+        params = model.weight_parameters()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        self.dist.all_mean(grads)
+        for p, g in zip(params, grads):
+            p.grad = g
+        for group in opt.param_groups:
+            group["lr"] = self._lr(base_lr, phase)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.step_count[phase] += 1
+
+    def _parent_probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), frozen_bn_stats(self.parent):
+            return F.softmax(self.parent(x), dim=-1)
+
+    def _arch_update(self, arch: Architect, loss_value: float, grads: list[torch.Tensor]) -> dict:
+        self.dist.all_mean(grads)
+        lat = None
+        if self.latency is not None:
+            grads, lat = self.latency.adjust(loss_value, grads, arch.alphas)
+        metrics = arch.step(grads)
+        if lat is not None:
+            metrics["lat_ms"] = lat
+        return metrics
+
+    # -- parent ----------------------------------------------------------------------------------------
+    def parent_weight_step(self, x, y) -> dict:
+        logits = self.parent(x)
+        loss = F.cross_entropy(logits, y)
+        self._weight_update(self.parent, self.p_opt, loss, self.config.parent_lr, "parent")
+        return {"loss": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+
+    def parent_arch_grad(self, x, y) -> tuple[float, list[torch.Tensor]]:
+        """L_P and g_P = dL_P/dalpha on a (validation) batch."""
+        loss = F.cross_entropy(self.parent(x), y)
+        return float(loss.detach()), [g.detach() for g in torch.autograd.grad(loss, self.parent.arch_parameters())]
+
+    def parent_arch_step(self, x, y) -> dict:
+        loss, grads = self.parent_arch_grad(x, y)
+        return {"arch_loss": loss, **self._arch_update(self.p_arch, loss, grads)}
+
+    def set_tangent(self, x, y) -> None:
+        """g_P at the current parent (METHOD eq. 4.29), averaged over ranks."""
+        with frozen_bn_stats(self.parent):
+            _, g = self.parent_arch_grad(x, y)
+        self.g_parent = self.dist.all_mean(g)
+
+    # -- child -----------------------------------------------------------------------------------------
+    def child_weight_step(self, x, y) -> dict:
+        p = self._parent_probs(x)
+        logits = self.child(x)
+        kl = kl_to_parent(p, logits)
+        loss = kl + self.config.mu * reconstruction_loss(self.child) if self.config.mu else kl
+        self._weight_update(self.child, self.c_opt, loss, self.config.child_lr, "child")
+        return {"loss": float(kl.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+
+    def child_arch_step(self, x, y) -> dict:
+        """grad = g_C + 2 lambda M (g_C - g_P) with M from the curvature estimator (lambda = 0: g_C)."""
+        p = self._parent_probs(x)
+        alphas = self.child.arch_parameters()
+        lam = self.config.effective_lambda
+
+        def loss_fn(z):
+            return kl_to_parent(p, z)
+
+        def logits_fn(a):
+            return self.child(x, alphas=tuple(a))
+
+        metrics = {}
+        if lam > 0 and self.g_parent is not None:
+            g_p = self.g_parent
+            res = self.estimator.gradient_and_hvp(
+                logits_fn, alphas, loss_fn, lambda g: [gi - gp for gi, gp in zip(g, g_p)],
+                replay=lambda: frozen_bn_stats(self.child))
+            D = float(sum((v * v).sum() for v in res.vector))
+            grads = [g + 2 * lam * h for g, h in zip(res.grad, res.hvp)]
+            loss_value = float(res.loss) + lam * D
+            metrics["D"] = D
+        else:
+            leaves = [a.detach().requires_grad_(True) for a in alphas]
+            loss = loss_fn(logits_fn(leaves))
+            grads = [g.detach() for g in torch.autograd.grad(loss, leaves)]
+            loss_value = float(loss.detach())
+        metrics["arch_loss"] = loss_value
+        metrics.update(self._arch_update(self.c_arch, loss_value, grads))
+        return metrics
+
+    # -- alpha hand-over -----------------------------------------------------------------------------
+    def copy_alphas(self, src: Supernet, dst: Supernet) -> None:
+        with torch.no_grad():
+            for a, b in zip(src.arch_parameters(), dst.arch_parameters()):
+                b.copy_(a)
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: Supernet, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
+        """Top-1 accuracy in eval mode (BN running statistics, broadcast from rank 0 as DDP does)."""
+        self.dist.broadcast_state(model, buffers_only=True)
+        model.eval()
+        correct = 0
+        for i in range(0, len(y), batch):
+            correct += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+        model.train()
+        return correct / max(1, len(y))
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"parent": self.parent.state_dict(), "child": self.child.state_dict(),
+                "p_opt": self.p_opt.state_dict(), "c_opt": self.c_opt.state_dict(),
+                "p_arch": self.p_arch.state_dict(), "c_arch": self.c_arch.state_dict(),
+                "g_parent": self.g_parent, "step_count": dict(self.step_count)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.parent.load_state_dict(s["parent"])
+        self.child.load_state_dict(s["child"])
+        self.p_opt.load_state_dict(s["p_opt"])
+        self.c_opt.load_state_dict(s["c_opt"])
+        self.p_arch.load_state_dict(s["p_arch"])
+        self.c_arch.load_state_dict(s["c_arch"])
+        self.g_parent = s["g_parent"]
+        self.step_count = dict(s["step_count"])

@@ -1,0 +1,296 @@
+"""The DCP-NAS search loop (METHOD.md section 5, Algorithm 10) with checkpoints, resume and outputs.
+
+    run_search(config, out_dir, *, progress=None, resume=False, table=None) -> Genotype
+
+writes into out_dir: genotype.json (schema dcpnas.genotype/1 with the "search" record), metrics.jsonl
+(one line per step and per phase-epoch), config.toml (the config used), alphas.png, losses.png and
+checkpoints/epoch_NNN.pt (one per epoch; `resume=True` continues from the newest one and, with the same
+config, ends bit-identical to an uninterrupted run: batch order is a function of (seed, epoch, phase)).
+
+Modes: dcp (Parent + Child with tangent propagation), cp (the same with lambda = 0), direct
+(real-valued DARTS: Parent only; the genotype is binarised at training), random (alphas drawn from the
+seed, no training). The latency term is used when `table` is given or config.target names a target.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dcpnas.config import SearchConfig
+from dcpnas.data import load_dataset
+from dcpnas.distributed import DistContext
+from dcpnas.errors import ArtifactError, ConfigError, DeviceError
+from dcpnas.genotype import Genotype
+from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text, write_json
+from dcpnas.latency import LatencyLookup, genotype_latency
+from dcpnas.parent_child import LatencyTerm, ParentChild
+from dcpnas.progress import ProgressFn, no_progress
+from dcpnas.space import SearchSpace
+
+CHECKPOINT_SCHEMA = "dcpnas.search-checkpoint/1"
+# keys that may differ between an interrupted run and its resumption
+RESUME_FREE_KEYS = {"name", "device", "threads"}
+
+__all__ = ["run_search", "ParentChild", "SearchData", "prepare_data"]
+
+
+@dataclass
+class SearchData:
+    """Normalised float tensors: w_* train the weights, a_* the alphas (two halves of the train split),
+    e_* (from the test split) give the reported val accuracy. x: [N, C, H, W], y: [N]."""
+
+    name: str
+    w_x: torch.Tensor
+    w_y: torch.Tensor
+    a_x: torch.Tensor
+    a_y: torch.Tensor
+    e_x: torch.Tensor
+    e_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.w_x.shape[1:])
+
+
+def prepare_data(config: SearchConfig, device="cpu") -> SearchData:
+    """A stratified subset of config.data, resized to config.image_size, split half/half."""
+    ds = load_dataset(config.data)
+    sub = ds.subset(config.n_train or None, config.n_eval or None, seed=config.seed)
+    x, y = sub.tensors("train", ds.mean, ds.std)
+    ex, ey = sub.tensors("test", ds.mean, ds.std)
+    if config.image_size and x.shape[-1] != config.image_size:
+        size = (config.image_size, config.image_size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        ex = F.interpolate(ex, size=size, mode="bilinear", antialias=True, align_corners=False)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed))
+    half = len(y) // 2
+    w, a = perm[:half], perm[half:]
+    if half < 1:
+        raise ConfigError(f"n_train = {config.n_train} leaves no images for the search")
+    to = lambda t: t.contiguous().to(device)  # noqa: E731
+    return SearchData(ds.name, to(x[w]), to(y[w]), to(x[a]), to(y[a]), to(ex), to(ey), ds.num_classes)
+
+
+def _batches(n: int, steps: int, batch: int, seed: int, epoch: int, phase: int) -> list[torch.Tensor]:
+    """Index batches for one phase of one epoch: a permutation drawn from (seed, epoch, phase), wrapped."""
+    g = torch.Generator().manual_seed(1_000_003 * seed + 1009 * epoch + phase)
+    reps = -(-steps * batch // n) or 1
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+    return [order[i * batch:(i + 1) * batch] for i in range(steps)]
+
+
+def _resolve_table(config: SearchConfig, table) -> tuple[LatencyLookup | None, dict]:
+    """The LUT to use and what the genotype should record about it."""
+    info = {"target": config.target, "lut_method": None, "lut_device": None}
+    if table is not None:
+        info["lut_method"] = getattr(table, "method", "custom")
+        info["lut_device"] = getattr(table, "device", None)
+        return table, info
+    if config.target is None:
+        return None, info
+    from dcpnas.targets import get_target  # lazy: the target registry is optional for a plain search
+
+    target = get_target(config.target)
+    table = target.load_lut()
+    info.update(target=target.name, lut_method=getattr(table, "method", None), lut_device=getattr(table, "device", None))
+    return table, info
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    files = sorted((out_dir / "checkpoints").glob("epoch_*.pt"))
+    return files[-1] if files else None
+
+
+def _save_checkpoint(out_dir: Path, state: dict) -> Path:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(out_dir / "checkpoints" / f"epoch_{state['epoch']:03d}.pt", buf.getvalue())
+
+
+def _load_checkpoint(path: Path, config: SearchConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ArtifactError(f"{path}: cannot read checkpoint ({e}); delete it to resume from the previous one") from None
+    if not isinstance(state, dict) or state.get("schema") != CHECKPOINT_SCHEMA:
+        raise ArtifactError(f"{path}: expected schema {CHECKPOINT_SCHEMA!r}")
+    saved, now = state["config"], config.to_dict()
+    diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+    if diff:
+        raise ConfigError(f"{path}: --resume needs the same config; differs in {', '.join(diff)}")
+    return state
+
+
+def _rewrite_metrics(path: Path, keep_before_epoch: int) -> None:
+    """Drop metric lines of the epochs an interrupted run did not finish."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_before_epoch]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _alphas_record(pc: ParentChild, mode: str) -> dict:
+    model = pc.parent if mode == "direct" else pc.child
+    a_n, a_r = (a.detach().cpu() for a in model.arch_parameters())
+    return {"normal": a_n.tolist(), "reduce": a_r.tolist()}
+
+
+def run_search(config: SearchConfig, out_dir: str | Path, *, progress: ProgressFn | None = None,
+               resume: bool = False, table: LatencyLookup | None = None) -> Genotype:
+    """Run (or resume) a search; return the genotype (also written to out_dir/genotype.json).
+
+    table: a LatencyLookup (anything with .query(key) -> ms, optionally .method/.device) that overrides
+    config.target's LUT. progress(phase, done, total, **metrics) is called per step with phase
+    "parent" or "child". Under torchrun every rank returns the same genotype; rank 0 writes the files.
+    """
+    progress = progress or no_progress
+    out_dir = Path(out_dir)
+    dist = DistContext.current()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA device is visible to PyTorch")
+    device = torch.device(f"cuda:{dist.rank % max(1, torch.cuda.device_count())}") if config.device == "cuda" else torch.device("cpu")
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, out_dir, progress, resume, table, dist, device)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
+    t0 = time.perf_counter()
+    table, lut_info = _resolve_table(config, table)
+    data = prepare_data(config, device)
+    space: SearchSpace = config.space(data.input_shape, data.num_classes)
+    metrics_path = out_dir / "metrics.jsonl"
+    checkpoint = _latest_checkpoint(out_dir) if resume else None
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / "config.toml")
+        if checkpoint is None and metrics_path.exists():
+            metrics_path.unlink()
+
+    latency = None
+    if table is not None:
+        latency = LatencyTerm(space, table, config.latency_ms, config.latency_form, config.latency_gamma,
+                              config.latency_beta, device)
+    n_steps = config.steps_per_epoch or max(1, len(data.w_y) // config.batch_size)
+    phases = ["parent"] if config.mode == "direct" else ["parent", "child"]
+    pc = ParentChild(space, config, total_steps=config.epochs * n_steps, device=device, latency=latency, dist_ctx=dist)
+    if latency is not None and latency.target_ms is None:
+        with torch.no_grad():  # T defaults to the expected latency of the initial (near-uniform) supernet
+            latency.target_ms = float(latency.expected(*pc.parent.arch_parameters()))
+
+    start_epoch, elapsed_before, final = 0, 0.0, {}
+    if checkpoint is not None:
+        state = _load_checkpoint(checkpoint, config)
+        pc.load_state_dict(state["pc"])
+        start_epoch, elapsed_before, final = state["epoch"], state["elapsed_s"], state["final"]
+        if latency is not None:
+            latency.target_ms = state["latency_target_ms"]
+        if dist.is_main:
+            _rewrite_metrics(metrics_path, start_epoch)
+
+    def log(record: dict) -> None:
+        if dist.is_main:
+            append_jsonl(metrics_path, record)
+
+    if config.mode == "random":
+        g = torch.Generator().manual_seed(config.seed)
+        with torch.no_grad():
+            for a in (*pc.parent.arch_parameters(), *pc.child.arch_parameters()):
+                a.copy_(torch.randn(a.shape, generator=g))
+        start_epoch = config.epochs  # nothing to train
+
+    total = config.epochs * n_steps
+    for epoch in range(start_epoch, config.epochs):
+        t_epoch = time.perf_counter()
+        search_alpha = epoch >= config.warmup_epochs
+        for k, phase in enumerate(phases):
+            model = pc.parent if phase == "parent" else pc.child
+            if phase == "child":
+                pc.copy_alphas(pc.parent, pc.child)  # alpha_hat <- alpha
+            w_batches = _batches(len(data.w_y), n_steps, config.batch_size, config.seed, epoch, 2 * k)
+            a_batches = _batches(len(data.a_y), n_steps, config.batch_size, config.seed, epoch, 2 * k + 1)
+            sums: dict[str, float] = {}
+            for i, (wb, ab) in enumerate(zip(w_batches, a_batches)):
+                wx, wy = dist.shard(data.w_x[wb]), dist.shard(data.w_y[wb])
+                m = pc.parent_weight_step(wx, wy) if phase == "parent" else pc.child_weight_step(wx, wy)
+                if search_alpha:
+                    ax, ay = dist.shard(data.a_x[ab]), dist.shard(data.a_y[ab])
+                    m.update(pc.parent_arch_step(ax, ay) if phase == "parent" else pc.child_arch_step(ax, ay))
+                for key, v in m.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                log({"kind": "step", "epoch": epoch, "phase": phase, "step": epoch * n_steps + i, **m})
+                shown = {key: m[key] for key in ("loss", "acc", "lat_ms") if key in m}
+                progress(phase, epoch * n_steps + i + 1, total, epoch=f"{epoch + 1}/{config.epochs}", **shown)
+            if phase == "parent" and config.mode != "direct" and config.effective_lambda > 0:
+                tb = _batches(len(data.a_y), 1, config.batch_size, config.seed, epoch, 99)[0]
+                pc.set_tangent(dist.shard(data.a_x[tb]), dist.shard(data.a_y[tb]))
+            if phase == "child":
+                pc.copy_alphas(pc.child, pc.parent)  # alpha <- alpha_hat
+            e_x, e_y = data.e_x, data.e_y
+            if config.eval_batches:
+                e_x, e_y = e_x[:config.eval_batches * config.batch_size], e_y[:config.eval_batches * config.batch_size]
+            val_acc = pc.evaluate(model, e_x, e_y)
+            record = {"kind": "epoch", "epoch": epoch, "phase": phase, "val_acc": val_acc,
+                      **{f"mean_{key}": v / n_steps for key, v in sums.items()},
+                      "genotype": model.genotype().to_darts()}
+            if latency is not None:
+                with torch.no_grad():
+                    record["lat_ms"] = float(latency.expected(*model.arch_parameters()))
+            final[phase] = record
+            log(record)
+        elapsed = elapsed_before + time.perf_counter() - t0
+        elapsed_before, t0 = elapsed, time.perf_counter()
+        if dist.is_main:
+            _save_checkpoint(out_dir, {"schema": CHECKPOINT_SCHEMA, "epoch": epoch + 1, "config": config.to_dict(),
+                                       "pc": pc.state_dict(), "elapsed_s": elapsed, "final": final,
+                                       "latency_target_ms": None if latency is None else latency.target_ms})
+        log({"kind": "time", "epoch": epoch, "epoch_s": time.perf_counter() - t_epoch + 0.0})
+        dist.barrier()
+
+    winner = pc.parent if config.mode == "direct" else pc.child
+    genotype = winner.genotype()
+    last = final.get("parent" if config.mode == "direct" else "child", {})
+    search = {
+        **lut_info,
+        "expected_latency_ms": None if table is None else genotype_latency(genotype, space, table),
+        "supernet_expected_latency_ms": None if latency is None else float(latency.expected(*winner.arch_parameters()).detach()),
+        "latency_target_ms": None if latency is None else latency.target_ms,
+        "latency_form": config.latency_form if latency is not None else None,
+        "val_accuracy": last.get("val_acc"),
+        "parent_val_accuracy": final.get("parent", {}).get("val_acc"),
+        "dataset": data.name, "epochs": config.epochs, "seed": config.seed, "mode": config.mode,
+        "space": space.to_dict(), "config": config.to_dict(), "alphas": _alphas_record(pc, config.mode),
+        "time_s": elapsed_before + time.perf_counter() - t0,
+    }
+    genotype = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat, search)
+    if dist.is_main:
+        genotype.save(out_dir / "genotype.json")
+        from dcpnas.plots import plot_alphas, plot_losses
+
+        plot_alphas(search["alphas"], space.primitives, space.steps, out_dir / "alphas.png")
+        plot_losses(metrics_path, out_dir / "losses.png")
+    return genotype
+
+
+def summarize(genotype: Genotype) -> dict:
+    """The headline numbers of a search record (for the CLI)."""
+    s = genotype.search
+    return {k: s.get(k) for k in ("val_accuracy", "parent_val_accuracy", "expected_latency_ms",
+                                  "latency_target_ms", "lut_method", "target", "time_s")}
+
+
+def write_summary(out_dir: Path, genotype: Genotype) -> Path:
+    return write_json(out_dir / "summary.json", {"schema": "dcpnas.search-summary/1", **summarize(genotype)})
