@@ -157,16 +157,28 @@ def runs_here(target) -> tuple[bool, str]:
         import tvm
 
         return (True, "") if tvm.cuda().exist else (False, "no CUDA GPU on this machine")
+    if target.arch == "aarch64":
+        from dcpnas.compiler.kernels.arm_emu import missing
+
+        why = missing()
+        return (True, "qemu") if why is None else (False, f"{target.name} needs qemu here: {why}")
     if target.arch != "x86_64":
-        return False, f"{target.name} ({target.arch}) does not run on this host; run parity on the board or under qemu"
+        return False, f"{target.name} ({target.arch}) does not run on this host; run parity on the device"
     return True, ""
 
 
-def tvm_runner(lib_path: Path, target):
+def tvm_runner(lib_path: Path, target, out_shape=None):
     """x [n, C, H, W] -> logits, running the exported library with the plain TVM runtime, one image at a time."""
     import tvm
     from tvm import relax
 
+    if target.arch == "aarch64":  # emulated: the whole VM library under qemu-user (slow, numbers only)
+        from dcpnas.compiler.arm_parity import run_under_qemu
+
+        def run_qemu(x: np.ndarray) -> np.ndarray:
+            y = run_under_qemu(Path(lib_path), x, n_out=-1)
+            return y.reshape((len(x),) + tuple(out_shape[1:])) if out_shape is not None else y
+        return run_qemu
     dev = tvm.cuda() if target.tvm.get("kind") == "cuda" else tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
 

@@ -143,9 +143,9 @@ def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool
     x, inputs = _parity_inputs(dataset, norm, imp.input_shape, parity_inputs, data)
     ok, why = runs_here(tgt)
     parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(),
-                          tvm_fn=tvm_runner(built.lib_path, tgt) if ok else None, raise_on_fail=False)
+                          tvm_fn=tvm_runner(built.lib_path, tgt, imp.output_shape) if ok else None, raise_on_fail=False)
     parity["inputs"] = inputs
-    parity["tvm_run"] = "ran" if ok else f"skipped: {why}"
+    parity["tvm_run"] = ("ran under qemu-aarch64 (emulated)" if why == "qemu" else "ran") if ok else f"skipped: {why}"
     times["parity"] = time.perf_counter() - t0
     progress("parity", 1, 1)
     lat, lat_src = _expected_latency(tgt, genotype, space, binary)

@@ -163,6 +163,25 @@ def test_arm_cross_compile(tmp_path):
 
 
 @pytest.mark.tvm
+@pytest.mark.arm
+@pytest.mark.slow
+def test_arm_parity_under_qemu(tmp_path):
+    """A .onnx of two binary ConvUnits compiled for arm-a72; the whole VM library runs under qemu-user."""
+    from dcpnas.compiler.export import export_onnx
+    from dcpnas.compiler.kernels.arm_emu import missing
+    from dcpnas.operations import ConvUnit
+
+    if missing():
+        pytest.skip(missing())
+    torch.manual_seed(0)
+    m = _random_bn(torch.nn.Sequential(ConvUnit(8, 8, 3, 1, 1, binary=True), ConvUnit(8, 8, 1, binary=True)))
+    path = export_onnx(m, (1, 8, 8, 8), tmp_path / "two.onnx")
+    art = compile_genotype(path, "arm-a72", tmp_path / "b", parity_inputs=2)
+    p = art.manifest["parity"]
+    assert p["passed"] and "qemu" in p["tvm_run"] and p["max_abs_diff_tvm"] is not None
+
+
+@pytest.mark.tvm
 @pytest.mark.cuda
 def test_cuda_codegen(tmp_path):
     lib = build_module_library(_tiny(), (1, 8, 8, 8), "cuda-sm80", tmp_path)
