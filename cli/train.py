@@ -87,15 +87,19 @@ def print_summary(s, target: str | None, table) -> None:
     """The larq-style table: per layer binary or float, parameters, bits, memory, LUT latency."""
     from rich.table import Table
 
-    t = Table(title="network summary", show_footer=True)
-    cols = ["layer", "op", "kind", "1-bit params", "32-bit params", "memory KiB"]
+    from rich import box
+
+    t = Table(title="network summary", show_footer=True, box=box.SIMPLE_HEAD,
+              caption="1-bit / 32-bit: parameter counts; KiB: their memory (1 bit or 32 bits each)")
+    cols = ["layer", "op", "kind", "1-bit", "32-bit", "KiB"]
     if table is not None:
-        cols.append(f"latency ms ({target})")
+        cols.append("LUT ms")
     foot = ["total", "", "", str(s.params_1bit), str(s.params_32bit), f"{s.memory_kib:.2f}"]
     if table is not None:
         foot.append(f"{s.latency_ms:.4f}")
     for c, f in zip(cols, foot):
-        t.add_column(c, footer=f, justify="right" if "params" in c or "KiB" in c or "ms" in c else "left")
+        numeric = c not in ("layer", "op", "kind")
+        t.add_column(c, footer=f, justify="right" if numeric else "left", no_wrap=not numeric)
     for r in s.rows:
         row = [r.name, r.op, "1-bit" if r.binary else "float", str(r.params_1bit), str(r.params_32bit),
                f"{r.memory_kib:.2f}"]

@@ -210,3 +210,29 @@ def test_teacher_with_other_normalisation_sees_its_own_inputs(tmp_path):
     train(DDPNAS_MCN_2, cfg, tmp_path / "c", teacher=load_model(path)[0], progress=first_loss("c"))
     assert first["a"] == pytest.approx(first["b"], rel=1e-5)
     assert abs(first["a"] - first["c"]) > 1e-3  # the renormalisation matters
+
+
+def test_cli_train(tmp_path):
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[train]\ntrain_subset = 60\ntest_subset = 30\nbatch_size = 20\n")
+    out = tmp_path / "run"
+    args = ["train", "DDPNAS_MCN_2", "-o", str(out), "--epochs", "2", "--cells", "3", "--channels", "4",
+            "--config", str(cfg), "--target", "x86-avx512", "--no-progress", "--threads", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "network summary" in r.output and "test accuracy" in r.output and "LUT ms" in r.output
+    assert "cells.2.ops.7" in r.output and "sep_conv_5x5" in r.output  # names are not cut
+    rec = json.loads((out / "train.json").read_text())
+    assert rec["config"]["train_subset"] == 60 and rec["config"]["epochs"] == 2 and rec["space"]["cells"] == 3
+    r = CliRunner().invoke(app, args + ["--resume"])
+    assert r.exit_code == 0 and f"{100 * rec['test_accuracy']:.2f}%" in r.output
+    bad = tmp_path / "g.json"
+    bad.write_text('{"schema": "dcpnas.genotype/1"}')
+    r = CliRunner().invoke(app, ["train", str(bad), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "missing field 'normal'" in r.output
+    r = CliRunner().invoke(app, ["train", "DDPNAS_MCN_2", "--float", "--teacher", str(out / "model.pt")])
+    assert r.exit_code == 1 and "--teacher" in r.output
