@@ -71,7 +71,7 @@ class LatencyTerm:
             lat = self.expected(*leaves)
             total = latency_loss(surrogate, lat, self.target_ms, self.form, self.gamma, self.beta)
             new = torch.autograd.grad(total, leaves)
-        return [g.detach() for g in new], float(lat)
+        return [g.detach() for g in new], float(lat.detach())
 
 
 class ParentChild:

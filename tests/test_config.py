@@ -1,0 +1,63 @@
+"""SearchConfig: presets, TOML + overrides precedence, validation, round trip."""
+
+import pytest
+
+from dcpnas.config import BUDGETS, SearchConfig
+from dcpnas.errors import ConfigError
+
+
+def test_defaults_and_budget_presets():
+    c = SearchConfig.load()
+    assert c.budget == "default" and c.mode == "dcp" and c.curvature == "ggn" and c.decoupled
+    smoke = SearchConfig.load(overrides={"budget": "smoke"})
+    for k, v in BUDGETS["smoke"].items():
+        assert getattr(smoke, k) == v
+    assert smoke.space().input_shape == (1, 8, 8)
+    assert c.space((1, 28, 28), 10).input_shape == (1, c.image_size, c.image_size)
+
+
+def test_toml_then_overrides_win(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('[search]\nbudget = "smoke"\nlam = 0.01\nepochs = 3\nmode = "cp"\n')
+    c = SearchConfig.load(p, {"epochs": 5, "seed": None, "decoupled": False})
+    assert (c.budget, c.lam, c.epochs, c.mode, c.decoupled) == ("smoke", 0.01, 5, "cp", False)
+    assert c.channels == BUDGETS["smoke"]["channels"]  # from the preset the file chose
+    assert c.effective_lambda == 0.0  # cp = no tangent propagation
+
+
+def test_round_trip_through_written_toml(tmp_path):
+    c = SearchConfig.load(overrides={"target": "arm-a72", "latency_ms": 3.5, "latency_form": "add", "lam": 0.0})
+    c.save(tmp_path / "config.toml")
+    again = SearchConfig.load(tmp_path / "config.toml")
+    assert again.to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"mode": "greedy"}, "mode"),
+    ({"curvature": "kfac"}, "curvature"),
+    ({"latency_form": "pow"}, "latency_form"),
+    ({"budget": "huge"}, "budget"),
+    ({"epochs": 0}, "epochs"),
+    ({"lam": -1.0}, "lam"),
+    ({"epochs": 1.5}, "epochs"),
+    ({"latency_ms": 0.0}, "latency_ms"),
+    ({"image_size": 10}, "image_size"),
+    ({"colour": "red"}, "unknown key"),
+])
+def test_bad_values_raise_one_line_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        SearchConfig.load(overrides=overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        SearchConfig.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        SearchConfig.load(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("epoch = 3\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        SearchConfig.load(typo)
