@@ -258,3 +258,16 @@ def test_rectangular_kernel_and_strides():
     ones, zeros = np.ones(16, np.float32), np.zeros(16, np.float32)
     m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86)
     np.testing.assert_array_equal(m.run(x), binary_conv2d_reference(x, wb, ones, zeros, attrs))
+
+
+@pytest.mark.tvm
+def test_build_binary_conv_random_weights_runs_and_times():
+    from dcpnas.compiler.kernels import build_binary_conv
+
+    attrs = _attrs(32, 3)
+    m = build_binary_conv((1, 32, 8, 8), 32, attrs, X86, prelu=True, in_affine=True)
+    x = np.random.default_rng(0).standard_normal((1, 32, 8, 8)).astype(np.float32)
+    s, t = np.ones(32, np.float32), np.zeros(32, np.float32)
+    assert m.run(x, s, t).shape == (1, 32, 8, 8)
+    ms = m.time_ms(x, number=2, repeat=2, in_scale=s, in_shift=t)
+    assert set(ms) == {"binpack", "binconv"} and all(v > 0 for v in ms.values())

@@ -2,13 +2,13 @@
 
 Public API (used by the compiler's ONNX importer, the latency tables and benchmarks/kernels.py):
 BinaryConvAttrs, pack_weights, unpack_weights, binary_conv2d_reference, emit_binary_conv2d,
-BinaryConvModule (build/run/time one conv), kernel_funcs (scheduled PrimFuncs), family (target family).
+BinaryConvModule / build_binary_conv (build, run, time, export one conv), kernel_funcs (scheduled PrimFuncs), family (target family).
 """
 
-from .build import BinaryConvModule
+from .build import BinaryConvModule, build_binary_conv
 from .emit import conv_constants, emit_binary_conv2d, geometry, kernel_funcs
 from .reference import BinaryConvAttrs, binary_conv2d_reference, pack_weights, unpack_weights
 from .targets import family
 
-__all__ = ["BinaryConvAttrs", "BinaryConvModule", "binary_conv2d_reference", "conv_constants", "emit_binary_conv2d",
+__all__ = ["BinaryConvAttrs", "BinaryConvModule", "binary_conv2d_reference", "build_binary_conv", "conv_constants", "emit_binary_conv2d",
            "family", "geometry", "kernel_funcs", "pack_weights", "unpack_weights"]

@@ -91,3 +91,18 @@ class BinaryConvModule:
             res = ev(*args).results
             out[name] = float(np.min(res) if stat == "min" else np.median(res)) * 1e3
         return out
+
+
+def build_binary_conv(x_shape, c_out: int, attrs: BinaryConvAttrs, target: Any, *, prelu: bool = False,
+                      in_affine: bool = False, seed: int = 0) -> BinaryConvModule:
+    """A BinaryConvModule with random weights/scale/bias (for timing: latency does not depend on the values).
+    x_shape: (N, C_in, H, W); use .time_ms(x) locally, or .export(path, cross_compiler) + .arrays(x) for RPC."""
+    from .reference import pack_weights
+
+    rng = np.random.default_rng(seed)
+    kh, kw = attrs.kernel_shape
+    wb = pack_weights(rng.standard_normal((c_out, attrs.channels_per_group, kh, kw)))
+    scale = rng.uniform(0.5, 2.0, c_out).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    slope = rng.uniform(0.0, 0.3, c_out).astype(np.float32) if prelu else None
+    return BinaryConvModule(x_shape, wb, scale, bias, attrs, target, prelu=slope, in_affine=in_affine)
