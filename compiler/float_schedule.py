@@ -32,18 +32,20 @@ def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
 
 
 def _elementwise(sch: Schedule, block, cpu: CpuSched, parallel_min: int | None = None):
-    """Fuse all loops of a spatial block, vectorise the inner `lanes`, parallelise the rest if large."""
+    """Spatial block: the last two loops (H, W of NCHW) fused and vectorised by a divisor of their extent
+    (per-channel operands then stay scalar broadcasts), the outer loops fused and parallel when large."""
     loops = sch.get_loops(block)
-    fused = sch.fuse(*loops)
-    extent = int(sch.get(fused).extent)
-    lanes = cpu.lanes if extent % cpu.lanes == 0 else (4 if extent % 4 == 0 else 1)
+    inner = sch.fuse(*loops[-2:]) if len(loops) >= 2 else loops[-1]
+    extent = int(sch.get(inner).extent)
+    lanes = max(d for d in range(1, min(extent, cpu.lanes) + 1) if extent % d == 0)
     if lanes > 1:
-        outer, inner = sch.split(fused, [None, lanes])
-        sch.vectorize(inner)
-    else:
-        outer = fused
-    if extent >= (parallel_min or cpu.min_parallel):
-        sch.parallel(outer)
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+    if len(loops) > 2:
+        outer = sch.fuse(*loops[:-2])
+        total = extent * int(sch.get(outer).extent)
+        if total >= (parallel_min or cpu.min_parallel) and int(sch.get(outer).extent) > 1:
+            sch.parallel(outer)
 
 
 def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu: CpuSched | None,
@@ -118,7 +120,7 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     jo, jv = sch.split(j, [n_jo, ji])
     sch.reorder(n, coo, i, r_c, r_y, r_x, coi, jo, jv)
     outer = sch.fuse(n, coo, i)
-    if N * Co * OH * OW >= cpu.min_parallel:
+    if N * Co * OH * OW * Cg * KH * KW >= 4 * cpu.min_parallel:
         sch.parallel(outer)
     sch.reverse_compute_at(ob, outer)
     sch.set_scope(conv, 0, "local")  # the [cb, OW] accumulator tile lives in registers
