@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,20 @@ from dcpnas.errors import DataError, DcpnasError
 from dcpnas.progress import ProgressFn, no_progress
 
 PHASES = ("network", "export", "import+build", "parity")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run torch with n intra-op threads, restoring the previous count (these nets are tiny: extra threads
+    only contend, badly so on shared cores)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def calibrate_batchnorm(net, x, batches: int = 4, batch_size: int = 64) -> None:
@@ -74,7 +89,8 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
         net = Network(genotype, space, binary=not float_)
         norm = dataset.normalization()
         x, _ = dataset.tensors("train", norm["mean"], norm["std"])
-        calibrate_batchnorm(net, x)
+        with torch_threads(1):
+            calibrate_batchnorm(net, x)
         label = "fresh"
     if tuple(space.input_shape) != tuple(dataset.input_shape):
         raise DataError(f"dataset {dataset.name} has images {dataset.input_shape}, the network expects "
@@ -104,7 +120,8 @@ def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool
     tgt = resolve_target(target)
     times: dict[str, float] = {}
     is_onnx = source.suffix.lower() == ".onnx"
-    name = source.parent.name if source.stem == "genotype" and source.parent.name else source.stem
+    parent = source.resolve().parent.name
+    name = parent if source.stem == "genotype" and parent else source.stem
     out = Path(out_dir) if out_dir else Path("build") / f"{name}{'-float' if float_ else ''}-{tgt.name}"
     progress("network", 0, 1)
     t0 = time.perf_counter()
@@ -142,8 +159,10 @@ def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool
     t0 = time.perf_counter()
     x, inputs = _parity_inputs(dataset, norm, imp.input_shape, parity_inputs, data)
     ok, why = runs_here(tgt)
-    parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(),
-                          tvm_fn=tvm_runner(built.lib_path, tgt, imp.output_shape) if ok else None, raise_on_fail=False)
+    with torch_threads(1):
+        parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(),
+                              tvm_fn=tvm_runner(built.lib_path, tgt, imp.output_shape) if ok else None,
+                              raise_on_fail=False)
     parity["inputs"] = inputs
     parity["tvm_run"] = ("ran under qemu-aarch64 (emulated)" if why == "qemu" else "ran") if ok else f"skipped: {why}"
     times["parity"] = time.perf_counter() - t0
