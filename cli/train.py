@@ -34,7 +34,7 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (split between the two stages of a 1-bit run)."),
     cells: Optional[int] = typer.Option(None, "--cells", help="Cells of the evaluation network."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of the first cell."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy: book | authors."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy: book | authors (default: the one the genotype was searched with, else book)."),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagefolder:DIR"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),

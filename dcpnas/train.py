@@ -66,7 +66,7 @@ class TrainConfig:
     binary: bool = True
     cells: int | None = None
     channels: int | None = None
-    policy: str = "book"
+    policy: str | None = None  # None: the policy the genotype was searched with (else book)
     data: str = "embedded"
     seed: int = 0
     train_subset: int | None = None
@@ -83,7 +83,7 @@ class TrainConfig:
             raise ConfigError("batch_size must be >= 2 and eval_batch_size >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0, weight_decay >= 0")
-        if self.policy not in POLICIES:
+        if self.policy is not None and self.policy not in POLICIES:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
 
     def stages(self) -> list[tuple[str, int, bool | None, float]]:
@@ -139,6 +139,14 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
         d = d.get("train", d)
         return cls.from_dict({**d, **(overrides or {})}, source=str(path))
+
+
+def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes: int) -> SearchSpace:
+    """The evaluation network's space: config.cells/channels (or the defaults) and config.policy, or
+    when that is None the binarisation policy recorded by the search that found `genotype` (book if none)."""
+    searched = genotype.search.get("space", {}) if isinstance(genotype.search, dict) else {}
+    policy = config.policy or (searched.get("policy") if isinstance(searched, dict) else None) or "book"
+    return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels)
 
 
 @dataclass
@@ -251,7 +259,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:
         data = data.subset(config.train_subset, config.test_subset, seed=config.seed)
-    space = default_eval_space(data.input_shape, data.num_classes, config.policy, config.cells, config.channels)
+    space = eval_space(genotype, config, data.input_shape, data.num_classes)
     norm = data.normalization()
     x_train, y_train = data.tensors("train")
     x_test, y_test = data.tensors("test")
@@ -367,4 +375,4 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss",
-           "augment_batch", "cosine_lr", "EVAL_CELLS", "EVAL_CHANNELS"]
+           "augment_batch", "cosine_lr", "eval_space", "EVAL_CELLS", "EVAL_CHANNELS"]

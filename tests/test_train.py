@@ -60,6 +60,18 @@ def test_default_eval_space_is_larger_than_the_supernet_default():
     assert default_eval_space((3, 32, 32), 10, "authors").input_shape == (3, 32, 32)
 
 
+def test_policy_comes_from_the_search_unless_given():
+    from dcpnas.train import eval_space
+
+    searched = Genotype(DDPNAS_MCN_2.normal, (2, 3, 4, 5), DDPNAS_MCN_2.reduce, (2, 3, 4, 5),
+                        search={"space": {"policy": "authors"}})
+    assert eval_space(searched, TrainConfig(), (1, 28, 28), 10).policy == "authors"
+    assert eval_space(searched, TrainConfig(policy="book"), (1, 28, 28), 10).policy == "book"
+    assert eval_space(DDPNAS_MCN_2, TrainConfig(), (1, 28, 28), 10).policy == "book"
+    sp = eval_space(DDPNAS_MCN_2, TrainConfig(cells=4, channels=6), (3, 32, 32), 7)
+    assert (sp.cells, sp.channels, sp.input_shape, sp.num_classes) == (4, 6, (3, 32, 32), 7)
+
+
 def test_config_toml_and_overrides(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[train]\nepochs = 4\nlr = 0.002\naugment = false\npolicy = "authors"\ncells = 5\n')
