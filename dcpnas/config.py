@@ -5,9 +5,9 @@ The used config is written beside the results as config.toml (`SearchConfig.save
 
 Budgets (the default is sized for a 2-core CPU: see README / the `default` entry of BUDGETS):
   default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
-           images (1000 weight / 1000 architecture), batch 32, 4 epochs x 12 steps, the first epoch weights
+           images (1000 weight / 1000 architecture), batch 32, 3 epochs x 10 steps, the first epoch weights
            only. Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
-  smoke    tiny supernet on 8x8 images, 1 epoch x 2 steps: a pipeline check for tests (seconds).
+  smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
 """
 
@@ -29,8 +29,8 @@ DEVICES = ("cpu", "cuda")
 
 BUDGETS: dict[str, dict] = {
     "default": {},
-    "smoke": {"cells": 3, "channels": 2, "image_size": 8, "n_train": 64, "n_eval": 40, "batch_size": 8,
-              "epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0, "eval_batches": 1},
+    "smoke": {"cells": 3, "channels": 2, "image_size": 8, "n_train": 32, "n_eval": 16, "batch_size": 8,
+              "epochs": 1, "steps_per_epoch": 1, "warmup_epochs": 0, "eval_batches": 2},
     "paper": {"cells": 5, "channels": 16, "image_size": 0, "n_train": 0, "n_eval": 0, "batch_size": 64,
               "epochs": 50, "steps_per_epoch": 0, "warmup_epochs": 15, "eval_batches": 0},
 }
@@ -48,13 +48,13 @@ class SearchConfig:
     lam: float = 5e-3  # lambda: weight of the tangent-propagation term D
     mu: float = 0.2  # weight of the reconstruction loss L_R
     decoupled: bool = True
-    epochs: int = 4
+    epochs: int = 3
     warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
-    steps_per_epoch: int = 12
+    steps_per_epoch: int = 10
     seed: int = 0
     data: str = "embedded"
     n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
-    n_eval: int = 500  # images of the test split used to report val accuracy
+    n_eval: int = 300  # images of the test split used to report val accuracy
     eval_batches: int = 0  # 0 = all of n_eval
     batch_size: int = 32
     image_size: int = 16
@@ -64,7 +64,7 @@ class SearchConfig:
     policy: str = "book"
     # optimisation
     parent_lr: float = 3e-3
-    child_lr: float = 2e-3
+    child_lr: float = 5e-3
     weight_decay: float = 0.0
     arch_lr: float = 6e-3
     arch_weight_decay: float = 1e-3
@@ -79,7 +79,7 @@ class SearchConfig:
     latency_beta: float = 0.6
     # execution
     device: str = "cpu"
-    threads: int = 0  # 0: leave torch's default
+    threads: int = 1  # 0: leave torch default; 1 is fastest on a busy or 2-core machine (tiny kernels)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

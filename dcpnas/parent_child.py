@@ -127,6 +127,8 @@ class ParentChild:
 
     def _arch_update(self, arch: Architect, loss_value: float, grads: list[torch.Tensor]) -> dict:
         self.dist.all_mean(grads)
+        if self.dist.enabled:  # the `mul` latency form scales by L: every rank must use the same L
+            loss_value = float(self.dist.all_mean([torch.tensor(loss_value, dtype=torch.float64)])[0])
         lat = None
         if self.latency is not None:
             grads, lat = self.latency.adjust(loss_value, grads, arch.alphas)
