@@ -85,10 +85,19 @@ def test_compile_onnx_input_and_float_module(tmp_path):
 
 @pytest.mark.tvm
 @pytest.mark.slow
-def test_float_twin_build(genotype_file, tmp_path):
-    art = compile_genotype(genotype_file, "x86-avx2", tmp_path / "f", float_=True, **SMALL)
-    assert not art.manifest["binary"] and art.manifest["parity"]["passed"]
-    assert art.manifest["onnx_weight_bytes"]["binary"] == 0
+def test_float_twin_build_from_trained_weights(genotype_file, tmp_path):
+    """--float --weights model.pt: the real-valued twin of a (1-bit) checkpoint, same pipeline."""
+    from dcpnas.checkpoint import save_model
+    from dcpnas.model import Network
+    from dcpnas.space import SearchSpace
+
+    torch.manual_seed(0)
+    net = _random_bn(Network(DDPNAS_MCN_2, SearchSpace(cells=3, channels=8), binary=True))
+    ck = save_model(tmp_path / "model.pt", net, {"mean": [0.29], "std": [0.35]})
+    art = compile_genotype(genotype_file, "x86-avx2", tmp_path / "f", float_=True, weights=ck, parity_inputs=4)
+    m = art.manifest
+    assert not m["binary"] and m["parity"]["passed"] and m["weights"] == str(ck)
+    assert m["onnx_weight_bytes"]["binary"] == 0 and m["normalization"]["mean"] == [0.29]
 
 
 ALL_OPS = Genotype(
