@@ -24,6 +24,7 @@ def bench_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder of `dcpnas compile` (with manifest.json)."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (time on a board)."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
     target_file: Optional[str] = typer.Option(None, "--target", help="Target name or .toml [default: the build's]."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples (median and IQR over them)."),
@@ -41,7 +42,7 @@ def bench_cmd(
 
     art = Artifact.load(build_dir, verify_hashes=False)
     target = get_target(target_file or art.manifest["target"]["name"], threads=threads)
-    prof = Profiler(target, rpc=rpc, key=key, threads=threads, warmup=warmup, repeat=repeat)
+    prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat)
     with rich_progress(enabled=True) as progress:
         report = bench(build_dir, prof, per_layer=not no_layers, emulated=emulated, progress=progress)
     js, png = write_outputs(report, out or build_dir)

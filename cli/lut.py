@@ -45,6 +45,7 @@ def build_cmd(
     target: str = typer.Option(..., "--target", "-t", help="Target name or target .toml file."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (a board)."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
     modeled: bool = typer.Option(False, "--modeled", help="Write a modeled LUT from the cost model (no device)."),
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is emulated (qemu): label the LUT 'emulated'."),
@@ -77,7 +78,7 @@ def build_cmd(
     if not emulated and t.arch == "aarch64" and rpc and rpc.split(":")[0] in ("127.0.0.1", "localhost"):
         console.print("[yellow]warning[/]: an aarch64 server on this host is an emulator; add --emulated")
     path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
-    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
+    prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
     keys = keys_of(spaces)
     with rich_progress() as progress:
         lut = build_lut(t, keys, path, prof, resume=resume, method="emulated" if emulated else "measured",
@@ -127,6 +128,7 @@ def check_cmd(
     n: int = typer.Option(20, "--n", help="Random genotypes to compile and time."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker."),
+    no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself, not a tracker."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     fit_glue: bool = typer.Option(False, "--fit-glue", help="Fit the per-cell glue and save it into the LUT."),
     seed: int = typer.Option(0, "--seed"),
@@ -147,7 +149,7 @@ def check_cmd(
     t = get_target(target, threads=threads)
     lut = t.load_lut()
     space = _spaces([cells], [channels], input_shape, policy, False)[0]
-    prof = Profiler(t, rpc=rpc, key=key, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
+    prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
     if lut.method == "measured" and lut.statistic != statistic:
         console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
     with rich_progress() as progress:

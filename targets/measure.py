@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dcpnas.errors import DcpnasError, LutError
+from dcpnas.errors import CompileError, DcpnasError, LutError
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.targets.costmodel import parse_key
 from dcpnas.targets.lut import LatencyTable, utc_now
@@ -33,6 +33,9 @@ from dcpnas.targets.registry import Target
 # compile_fn(module, input_shape (N,C,H,W), target, out_dir) -> path of the exported library
 CompileFn = Callable[[object, tuple, Target, Path], Path]
 IDENTITY_KEY = "skip_connect|1|1|1|1|1"
+# when a toolchain cannot export a module without kernels (aarch64 cross-compiling an identity):
+# the smallest one-kernel module stands in for the call overhead
+BASELINE_FALLBACK_KEY = "max_pool_3x3|8|8|4|4|1"
 
 
 def op_module(key: str):
@@ -144,7 +147,11 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
                 lut.notes = f"runtime reported {sess.threads} threads (asked {profiler.threads})"
             stat = profiler.statistic
             lut.statistic = stat
-            base = timer.time_key(sess, IDENTITY_KEY).value(stat)
+            try:
+                base = timer.time_key(sess, IDENTITY_KEY).value(stat)
+            except CompileError:
+                base = timer.time_key(sess, BASELINE_FALLBACK_KEY).value(stat)
+                lut.glue["call_overhead_key"] = BASELINE_FALLBACK_KEY
             if refine and "call_overhead_ms" in lut.glue:
                 base = min(base, float(lut.glue["call_overhead_ms"]))
             lut.glue["call_overhead_ms"] = round(base, 6)

@@ -80,11 +80,13 @@ class Profiler:
     (default target.rpc_key). threads: fixed thread count (default target.threads).
     retries / retry_delay_s / timeout_s bound every wait for the tracker and the device.
     statistic: the figure LUT builds and checks use (`median`, or `min` on a loaded host).
+    direct: `rpc` is an RPC server itself (no tracker), e.g. the emulated aarch64 server (armrpc.py).
     """
 
     def __init__(self, target: Target, rpc: str | None = None, key: str | None = None, threads: int | None = None,
                  warmup: int = 3, number: int = 0, repeat: int = 15, min_repeat_ms: float = 20.0,
-                 retries: int = 3, retry_delay_s: float = 1.0, timeout_s: float = 30.0, statistic: str = "median"):
+                 retries: int = 3, retry_delay_s: float = 1.0, timeout_s: float = 30.0, statistic: str = "median",
+                 direct: bool = False):
         if rpc is None and not target.is_local:
             raise TargetError(f"target {target.name} ({target.arch}) cannot run on this machine; "
                               f"give --rpc HOST:PORT --key KEY of a tracker that serves it")
@@ -96,11 +98,12 @@ class Profiler:
         if statistic not in STATISTICS:
             raise DeviceError(f"unknown statistic {statistic!r}; choose {' or '.join(STATISTICS)}")
         self.statistic = statistic
+        self.direct = direct
 
     @property
     def device_name(self) -> str:
         if self.rpc:
-            return f"rpc {self.key}@{self.rpc}"
+            return f"rpc {'server' if self.direct else self.key}@{self.rpc}"
         return local_device_name()
 
     @contextlib.contextmanager
@@ -124,6 +127,8 @@ class Profiler:
             try:
                 with socket.create_connection((host, port), timeout=self.timeout_s):
                     pass  # reachable: TVM's own connect would spin on refusals for 60 s
+                if self.direct:
+                    return rpc.connect(host, port, session_timeout=0)
                 tracker = rpc.connect_tracker(host, port)
                 tracker._sock.settimeout(self.timeout_s)  # the request blocks forever without a free server
                 keys = {k for k, q in tracker.summary().get("queue_info", {}).items()}
@@ -139,6 +144,8 @@ class Profiler:
                 last = f"{type(e).__name__}: {e}".strip()
             if attempt + 1 < self.retries:
                 time.sleep(self.retry_delay_s)
+        if self.direct:
+            raise DeviceError(f"cannot reach the RPC server at {host}:{port} after {self.retries} tries ({last})")
         raise DeviceError(f"cannot reach device {self.key!r} through the RPC tracker at {host}:{port} after "
                           f"{self.retries} tries ({last}); start `python -m tvm.exec.rpc_tracker` and "
                           f"`python -m tvm.exec.rpc_server --tracker {host}:{port} --key {self.key}` (docs/rpc.md)")

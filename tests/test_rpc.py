@@ -84,3 +84,24 @@ def test_loopback_tracker_and_server(tmp_path):
         with pytest.raises(DeviceError, match="no RPC server registered with key 'no-such-board'.*dcpnas-test"):
             with wrong.session():
                 pass
+
+
+@pytest.mark.arm
+def test_emulated_aarch64_rpc_server_times_a_cross_compiled_op(tmp_path):
+    """The board path end to end under qemu-user: cross-compile an op through the project pipeline,
+    upload it to an aarch64 RPC server, run and time it there. The LUT is labelled `emulated`."""
+    from dcpnas.targets import armrpc
+    from dcpnas.targets.lut import LatencyTable
+    from dcpnas.targets.measure import build_lut
+
+    why = armrpc.missing()
+    if why:
+        pytest.skip(why)
+    target = get_target("arm-a72")
+    keys = ["pre_conv1x1|12|4|8|8|1", "max_pool_3x3|4|4|8|8|1"]
+    with armrpc.qemu_rpc_server() as addr:
+        prof = Profiler(target, rpc=addr, direct=True, repeat=2, warmup=1, min_repeat_ms=1, timeout_s=60)
+        lut = build_lut(target, keys, tmp_path / "arm-a72.emulated.json", prof, method="emulated")
+    assert lut.method == "emulated" and lut.device == f"rpc server@{addr}" and list(lut.entries) == keys
+    assert all(e["median_ms"] > 0 for e in lut.entries.values())
+    assert LatencyTable.load(tmp_path / "arm-a72.emulated.json").method == "emulated"
