@@ -46,8 +46,10 @@ def compile_cmd(
     console.print(f"  model.onnx {f['onnx']['bytes'] / 1024:.1f} KiB, model.so {f['lib']['bytes'] / 1024:.1f} KiB; "
                   f"compile {sum(m['compile_s'].values()):.1f} s")
     tvm_d = p["max_abs_diff_tvm"]
+    ref = p.get("reference", "torch")
+    how = "" if p["tvm_run"] == "ran" or tvm_d is None else f" ({p['tvm_run']})"
     console.print(f"  parity on {p['inputs']}: top-1 agreement {p['top1_agreement']:.3f}, "
-                  f"max |ORT-torch| {p['max_abs_diff_ort']:.3g}, max |TVM-torch| "
-                  f"{'n/a (' + p['tvm_run'] + ')' if tvm_d is None else f'{tvm_d:.3g}'}")
+                  f"max |ORT-{ref}| {p['max_abs_diff_ort']:.3g}, max |TVM-{ref}| "
+                  f"{'n/a (' + p['tvm_run'] + ')' if tvm_d is None else f'{tvm_d:.3g}'}{how}")
     if m["expected_latency_ms"] is not None:
         console.print(f"  expected latency {m['expected_latency_ms']:.3f} ms ({m['expected_latency_source']})")
