@@ -17,6 +17,7 @@ from dcpnas.targets.lut import LatencyTable, utc_now
 from dcpnas.targets.registry import Target, get_target
 
 
+SCALE_THREADS = 2  # the `scale` factors of the target files are ratios vs the reference on 2 threads
 COVERAGE_INPUTS = ((1, 8, 8), (1, 16, 16), (1, 28, 28), (1, 32, 32), (3, 16, 16), (3, 32, 32))
 
 
@@ -64,7 +65,13 @@ def model_coefficients(target: Target) -> tuple[dict[str, float], str]:
             continue
         if lut.method != "measured":
             continue
-        coef = lut.costmodel.get("coef") or costmodel.fit({k: v["mean_ms"] for k, v in lut.entries.items()}, prior)
+        coef = dict(lut.costmodel.get("coef") or costmodel.fit({k: v["mean_ms"] for k, v in lut.entries.items()}, prior))
+        if name != target.name and lut.threads != SCALE_THREADS:
+            # the TOML's scale factors compare with the reference at SCALE_THREADS threads: compute
+            # terms scale with the thread count, memory passes and launches do not
+            for f in ("kbitops", "kdwtaps", "kflops"):
+                coef[f] *= lut.threads / SCALE_THREADS
+            why += f" (reference measured on {lut.threads} thread(s), compute terms x{lut.threads}/{SCALE_THREADS})"
         return costmodel.scaled(coef, scale), why.format(ref=name)
     return costmodel.scaled(prior, cm.get("scale", {})), "target file coefficients (uncalibrated)"
 
