@@ -10,6 +10,7 @@ from tvm import relax
 from dcpnas.errors import CompileError
 
 from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
+from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .pack import border_classes, border_correction, weights_to_words
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
@@ -90,6 +91,8 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
                        bias: np.ndarray | None, attrs: BinaryConvAttrs, target: Any, *, in_scale=None,
                        in_shift=None, prelu=None) -> relax.Expr:
     """Emit sign+pack and the XNOR-popcount conv (fused epilogue) as call_tir; float32 NCHW in and out.
+    Convs with one input channel per group (depthwise) or small 1x1 convs (depthwise.use_pm1_kernel)
+    become instead one exact ±1 arithmetic kernel with the sign fused into its loads (depthwise.py).
 
     x: a float32 [N, C_in, H, W] Relax expression of static shape; w_bits: schema uint8 weights;
     scale, bias, prelu (PReLU slopes): [C_out]; in_scale, in_shift: [C_in] affine applied before the sign
@@ -105,6 +108,8 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
         in_scale = _vec(in_scale, geo.c_in, "in_scale", 1.0)
         in_shift = _vec(in_shift, geo.c_in, "in_shift", 0.0)
     affine = in_scale is not None
+    if use_pm1_kernel(geo):
+        return _emit_pm1(bb, x, geo, w_bits, scale, bias, target, in_scale, in_shift, prelu)
     pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None)
     # no global_symbol: the Relax build names each PrimFunc after its (unique) GlobalVar
     gv_pack = bb.add_func(pack_f.without_attr("global_symbol"), "dcpnas_binary_pack")
@@ -115,4 +120,21 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
     p = bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape, geo.word_dtype)))
     consts = [relax.const(c) for c in conv_constants(geo, w_bits, scale, bias, prelu)]
     y5 = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(geo.out5_shape, "float32")))
+    return bb.emit(relax.op.reshape(y5, geo.out_shape))
+
+
+def _emit_pm1(bb, x, geo: ConvGeometry, w_bits, scale, bias, target, in_scale, in_shift, prelu) -> relax.Expr:
+    """The ±1 arithmetic lowering (depthwise.py): one call_tir, no packing pass."""
+    affine = in_scale is not None
+    f = pm1_func(geo, target, affine=affine, prelu=prelu is not None)
+    gv = bb.add_func(f.without_attr("global_symbol"), "dcpnas_binary_pm1conv")
+    args = [x]
+    if affine:
+        args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
+    g, cog = geo.g, geo.cog
+    args += [relax.const(pm1_weights(w_bits, geo)), relax.const(_vec(scale, geo.c_out, "scale").reshape(g, cog)),
+             relax.const(_vec(bias, geo.c_out, "bias", 0.0).reshape(g, cog))]
+    if prelu is not None:
+        args.append(relax.const(_vec(prelu, geo.c_out, "prelu").reshape(g, cog)))
+    y5 = bb.emit(relax.call_tir(gv, args, relax.TensorType(geo.out5_shape, "float32")))
     return bb.emit(relax.op.reshape(y5, geo.out_shape))

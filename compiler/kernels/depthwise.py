@@ -1,0 +1,238 @@
+"""Exact ±1 arithmetic kernel for binary convs with few input channels per group (depthwise above all).
+
+With one channel per group a packed 32-bit word carries one useful bit, and the separate pack pass plus
+the popcount conv cost twice the float depthwise conv. Here instead (one PrimFunc, no packing):
+
+  sgn  [N, C, Hp, Wp] float32: +1 / -1 = sign(x*in_scale + in_shift) inside, 0 on the zero border
+       (computed per task into a local buffer: the rows of one task's channels, never a tensor in memory)
+  acc  [N, G, Cog, OH, OW] = sum_{rc < Cg, taps} sgn * Wpm[g, co, rc, ry, rx]     (Wpm: float32 ±1)
+  out  = scale * acc + bias, then PReLU                                          (same epilogue as binconv)
+
+Sums of at most kh*kw*Cg terms of ±1 are exact in float32 (< 2^24), so the result equals the XNOR kernel
+and binary_conv2d_reference bit for bit (same epilogue expression). PrimFunc parameters:
+(x [N,C,H,W], [in_scale [C], in_shift [C]], Wpm [G,Cog,Cg,kh,kw], scale [G,Cog], bias [G,Cog],
+[slope [G,Cog]], out5 [N,G,Cog,OH,OW]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import te
+from tvm.s_tir import Schedule
+
+from .binary_conv import ConvGeometry
+from .reference import unpack_weights
+from .schedule_cpu import CpuParams, _largest_divisor, _vectorize
+from .targets import as_target, cpu_params, family
+
+# Largest input channels per group of a 1x1 conv routed to this kernel (emit.py). Measured on x86-avx512,
+# 1 thread, ms for pm1 vs pack+XNOR: depthwise 3x3 8x28x28 0.037 vs 0.076, 5x5 dil 2 stride 2 0.029 vs
+# 0.107, 130x7x7 0.030 vs 0.23; 1x1 8->8 28x28 0.010 vs 0.015, 16->16 14x14 0.008 vs 0.0085, 32->32 7x7
+# 0.011 vs 0.005; dense 3x3 with 2 or 4 channels 0.021/0.037 vs 0.017/0.019 (XNOR wins).
+SMALL_CG_1X1 = 8
+
+
+def use_pm1_kernel(geo: ConvGeometry) -> bool:
+    """True when the ±1 arithmetic kernel is the faster lowering of this binary conv: one input channel
+    per group (depthwise), or a 1x1 conv with at most SMALL_CG_1X1 channels per group."""
+    kh, kw = geo.attrs.kernel_shape
+    return geo.cg == 1 or (geo.cg <= SMALL_CG_1X1 and kh * kw == 1)
+
+
+def pm1_weights(w_bits: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """schema uint8 [C_out, ceil(Cg/8), kh, kw] -> float32 ±1 [G, Cog, Cg, kh, kw]."""
+    kh, kw = geo.attrs.kernel_shape
+    w = unpack_weights(np.asarray(w_bits), geo.cg)
+    return np.ascontiguousarray(w.reshape(geo.g, geo.cog, geo.cg, kh, kw), np.float32)
+
+
+def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool) -> tvm.tirx.PrimFunc:
+    """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out"."""
+    n, g, cog, oh, ow = geo.out5_shape
+    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    pt, pl, pb, pr = geo.attrs.pads
+    cg = geo.cg
+    x = te.placeholder((geo.n, geo.c_in, geo.h, geo.w), "float32", "x")
+    args = [x]
+    s = t = None
+    if affine:
+        s = te.placeholder((geo.c_in,), "float32", "in_scale")
+        t = te.placeholder((geo.c_in,), "float32", "in_shift")
+        args += [s, t]
+    one, mone, zero = (tvm.tirx.const(v, "float32") for v in (1.0, -1.0, 0.0))
+
+    def sign(i, c, y, xx):
+        v = x[i, c, y - pt, xx - pl]
+        if affine:
+            v = v * s[c] + t[c]  # as pack_compute and the BatchNorm: multiply, then add
+        inside = tvm.tirx.all(y >= pt, y < pt + geo.h, xx >= pl, xx < pl + geo.w)
+        return tvm.tirx.if_then_else(inside, tvm.tirx.Select(v < 0, mone, one), zero)
+
+    sgn = te.compute((geo.n, geo.c_in, geo.h + pt + pb, geo.w + pl + pr), sign, name="sgn")
+    wpm = te.placeholder((g, cog, cg, kh, kw), "float32", "Wpm")
+    rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    acc = te.compute((n, g, cog, oh, ow), lambda i, gi, c, y, xx: te.sum(
+        sgn[i, gi * cg + rc, y * sh + ry * dh, xx * sw + rx * dw] * wpm[gi, c, rc, ry, rx], axis=[rc, ry, rx]),
+        name="pmconv")
+    scale = te.placeholder((g, cog), "float32", "scale")
+    bias = te.placeholder((g, cog), "float32", "bias")
+    slope = te.placeholder((g, cog), "float32", "slope") if prelu else None
+
+    def epilogue(i, gi, c, y, xx):
+        o = scale[gi, c] * acc[i, gi, c, y, xx] + bias[gi, c]
+        if slope is not None:
+            o = tvm.tirx.Select(o >= 0, o, o * slope[gi, c])
+        return o
+
+    out = te.compute((n, g, cog, oh, ow), epilogue, name="pmconv_out")
+    args += [wpm, scale, bias] + ([slope] if prelu else []) + [out]
+    return te.create_prim_func(args)
+
+
+def _rows_per_task(geo: ConvGeometry, min_tasks: int = 8) -> int:
+    """Output rows per parallel task: the whole plane when N*G already gives min_tasks, else fewer rows."""
+    oh = geo.out_hw[0]
+    groups = geo.n * geo.g
+    return max(d for d in range(1, oh + 1) if oh % d == 0 and (groups * (oh // d) >= min_tasks or d == 1))
+
+
+def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel_min: int = 16384):
+    """x86 / aarch64: tasks of (image, group, block of rows), parallel when the conv has >= parallel_min
+    MACs; each task computes its signs (its channels x the rows it reads) into a local buffer, then a
+    register tile of cb output channels x one output row (vectors of ji pixels), taps unrolled."""
+    n_, g_, cog, oh, ow = geo.out5_shape
+    kh, kw = geo.attrs.kernel_shape
+    sch = Schedule(tvm.IRModule({"main": func}))
+    sg, pc, ep = sch.get_sblock("sgn"), sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
+    ji = _largest_divisor(ow, cpu.lanes)
+    n_jo = ow // ji
+    budget = 16 if cpu.lanes >= 16 else 12
+    cb = next((b for b in (8, 4, 2, 1) if cog % b == 0 and b * n_jo <= budget), 1)
+    rt = _rows_per_task(geo)
+    n, g, c, y, x, rc, ry, rx = sch.get_loops(pc)
+    coo, coi = sch.split(c, [None, cb])
+    yo, yi = sch.split(y, [None, rt])
+    jo, jv = sch.split(x, [n_jo, ji])
+    sch.reorder(n, g, yo, coo, yi, rc, ry, rx, coi, jo, jv)
+    outer = sch.fuse(n, g, yo)
+    macs = n_ * g_ * cog * oh * ow * geo.cg * kh * kw
+    if macs >= parallel_min and int(sch.get(outer).extent) > 1:
+        sch.parallel(outer)
+    sch.reverse_compute_at(ep, yi)
+    sch.set_scope(pc, 0, "local")  # the [cb, OW] accumulator tile lives in registers
+    sch.unroll(coi)
+    sch.unroll(jo)
+    sch.unroll(ry)
+    sch.unroll(rx)
+    _vectorize(sch, jv)
+    init = sch.decompose_reduction(pc, rc)
+    _vectorize(sch, sch.get_loops(init)[-1])
+    el = sch.get_loops(ep)
+    _vectorize(sch, el[-1])
+    sch.compute_at(sg, outer)
+    sl = sch.get_loops(sg)
+    wp = int(sch.get(sl[-1]).extent)
+    if wp <= 4 * cpu.lanes:
+        _vectorize(sch, sl[-1])
+    else:
+        _, v = sch.split(sl[-1], [None, cpu.lanes])
+        _vectorize(sch, v)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def schedule_pm1_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128):
+    """CUDA: one thread per output element, the sign computed inline in the loads."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    sch.compute_inline(sch.get_sblock("sgn"))
+    pc, ep = sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
+    acc = sch.cache_write(pc, 0, "local")
+    n, g, c, y, x, rc, ry, rx = sch.get_loops(pc)
+    fused = sch.fuse(n, g, c, y, x)
+    bx, tx = sch.split(fused, [None, threads])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    sch.unroll(ry)
+    sch.unroll(rx)
+    sch.reverse_compute_at(acc, tx)
+    sch.reverse_compute_inline(ep)
+    sch.decompose_reduction(pc, rc)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True):
+    """The ±1 conv PrimFunc, scheduled for `target` (attr tir.is_scheduled) unless schedule=False."""
+    f = make_pm1_func(geo, affine, prelu)
+    if not schedule:
+        return f
+    if family(target) == "cuda":
+        with as_target(target):
+            return schedule_pm1_cuda(f, geo)
+    return schedule_pm1_cpu(f, geo, cpu_params(target))
+
+
+class Pm1ConvModule:
+    """One compiled ±1 conv (function "pm1conv") for fixed shapes and weights, for tests and timing.
+
+    x_shape: (N, C_in, H, W); w_bits: schema uint8 weights; scale/bias/prelu: [C_out];
+    in_affine: the kernel takes in_scale/in_shift [C_in].
+    """
+
+    def __init__(self, x_shape, w_bits, scale, bias, attrs, target: Any, *, prelu=None, in_affine: bool = False,
+                 schedule: bool = True):
+        from .emit import _vec, geometry
+
+        self.geo = geometry(x_shape, w_bits, attrs, None)
+        self.target = as_target(target)
+        self.in_affine = in_affine
+        f = pm1_func(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule)
+        self.ir_module = tvm.IRModule({"pm1conv": f.with_attr("global_symbol", "pm1conv")})
+        geo = self.geo
+        self.consts = [pm1_weights(w_bits, geo), _vec(scale, geo.c_out, "scale").reshape(geo.g, geo.cog),
+                       _vec(bias, geo.c_out, "bias", 0.0).reshape(geo.g, geo.cog)]
+        if prelu is not None:
+            self.consts.append(_vec(prelu, geo.c_out, "prelu").reshape(geo.g, geo.cog))
+        with self.target:
+            self.executable = tvm.compile(self.ir_module, target=self.target)
+        self._rt = None
+
+    def export(self, path, cross_compiler: str | None = None) -> str:
+        """Write the compiled module as a shared library (e.g. cross_compiler="aarch64-linux-gnu-gcc")."""
+        kw = {}
+        if cross_compiler:
+            from tvm.support import cc
+
+            kw["fcompile"] = cc.cross_compiler(cross_compiler)
+        self.executable.export_library(str(path), **kw)
+        return str(path)
+
+    def device(self):
+        return tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu()
+
+    def arrays(self, x: np.ndarray, in_scale=None, in_shift=None) -> list[np.ndarray]:
+        """numpy arguments of pm1conv (output zero-filled)."""
+        a = [np.ascontiguousarray(x, np.float32)]
+        if self.in_affine:
+            a += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
+        return a + self.consts + [np.zeros(self.geo.out5_shape, np.float32)]
+
+    def _args(self, x, in_scale, in_shift):
+        if self._rt is None:
+            self._rt = self.executable.jit()
+        return [tvm.runtime.tensor(a, self.device()) for a in self.arrays(x, in_scale, in_shift)]
+
+    def run(self, x: np.ndarray, in_scale=None, in_shift=None) -> np.ndarray:
+        """Run on this machine (CPU, or its GPU for a CUDA target): float32 NCHW in, float32 [N, C_out, OH, OW] out."""
+        args = self._args(x, in_scale, in_shift)
+        self._rt["pm1conv"](*args)
+        return args[-1].numpy().reshape(self.geo.out_shape)
+
+    def time_ms(self, x: np.ndarray, number: int = 50, repeat: int = 7, in_scale=None, in_shift=None,
+                stat: str = "median") -> float:
+        """ms per call on the local CPU: median (or min, stat="min") over `repeat` runs of `number` calls."""
+        args = self._args(x, in_scale, in_shift)
+        ev = self._rt.time_evaluator("pm1conv", self.device(), number=number, repeat=repeat, min_repeat_ms=20)
+        res = ev(*args).results
+        return float(np.min(res) if stat == "min" else np.median(res)) * 1e3

@@ -1,0 +1,150 @@
+"""The ±1 arithmetic kernel for binary convs with few channels per group (compiler/kernels/depthwise.py):
+exact against binary_conv2d_reference and bit-identical to the XNOR-popcount kernel; x86 run here,
+aarch64 under qemu, CUDA source generation (and a run where a GPU exists)."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from dcpnas.compiler.kernels import BinaryConvAttrs, BinaryConvModule, binary_conv2d_reference, pack_weights
+from dcpnas.compiler.kernels.depthwise import Pm1ConvModule, use_pm1_kernel
+from dcpnas.compiler.kernels.emit import geometry
+
+X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
+X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
+SM80 = {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+        "thread_warp_size": 32}
+
+pytestmark = pytest.mark.tvm
+
+# (channels, spatial, kernel, stride, dilation, C_out per group, C_in per group): every channel count
+# (8, 16, 24, 130), spatial size (1, 7, 15, 28), kernel, stride and dilation appears; last two: 1x1 Cg > 1
+CASES = [(8, 28, 3, 1, 1, 1, 1), (16, 15, 3, 2, 1, 1, 1), (24, 7, 5, 1, 2, 1, 1), (130, 7, 3, 1, 1, 1, 1),
+         (8, 1, 3, 1, 1, 1, 1), (16, 28, 5, 2, 2, 1, 1), (24, 15, 3, 1, 2, 2, 1), (130, 1, 5, 2, 1, 1, 1),
+         (8, 28, 1, 1, 1, 8, 8), (16, 15, 1, 2, 1, 4, 8)]
+
+
+def _problem(case, seed):
+    c, h, k, s, d, cog, cg = case
+    g = c // cg
+    attrs = BinaryConvAttrs((k, k), (s, s), (d * (k // 2),) * 4, (d, d), g, c)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, c, h, h)).astype(np.float32)
+    x[0, :, 0, 0] = 0.0  # sign(0) = +1
+    wb = pack_weights(rng.standard_normal((g * cog, cg, k, k)))
+    co = g * cog
+    ep = dict(scale=rng.uniform(0.5, 2, co).astype(np.float32), bias=rng.standard_normal(co).astype(np.float32),
+              prelu=rng.uniform(-0.3, 0.3, co).astype(np.float32))
+    aff = dict(in_scale=rng.uniform(-2, 2, c).astype(np.float32), in_shift=rng.standard_normal(c).astype(np.float32))
+    return attrs, x, wb, ep, aff
+
+
+def _ids(c):
+    return "c{}h{}k{}s{}d{}cog{}cg{}".format(*c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_x86_integer_exact_and_epilogue(case):
+    attrs, x, wb, ep, aff = _problem(case, 0)
+    co = wb.shape[0]
+    ones, zeros = np.ones(co, np.float32), np.zeros(co, np.float32)
+    m = Pm1ConvModule(x.shape, wb, ones, zeros, attrs, X86, in_affine=True)
+    got = m.run(x, **aff)
+    want = binary_conv2d_reference(x, wb, ones, zeros, attrs, **aff)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(want).max() > 0
+    m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, X86, prelu=ep["prelu"], in_affine=True)
+    got = m.run(x, **aff)
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[5]], ids=_ids)
+def test_bit_identical_to_xnor_kernel(case):
+    """Same epilogue expression on the same exact integer: the two lowerings agree bit for bit."""
+    attrs, x, wb, ep, aff = _problem(case, 1)
+    for tgt in (X86, X86_AVX2):
+        a = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tgt, prelu=ep["prelu"], in_affine=True)
+        b = BinaryConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tgt, prelu=ep["prelu"], in_affine=True)
+        np.testing.assert_array_equal(a.run(x, **aff), b.run(x, **aff))
+
+
+def test_without_affine_and_prelu():
+    attrs, x, wb, ep, _ = _problem(CASES[1], 2)
+    m = Pm1ConvModule(x.shape, wb, ep["scale"], None, attrs, X86)
+    want = binary_conv2d_reference(x, wb, ep["scale"], None, attrs)
+    np.testing.assert_allclose(m.run(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_routing_rule():
+    def geo(c, k, g, co):
+        attrs = BinaryConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), g, c)
+        return geometry((1, c, 8, 8), np.zeros((co, -(-(c // g) // 8), k, k), np.uint8), attrs)
+
+    assert use_pm1_kernel(geo(8, 3, 8, 8)) and use_pm1_kernel(geo(130, 5, 130, 130))  # depthwise
+    assert use_pm1_kernel(geo(8, 1, 1, 8))  # small pointwise
+    assert not use_pm1_kernel(geo(32, 1, 1, 32)) and not use_pm1_kernel(geo(4, 3, 1, 8))
+    assert not use_pm1_kernel(geo(64, 3, 1, 64))
+
+
+def test_emit_uses_one_kernel_for_depthwise_and_runs_exact():
+    import tvm
+    from tvm import relax
+
+    from dcpnas.compiler.kernels import emit_binary_conv2d
+
+    attrs, x, wb, ep, aff = _problem(CASES[2], 3)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = emit_binary_conv2d(bb, xv, wb, ep["scale"], ep["bias"], attrs, X86, prelu=ep["prelu"], **aff)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    names = [gv.name_hint for gv in mod.functions if gv.name_hint != "main"]
+    assert names == ["dcpnas_binary_pm1conv"], names
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(X86)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[8]], ids=_ids)
+def test_a72_under_qemu_exact(case, tmp_path):
+    from dcpnas.compiler.kernels import arm_emu
+
+    why = arm_emu.missing()
+    if why:
+        pytest.skip(why)
+    attrs, x, wb, ep, aff = _problem(case, 4)
+    m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, A72, prelu=ep["prelu"], in_affine=True)
+    lib = m.export(tmp_path / "pm1.so", arm_emu.CROSS_CC)
+    arrays = m.arrays(x, **aff)
+    out, _ = arm_emu.run_library(lib, arrays, [("pm1conv", list(range(len(arrays))))], len(arrays) - 1)
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
+    np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.cuda
+def test_cuda_codegen_and_gpu_run():
+    import tvm
+
+    attrs, x, wb, ep, aff = _problem(CASES[3], 5)
+    m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, SM80, prelu=ep["prelu"], in_affine=True)
+    src = m.executable.mod.imports[0].inspect_source("cuda")
+    assert "blockIdx.x" in src and "threadIdx.x" in src
+    if shutil.which("nvcc") is not None:
+        from tvm.support import nvcc
+
+        with m.target:
+            ptx = nvcc.compile_cuda(src, target_format="ptx", arch="sm_80", compiler="nvcc")
+        ptx = bytes(ptx).decode() if not isinstance(ptx, str) else ptx
+        assert ".entry" in ptx
+    if not tvm.cuda(0).exist:
+        pytest.skip("no CUDA GPU on this machine (source and PTX checked)")
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
+    np.testing.assert_allclose(m.run(x, **aff), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
