@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", default=None, help="report expected latency from this target's LUT")
     p.add_argument("--max-pieces", type=int, default=0, help="stop after this many new pieces (0: all)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from finished pieces")
+    p.add_argument("--note", default="", help="a sentence added to the Markdown table (e.g. what the budget is for)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -201,7 +202,7 @@ def write_report(a: argparse.Namespace, pieces: list[dict], command: str) -> tup
             f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}"
         lat = fmt(r["expected_latency_ms_mean"], digits=3)
         lines.append(f"| {r['label']} | {r['n']} | {acc} | {fmt(r['search_time_s_mean'], digits=1)} | {lat} |")
-    lines += ["", f"Result: {note}.", "",
+    lines += ["", f"Result: {note}.", ""] + ([a.note, ""] if a.note else []) + [
               "std is the sample standard deviation over seeds (0 with one seed). The test accuracy is the "
               "final 1-bit network's on the dataset's held-out test split (no model selection on it)."]
     if not a.target:
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     command = " ".join([".venv/bin/python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     log = (lambda s: None) if a.quiet else (lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.report_only and (a.out / "ablation.json").is_file():  # keep the command that ran the pieces
+        command = json.loads((a.out / "ablation.json").read_text()).get("command", command)
     budget_file = a.out / "budget.json"
     budget = budget_record(a)
     if budget_file.is_file():
