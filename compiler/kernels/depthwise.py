@@ -5,13 +5,13 @@ the popcount conv cost twice the float depthwise conv. Here instead (one PrimFun
 
   sgn  [N, C, Hp, Wp] float32: +1 / -1 = sign(x*in_scale + in_shift) inside, 0 on the zero border
        (computed per task into a local buffer: the rows of one task's channels, never a tensor in memory)
-  acc  [N, G, Cog, OH, OW] = sum_{rc < Cg, taps} sgn * Wpm[g, co, rc, ry, rx]     (Wpm: float32 ±1)
+  acc  [N, Co, OH, OW] = sum_{rc < Cg, taps} sgn[g(co)*Cg + rc] * Wpm[co, rc, ry, rx]  (Wpm: float32 ±1)
   out  = scale * acc + bias, then PReLU                                          (same epilogue as binconv)
 
 Sums of at most kh*kw*Cg terms of ±1 are exact in float32 (< 2^24), so the result equals the XNOR kernel
 and binary_conv2d_reference bit for bit (same epilogue expression). PrimFunc parameters:
-(x [N,C,H,W], [in_scale [C], in_shift [C]], Wpm [G,Cog,Cg,kh,kw], scale [G,Cog], bias [G,Cog],
-[slope [G,Cog]], out5 [N,G,Cog,OH,OW]).
+(x [N,C,H,W], [in_scale [C], in_shift [C]], Wpm [Co,Cg,kh,kw], scale [Co], bias [Co], [slope [Co]],
+out [N,Co,OH,OW]) (NCHW out: no reshape call in the Relax graph).
 """
 
 from __future__ import annotations
@@ -43,18 +43,16 @@ def use_pm1_kernel(geo: ConvGeometry) -> bool:
 
 
 def pm1_weights(w_bits: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """schema uint8 [C_out, ceil(Cg/8), kh, kw] -> float32 ±1 [G, Cog, Cg, kh, kw]."""
-    kh, kw = geo.attrs.kernel_shape
-    w = unpack_weights(np.asarray(w_bits), geo.cg)
-    return np.ascontiguousarray(w.reshape(geo.g, geo.cog, geo.cg, kh, kw), np.float32)
+    """schema uint8 [C_out, ceil(Cg/8), kh, kw] -> float32 ±1 [C_out, Cg, kh, kw]."""
+    return np.ascontiguousarray(unpack_weights(np.asarray(w_bits), geo.cg), np.float32)
 
 
 def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out"."""
-    n, g, cog, oh, ow = geo.out5_shape
+    n, co_, (oh, ow) = geo.n, geo.c_out, geo.out_hw
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, pb, pr = geo.attrs.pads
-    cg = geo.cg
+    cg, cog = geo.cg, geo.cog
     x = te.placeholder((geo.n, geo.c_in, geo.h, geo.w), "float32", "x")
     args = [x]
     s = t = None
@@ -72,53 +70,53 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool) -> tvm.tirx.Prim
         return tvm.tirx.if_then_else(inside, tvm.tirx.Select(v < 0, mone, one), zero)
 
     sgn = te.compute((geo.n, geo.c_in, geo.h + pt + pb, geo.w + pl + pr), sign, name="sgn")
-    wpm = te.placeholder((g, cog, cg, kh, kw), "float32", "Wpm")
+    wpm = te.placeholder((co_, cg, kh, kw), "float32", "Wpm")
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    acc = te.compute((n, g, cog, oh, ow), lambda i, gi, c, y, xx: te.sum(
-        sgn[i, gi * cg + rc, y * sh + ry * dh, xx * sw + rx * dw] * wpm[gi, c, rc, ry, rx], axis=[rc, ry, rx]),
+    acc = te.compute((n, co_, oh, ow), lambda i, c, y, xx: te.sum(
+        sgn[i, (c // cog) * cg + rc, y * sh + ry * dh, xx * sw + rx * dw] * wpm[c, rc, ry, rx], axis=[rc, ry, rx]),
         name="pmconv")
-    scale = te.placeholder((g, cog), "float32", "scale")
-    bias = te.placeholder((g, cog), "float32", "bias")
-    slope = te.placeholder((g, cog), "float32", "slope") if prelu else None
+    scale = te.placeholder((co_,), "float32", "scale")
+    bias = te.placeholder((co_,), "float32", "bias")
+    slope = te.placeholder((co_,), "float32", "slope") if prelu else None
 
-    def epilogue(i, gi, c, y, xx):
-        o = scale[gi, c] * acc[i, gi, c, y, xx] + bias[gi, c]
+    def epilogue(i, c, y, xx):
+        o = scale[c] * acc[i, c, y, xx] + bias[c]
         if slope is not None:
-            o = tvm.tirx.Select(o >= 0, o, o * slope[gi, c])
+            o = tvm.tirx.Select(o >= 0, o, o * slope[c])
         return o
 
-    out = te.compute((n, g, cog, oh, ow), epilogue, name="pmconv_out")
+    out = te.compute((n, co_, oh, ow), epilogue, name="pmconv_out")
     args += [wpm, scale, bias] + ([slope] if prelu else []) + [out]
     return te.create_prim_func(args)
 
 
-def _rows_per_task(geo: ConvGeometry, min_tasks: int = 8) -> int:
-    """Output rows per parallel task: the whole plane when N*G already gives min_tasks, else fewer rows."""
-    oh = geo.out_hw[0]
-    groups = geo.n * geo.g
-    return max(d for d in range(1, oh + 1) if oh % d == 0 and (groups * (oh // d) >= min_tasks or d == 1))
+def _rows_per_task(oh: int, blocks: int, min_tasks: int = 8) -> int:
+    """Output rows per parallel task: the whole plane when `blocks` (images x channel blocks) already
+    gives min_tasks, else fewer rows."""
+    return max(d for d in range(1, oh + 1) if oh % d == 0 and (blocks * (oh // d) >= min_tasks or d == 1))
 
 
 def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel_min: int = 16384):
-    """x86 / aarch64: tasks of (image, group, block of rows), parallel when the conv has >= parallel_min
-    MACs; each task computes its signs (its channels x the rows it reads) into a local buffer, then a
-    register tile of cb output channels x one output row (vectors of ji pixels), taps unrolled."""
-    n_, g_, cog, oh, ow = geo.out5_shape
+    """x86 / aarch64: tasks of (image, block of cb output channels of one group, block of rows), parallel
+    when the conv has >= parallel_min MACs; each task computes the signs it reads (its group's channels x
+    its rows) into a local buffer, then register tiles of cb output channels x one output row (vectors of
+    ji pixels), taps unrolled; the epilogue is fused into the row's write-back."""
+    co_, (oh, ow) = geo.c_out, geo.out_hw
     kh, kw = geo.attrs.kernel_shape
     sch = Schedule(tvm.IRModule({"main": func}))
     sg, pc, ep = sch.get_sblock("sgn"), sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
     ji = _largest_divisor(ow, cpu.lanes)
     n_jo = ow // ji
     budget = 16 if cpu.lanes >= 16 else 12
-    cb = next((b for b in (8, 4, 2, 1) if cog % b == 0 and b * n_jo <= budget), 1)
-    rt = _rows_per_task(geo)
-    n, g, c, y, x, rc, ry, rx = sch.get_loops(pc)
+    cb = next((b for b in (8, 4, 2, 1) if geo.cog % b == 0 and b * n_jo <= budget), 1)
+    rt = _rows_per_task(oh, geo.n * (co_ // cb))
+    n, c, y, x, rc, ry, rx = sch.get_loops(pc)
     coo, coi = sch.split(c, [None, cb])
     yo, yi = sch.split(y, [None, rt])
     jo, jv = sch.split(x, [n_jo, ji])
-    sch.reorder(n, g, yo, coo, yi, rc, ry, rx, coi, jo, jv)
-    outer = sch.fuse(n, g, yo)
-    macs = n_ * g_ * cog * oh * ow * geo.cg * kh * kw
+    sch.reorder(n, coo, yo, yi, rc, ry, rx, coi, jo, jv)
+    outer = sch.fuse(n, coo, yo)
+    macs = geo.n * co_ * oh * ow * geo.cg * kh * kw
     if macs >= parallel_min and int(sch.get(outer).extent) > 1:
         sch.parallel(outer)
     sch.reverse_compute_at(ep, yi)
@@ -149,8 +147,8 @@ def schedule_pm1_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int =
     sch.compute_inline(sch.get_sblock("sgn"))
     pc, ep = sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
     acc = sch.cache_write(pc, 0, "local")
-    n, g, c, y, x, rc, ry, rx = sch.get_loops(pc)
-    fused = sch.fuse(n, g, c, y, x)
+    n, c, y, x, rc, ry, rx = sch.get_loops(pc)
+    fused = sch.fuse(n, c, y, x)
     bx, tx = sch.split(fused, [None, threads])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
@@ -190,10 +188,9 @@ class Pm1ConvModule:
         f = pm1_func(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule)
         self.ir_module = tvm.IRModule({"pm1conv": f.with_attr("global_symbol", "pm1conv")})
         geo = self.geo
-        self.consts = [pm1_weights(w_bits, geo), _vec(scale, geo.c_out, "scale").reshape(geo.g, geo.cog),
-                       _vec(bias, geo.c_out, "bias", 0.0).reshape(geo.g, geo.cog)]
+        self.consts = [pm1_weights(w_bits, geo), _vec(scale, geo.c_out, "scale"), _vec(bias, geo.c_out, "bias", 0.0)]
         if prelu is not None:
-            self.consts.append(_vec(prelu, geo.c_out, "prelu").reshape(geo.g, geo.cog))
+            self.consts.append(_vec(prelu, geo.c_out, "prelu"))
         with self.target:
             self.executable = tvm.compile(self.ir_module, target=self.target)
         self._rt = None
@@ -216,7 +213,7 @@ class Pm1ConvModule:
         a = [np.ascontiguousarray(x, np.float32)]
         if self.in_affine:
             a += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
-        return a + self.consts + [np.zeros(self.geo.out5_shape, np.float32)]
+        return a + self.consts + [np.zeros(self.geo.out_shape, np.float32)]
 
     def _args(self, x, in_scale, in_shift):
         if self._rt is None:
@@ -227,7 +224,7 @@ class Pm1ConvModule:
         """Run on this machine (CPU, or its GPU for a CUDA target): float32 NCHW in, float32 [N, C_out, OH, OW] out."""
         args = self._args(x, in_scale, in_shift)
         self._rt["pm1conv"](*args)
-        return args[-1].numpy().reshape(self.geo.out_shape)
+        return args[-1].numpy()
 
     def time_ms(self, x: np.ndarray, number: int = 50, repeat: int = 7, in_scale=None, in_shift=None,
                 stat: str = "median") -> float:

@@ -131,10 +131,8 @@ def _emit_pm1(bb, x, geo: ConvGeometry, w_bits, scale, bias, target, in_scale, i
     args = [x]
     if affine:
         args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
-    g, cog = geo.g, geo.cog
-    args += [relax.const(pm1_weights(w_bits, geo)), relax.const(_vec(scale, geo.c_out, "scale").reshape(g, cog)),
-             relax.const(_vec(bias, geo.c_out, "bias", 0.0).reshape(g, cog))]
+    args += [relax.const(pm1_weights(w_bits, geo)), relax.const(_vec(scale, geo.c_out, "scale")),
+             relax.const(_vec(bias, geo.c_out, "bias", 0.0))]
     if prelu is not None:
-        args.append(relax.const(_vec(prelu, geo.c_out, "prelu").reshape(g, cog)))
-    y5 = bb.emit(relax.call_tir(gv, args, relax.TensorType(geo.out5_shape, "float32")))
-    return bb.emit(relax.op.reshape(y5, geo.out_shape))
+        args.append(relax.const(_vec(prelu, geo.c_out, "prelu")))
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(geo.out_shape, "float32")))
