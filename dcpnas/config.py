@@ -5,7 +5,7 @@ The used config is written beside the results as config.toml (`SearchConfig.save
 
 Budgets (the default is sized for a 2-core CPU: see README / the `default` entry of BUDGETS):
   default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
-           images (1000 weight / 1000 architecture), batch 32, 3 epochs x 10 steps, the first epoch weights
+           images (1000 weight / 1000 architecture), batch 32, 3 epochs x 8 steps, the first epoch weights
            only. Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
   smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
@@ -50,11 +50,11 @@ class SearchConfig:
     decoupled: bool = True
     epochs: int = 3
     warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
-    steps_per_epoch: int = 10
+    steps_per_epoch: int = 8
     seed: int = 0
     data: str = "embedded"
     n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
-    n_eval: int = 300  # images of the test split used to report val accuracy
+    n_eval: int = 200  # images of the test split used to report val accuracy
     eval_batches: int = 0  # 0 = all of n_eval
     batch_size: int = 32
     image_size: int = 16
@@ -74,8 +74,8 @@ class SearchConfig:
     # hardware awareness
     target: str | None = None
     latency_ms: float | None = None  # None: the expected latency of the initial (uniform) supernet
-    latency_form: str = "mul"
-    latency_gamma: float = 0.1
+    latency_form: str = "add"  # `mul` with T = the initial latency drove a 3-epoch search to all pool/skip
+    latency_gamma: float = 0.02  # add-form weight; 0.1 left 2 of 16 edges as convs in the 3-epoch default
     latency_beta: float = 0.6
     # execution
     device: str = "cpu"
