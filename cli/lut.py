@@ -139,6 +139,7 @@ def check_cmd(
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     json_out: bool = typer.Option(False, "--json", help="Print {n, mape, spearman, ...} as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the full report (rows) to this JSON file."),
+    build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="Keep the compiled networks here (reused by a later check)."),
 ) -> None:
     """Compile N random genotypes end to end, time them, and compare with the LUT's predictions (MAPE, Spearman)."""
     from dcpnas.io import write_json
@@ -153,7 +154,7 @@ def check_cmd(
     if lut.method == "measured" and lut.statistic != statistic:
         console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
     with rich_progress() as progress:
-        report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress)
+        report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress, build_dir=build_dir)
     if fit_glue:
         lut.save()
     if out:

@@ -30,16 +30,21 @@ def targets_cmd(
     from rich.table import Table
 
     table = Table(title="dcpnas targets")
-    for col in ("target", "arch", "threads", "rpc key", "LUT", "entries", "measured on", "date"):
-        table.add_column(col, no_wrap=col != "measured on", overflow="ellipsis")
+    for col in ("target", "arch", "threads", "rpc key", "LUT", "entries", "date"):
+        table.add_column(col, no_wrap=True)
     style = {"measured": "green", "modeled": "yellow", "emulated": "magenta", "missing": "red", "invalid": "red"}
+    notes = []
     for r in rows:
         state = r["lut"]
-        device = "-" if state == "modeled" else (r.get("lut_device") or r.get("lut_error") or "-")
-        table.add_row(r["target"], r["arch"], str(r["threads"]), r["rpc_key"],
-                      f"[{style.get(state, 'white')}]{state}[/]", str(r["lut_entries"]), device,
-                      (r.get("lut_created") or "")[:10])
+        table.add_row(r["target"], r["arch"], str(r["threads"]), r["rpc_key"], f"[{style.get(state, 'white')}]{state}[/]",
+                      str(r["lut_entries"]), (r.get("lut_created") or "")[:10])
+        if state in ("measured", "emulated"):
+            notes.append(f"{r['target']}: {state} on {r['lut_device']}, {r['lut_threads']} thread(s)")
+        elif state == "invalid":
+            notes.append(f"{r['target']}: [red]{r['lut_error']}[/]")
     console.print(table)
+    for line in notes:
+        console.print(line)
     if any(r["lut"] == "modeled" for r in rows):
         console.print("[yellow]modeled[/] LUTs come from a cost model, not from timings on the device; "
                       "measure with `dcpnas lut build --target T [--rpc HOST:PORT --key KEY]`.")

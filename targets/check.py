@@ -44,8 +44,10 @@ def random_genotypes(space, n: int, seed: int = 0) -> list:
 
 def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profiler, compile_fn: CompileFn | None = None,
               seed: int = 0, fit_glue: bool = False, progress: ProgressFn = no_progress,
-              workdir: str | Path | None = None) -> dict:
-    """Compile and time n random genotypes of `space`; returns {"n","mape","spearman", ...,"rows"}."""
+              workdir: str | Path | None = None, build_dir: str | Path | None = None) -> dict:
+    """Compile and time n random genotypes of `space`; returns {"n","mape","spearman", ...,"rows"}.
+    build_dir: keep the compiled networks there (one folder per genotype digest, reused when present),
+    so that a check can be timed again without compiling."""
     from dcpnas.latency import genotype_latency
     from dcpnas.model import Network
 
@@ -58,8 +60,12 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
     with tempfile.TemporaryDirectory(prefix="dcpnas-check-", dir=workdir) as tmp, profiler.session() as sess:
         progress("lut check", 0, len(genos))
+        root = Path(build_dir) if build_dir else Path(tmp)
         for i, g in enumerate(genos):
-            lib = compile_fn(Network(g, space, binary=True).eval(), shape, target, Path(tmp) / f"g{i}")
+            out = root / f"{target.name}-{g.digest()}"
+            lib = out / "model.so"
+            if not (build_dir and lib.is_file()):
+                lib = compile_fn(Network(g, space, binary=True).eval(), shape, target, out)
             measured.append(sess.time_vm(sess.load(lib), [x]).value(profiler.statistic))
             progress("lut check", i + 1, len(genos), ms=measured[-1], pred=raw[i])
     cells = [space.cells] * len(genos)
