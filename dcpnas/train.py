@@ -4,8 +4,8 @@ The authors' two-stage recipe for the 1-bit network: stage 1 with binary activat
 stage 2 fully binary, initialised from stage 1 (beta re-initialised to mean |w|); each stage AdamW with
 a cosine schedule from lr to 0 (lr 5e-3 by default, see TrainConfig). Loss: KL(teacher softmax ||
 student softmax) when a teacher (the real-valued network of the same genotype, trained by
-`train(..., binary=False)` = `dcpnas train --float`) is given, cross-entropy on the labels otherwise. The test split is used only for reporting: the network
-kept is the last one, no model selection.
+`train(..., binary=False)` = `dcpnas train --float`) is given, cross-entropy on the labels otherwise.
+The test split is used only for reporting: the network kept is the last one, no model selection.
 
 Out folder: model.pt (dcpnas.checkpoint), checkpoint.pt (each epoch; `resume=True` continues from it
 exactly), metrics.jsonl (one record per epoch), train.json (schema dcpnas.train/1), curves.png.
@@ -55,7 +55,8 @@ class TrainConfig:
     learns too slowly in a few epochs (embedded default, DDPNAS_MCN_2, after 2 epochs: test accuracy
     69.0% at 5e-3 vs 51.4% at 1e-3; final 1e-3 run: 57.4%). weight_decay applies to stage 1 / float
     only (stage 2: 0, as binary latent weights should not shrink). temperature: of the KL to the
-    teacher. augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified subsets (None = all).
+    teacher. augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified
+    subsets (None = all).
     """
 
     epochs: int = 6
