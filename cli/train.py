@@ -40,7 +40,7 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     target: Optional[str] = typer.Option(None, "--target", help="Add the LUT latency of each layer of this target to the summary."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or [train]); flags win."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or a \\[train] table); flags win."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is fastest on a busy machine)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
