@@ -87,7 +87,8 @@ def test_float_conv_chains():
 
 
 def test_binary_conv_fused_chain():
-    """BN -> dcpnas::BinaryConv2d -> BN -> PReLU through the XNOR kernel, dense (C not a multiple of 8) and depthwise."""
+    """BN -> dcpnas::BinaryConv2d -> BN -> PReLU through the XNOR kernel (dense, C not a multiple
+    of 8) and the fused ±1 kernel (depthwise, kernels/depthwise.py)."""
     g = G([1, 12, 10, 10])
     w = f32(16, 12, 3, 3)
     y = g.op("BinaryConv2d", [g.bn("input", 12), g.c(pack_sign_bits(w)), g.c(f32(16, lo=0.1))], domain=DOMAIN,
@@ -98,7 +99,8 @@ def test_binary_conv_fused_chain():
              kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], group=16, channels_in=16)
     imp = check_against_ort(g.model(y), rtol=1e-4)
     assert [layer.op for layer in imp.layers] == ["BinaryConv2d", "BinaryConv2d"]
-    assert all(len(layer.funcs) >= 2 for layer in imp.layers)  # sign/pack + XNOR conv
+    assert len(imp.layers[0].funcs) >= 2  # dense: sign/pack + XNOR conv
+    assert [f["name"] for f in imp.layers[1].funcs] == ["dcpnas_binary_pm1conv"]  # depthwise: one ±1 kernel
 
 
 def test_pools_slice_concat_mul_bn():
