@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--statistic", default="min", choices=("median", "min"))
     p.add_argument("--out", default="runs/latency-sweep")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (the lower figure is kept)")
+    p.add_argument("--add", action="append", help="sweep.json of an earlier run on the same space: its rows join this one")
     return p.parse_args(argv)
 
 
@@ -58,10 +60,10 @@ def sweep(args) -> dict:
 
     target = get_target(args.target)
     lut = target.load_lut()
-    weights = [float(w) for w in args.weights.split(",")]
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else []
     out = Path(args.out)
     measure = not args.no_measure and target.is_local
-    prof = Profiler(target.with_threads(args.threads) if args.threads else target, repeat=20, min_repeat_ms=5,
+    prof = Profiler(target.with_threads(args.threads) if args.threads else target, repeat=30, min_repeat_ms=0.5,
                     statistic=args.statistic) if measure else None
     compile_fn = default_compile_fn() if measure else None
     rows = []
@@ -77,16 +79,28 @@ def sweep(args) -> dict:
         space = cfg.space(input_shape)
         row = {"weight": w, "genotype": geno.to_dict(), "predicted_ms": genotype_latency(geno, space, lut),
                "val_accuracy": (geno.search or {}).get("val_accuracy"), "measured_ms": None}
-        if measure:
-            with tempfile.TemporaryDirectory(prefix="dcpnas-sweep-") as tmp, prof.session() as s:
-                shape = (1, *space.input_shape)
-                lib = compile_fn(Network(geno, space, binary=True).eval(), shape, target, Path(tmp))
-                x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-                row["measured_ms"] = s.time_vm(s.load(lib), [x]).value(args.statistic)
         rows.append(row)
-        print(f"weight {w:g}: predicted {row['predicted_ms']:.4f} ms, measured "
-              f"{row['measured_ms'] if row['measured_ms'] is None else round(row['measured_ms'], 4)} ms",
-              file=sys.stderr, flush=True)
+        print(f"weight {w:g}: predicted {row['predicted_ms']:.4f} ms", file=sys.stderr, flush=True)
+    for extra in args.add or []:  # rows of earlier sweeps (same space), measured again here with the rest
+        rows += [r for r in json.loads(Path(extra).read_text())["rows"] if r["weight"] not in weights]
+    rows.sort(key=lambda r: r["weight"])
+    weights = [r["weight"] for r in rows]
+    space = SearchConfig.load(overrides={"cells": args.cells, "channels": args.channels,
+                                         "image_size": args.image_size}).space(input_shape)
+    if measure:
+        # compile every genotype first, then time them in interleaved rounds (short samples, the lower
+        # figure kept) so that load from other processes hits all of them alike
+        from dcpnas.genotype import Genotype
+
+        shape = (1, *space.input_shape)
+        x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        with tempfile.TemporaryDirectory(prefix="dcpnas-sweep-") as tmp, prof.session() as s:
+            mods = [s.load(compile_fn(Network(Genotype.from_dict(r["genotype"]), space, binary=True).eval(), shape,
+                                      target, Path(tmp) / f"g{i}")) for i, r in enumerate(rows)]
+            for _ in range(args.rounds):
+                for r, mod in zip(rows, mods):
+                    t = s.time_vm(mod, [x]).value(args.statistic)
+                    r["measured_ms"] = t if r["measured_ms"] is None else min(r["measured_ms"], t)
     report = {
         "schema": "dcpnas.latency-sweep/1", "target": target.name, "lut_method": lut.method, "form": args.form,
         "mode": args.mode, "statistic": args.statistic, "threads": prof.threads if prof else None,
