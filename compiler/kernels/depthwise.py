@@ -47,9 +47,18 @@ def pm1_weights(w_bits: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     return np.ascontiguousarray(unpack_weights(np.asarray(w_bits), geo.cg), np.float32)
 
 
-def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool) -> tvm.tirx.PrimFunc:
-    """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out"."""
+def vector_plan(ow: int, lanes: int) -> tuple[int, int]:
+    """-> (ji, owp): vector width along output columns and the row width computed (owp >= ow, a multiple
+    of ji): whole power-of-two vectors, since LLVM splits a 14- or 7-lane vector into 3 instructions."""
+    ji = min(lanes, 1 << max(0, (ow - 1).bit_length()))
+    return ji, -(-ow // ji) * ji
+
+
+def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None = None) -> tvm.tirx.PrimFunc:
+    """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out".
+    owp: columns computed per output row (>= OW; the extra ones read zero signs and are not stored)."""
     n, co_, (oh, ow) = geo.n, geo.c_out, geo.out_hw
+    owp = ow if owp is None else owp
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, pb, pr = geo.attrs.pads
     cg, cog = geo.cg, geo.cog
@@ -69,10 +78,11 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool) -> tvm.tirx.Prim
         inside = tvm.tirx.all(y >= pt, y < pt + geo.h, xx >= pl, xx < pl + geo.w)
         return tvm.tirx.if_then_else(inside, tvm.tirx.Select(v < 0, mone, one), zero)
 
-    sgn = te.compute((geo.n, geo.c_in, geo.h + pt + pb, geo.w + pl + pr), sign, name="sgn")
+    wq = max(geo.w + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
+    sgn = te.compute((geo.n, geo.c_in, geo.h + pt + pb, wq), sign, name="sgn")
     wpm = te.placeholder((co_, cg, kh, kw), "float32", "Wpm")
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    acc = te.compute((n, co_, oh, ow), lambda i, c, y, xx: te.sum(
+    acc = te.compute((n, co_, oh, owp), lambda i, c, y, xx: te.sum(
         sgn[i, (c // cog) * cg + rc, y * sh + ry * dh, xx * sw + rx * dw] * wpm[c, rc, ry, rx], axis=[rc, ry, rx]),
         name="pmconv")
     scale = te.placeholder((co_,), "float32", "scale")
@@ -105,8 +115,10 @@ def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams,
     kh, kw = geo.attrs.kernel_shape
     sch = Schedule(tvm.IRModule({"main": func}))
     sg, pc, ep = sch.get_sblock("sgn"), sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
-    ji = _largest_divisor(ow, cpu.lanes)
-    n_jo = ow // ji
+    owp = int(sch.get(sch.get_loops(pc)[3]).extent)
+    ji = vector_plan(ow, cpu.lanes)[0]
+    ji = ji if owp % ji == 0 else _largest_divisor(owp, cpu.lanes)
+    n_jo = owp // ji
     budget = 16 if cpu.lanes >= 16 else 12
     cb = next((b for b in (8, 4, 2, 1) if geo.cog % b == 0 and b * n_jo <= budget), 1)
     rt = _rows_per_task(oh, geo.n * (co_ // cb))
@@ -133,11 +145,8 @@ def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams,
     sch.compute_at(sg, outer)
     sl = sch.get_loops(sg)
     wp = int(sch.get(sl[-1]).extent)
-    if wp <= 4 * cpu.lanes:
-        _vectorize(sch, sl[-1])
-    else:
-        _, v = sch.split(sl[-1], [None, cpu.lanes])
-        _vectorize(sch, v)
+    _, v = sch.split(sl[-1], [None, _largest_divisor(wp, 4 * cpu.lanes)])
+    _vectorize(sch, v)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
@@ -162,13 +171,18 @@ def schedule_pm1_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int =
 
 def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True):
     """The ±1 conv PrimFunc, scheduled for `target` (attr tir.is_scheduled) unless schedule=False."""
-    f = make_pm1_func(geo, affine, prelu)
-    if not schedule:
-        return f
     if family(target) == "cuda":
+        f = make_pm1_func(geo, affine, prelu)
+        if not schedule:
+            return f
         with as_target(target):
             return schedule_pm1_cuda(f, geo)
-    return schedule_pm1_cpu(f, geo, cpu_params(target))
+    cpu = cpu_params(target)
+    # padded rows pay off when the sign plane has a border anyway; a 1x1 conv measured 2x slower with them
+    kh, kw = geo.attrs.kernel_shape
+    owp = vector_plan(geo.out_hw[1], cpu.lanes)[1] if kh * kw > 1 or any(geo.attrs.pads) else None
+    f = make_pm1_func(geo, affine, prelu, owp)
+    return schedule_pm1_cpu(f, geo, cpu) if schedule else f
 
 
 class Pm1ConvModule:
