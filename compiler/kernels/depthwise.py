@@ -28,10 +28,11 @@ from .reference import unpack_weights
 from .schedule_cpu import CpuParams, _largest_divisor, _vectorize
 from .targets import as_target, cpu_params, family
 
-# Largest input channels per group of a 1x1 conv routed to this kernel (emit.py). Measured on x86-avx512,
-# 1 thread, ms for pm1 vs pack+XNOR: depthwise 3x3 8x28x28 0.037 vs 0.076, 5x5 dil 2 stride 2 0.029 vs
-# 0.107, 130x7x7 0.030 vs 0.23; 1x1 8->8 28x28 0.010 vs 0.015, 16->16 14x14 0.008 vs 0.0085, 32->32 7x7
-# 0.011 vs 0.005; dense 3x3 with 2 or 4 channels 0.021/0.037 vs 0.017/0.019 (XNOR wins).
+# Largest input channels per group of a 1x1 conv routed to this kernel (emit.py). Measured on x86-avx512
+# (znver4 target), 1 thread, loaded machine, ms pm1 vs pack+XNOR: depthwise 3x3 8x28x28 0.012 vs 0.040,
+# 5x5 dil 2 stride 2 0.019 vs 0.070, 130x7x7 0.015 vs 0.14; 1x1 8->8 28x28 0.005 vs 0.006-0.010,
+# 16->16 14x14 0.0048 vs 0.0045, 32->32 7x7 0.0057 vs 0.0020; dense 3x3 with 2 or 4 input channels
+# 0.021/0.037 vs 0.017/0.019 (XNOR wins).
 SMALL_CG_1X1 = 8
 
 
