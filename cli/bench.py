@@ -29,6 +29,7 @@ def bench_cmd(
     target_file: Optional[str] = typer.Option(None, "--target", help="Target name or .toml [default: the build's]."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples (median and IQR over them)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed runs first."),
+    min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     no_layers: bool = typer.Option(False, "--no-layers", help="End to end only (skip per-layer timing)."),
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is an emulator (qemu): label the timings."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go [default: DIR]."),
@@ -42,7 +43,8 @@ def bench_cmd(
 
     art = Artifact.load(build_dir, verify_hashes=False)
     target = get_target(target_file or art.manifest["target"]["name"], threads=threads)
-    prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat)
+    prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat,
+                    min_repeat_ms=min_repeat_ms)
     with rich_progress(enabled=True) as progress:
         report = bench(build_dir, prof, per_layer=not no_layers, emulated=emulated, progress=progress)
     js, png = write_outputs(report, out or build_dir)
