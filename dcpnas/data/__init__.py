@@ -85,8 +85,10 @@ def _stratified(x, y, n, rng):
     if n is None or n >= len(y):
         return x, y
     classes = np.unique(y)
-    per = max(1, n // len(classes))
-    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per] for c in classes])
+    # n // classes per class, the remainder spread over the first classes, so that exactly n are kept
+    base, extra = divmod(n, len(classes))
+    idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: base + (k < extra)]
+                          for k, c in enumerate(classes)])
     idx = np.sort(idx)
     return x[idx], y[idx]
 
@@ -223,7 +225,9 @@ def load_imagefolder(folder: Path, size: tuple[int, int] | None = None) -> Datas
         imgs = []
         for f, _ in items:
             try:
-                imgs.append(Image.open(f))
+                with Image.open(f) as im:
+                    im.load()  # read now and close the file: a large folder must not exhaust file handles
+                    imgs.append(im.copy())
             except OSError as e:
                 raise DataError(f"{f}: cannot read image ({e})") from None
         images[split] = imgs
