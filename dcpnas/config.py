@@ -5,7 +5,7 @@ The used config is written beside the results as config.toml (`SearchConfig.save
 
 Budgets (the default is sized for a 2-core CPU: see README / the `default` entry of BUDGETS):
   default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
-           images (1000 weight / 1000 architecture), batch 32, 3 epochs x 8 steps, the first epoch weights
+           images (1000 weight / 1000 architecture), batch 32, 4 epochs x 12 steps, the first epoch weights
            only. Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
   smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
@@ -48,9 +48,9 @@ class SearchConfig:
     lam: float = 5e-3  # lambda: weight of the tangent-propagation term D
     mu: float = 0.2  # weight of the reconstruction loss L_R
     decoupled: bool = True
-    epochs: int = 3
+    epochs: int = 4
     warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
-    steps_per_epoch: int = 8
+    steps_per_epoch: int = 12
     seed: int = 0
     data: str = "embedded"
     n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
