@@ -4,3 +4,4 @@ machine (small supernets are slower with oversubscribed threads); TVM keeps its 
 import torch
 
 torch.set_num_threads(1)
+

@@ -63,6 +63,9 @@ def test_cli_compile_end_to_end(genotype_file, tmp_path):
     assert names and all(find_func_module(lib, n) is not None for n in names)
     assert any(n.startswith("cells_0_") for n in names)
     # the loader refuses a tampered folder
+    # (a new file, not an in-place write: the library is still mapped into this process, and truncating
+    # a mapped shared object makes the process die with SIGBUS when it later touches those pages)
+    (out / "model.so").unlink()
     (out / "model.so").write_bytes(b"x")
     with pytest.raises(ArtifactError, match="does not match"):
         Artifact.load(out)
