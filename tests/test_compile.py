@@ -1,6 +1,7 @@
 """`dcpnas compile`: genotype -> build folder (ONNX, library, manifest) with PyTorch/ORT/TVM parity; errors."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -198,3 +199,14 @@ def test_arm_parity_under_qemu(tmp_path):
 def test_cuda_codegen(tmp_path):
     lib = build_module_library(_tiny(), (1, 8, 8, 8), "cuda-sm80", tmp_path)
     assert lib.is_file() and lib.stat().st_size > 0
+
+
+@pytest.mark.tvm
+def test_compile_a_genotype_the_search_found(tmp_path):
+    """tests/data/searched_genotype.json is the genotype.json written by the README's
+    `dcpnas search --target x86-avx512` run (alphas dropped); its network compiles with parity."""
+    src = Path(__file__).parent / "data" / "searched_genotype.json"
+    art = compile_genotype(src, "x86-avx512", tmp_path / "b", parity_inputs=4, cells=3, channels=8)
+    p = art.manifest["parity"]
+    assert p["passed"] and p["top1_agreement"] == 1.0 and p["tvm_run"] == "ran"
+    assert p["max_abs_diff_tvm"] <= 1e-4 * p["reference_max_abs"]
