@@ -38,6 +38,8 @@ def search_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output folder."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the genotype.json content on stdout."),
+    pareto: int = typer.Option(0, "--pareto", help="Run N searches at latency targets from the default down to half of it; "
+                               "write pareto.json and pareto.png (accuracy vs latency, Pareto front)."),
 ) -> None:
     """Search a 1-bit cell architecture; writes genotype.json, metrics.jsonl, config.toml, PNGs, checkpoints."""
     from dcpnas.config import SearchConfig
@@ -72,6 +74,21 @@ def search_cmd(
         err_console.print(f"search {cfg.run_name}: mode {cfg.mode}, curvature {cfg.curvature}, lambda "
                           f"{cfg.effective_lambda:g}, mu {cfg.mu:g}, decoupled {cfg.decoupled}, {cfg.epochs} epochs, "
                           f"budget {cfg.budget} -> {out_dir}" + (f"; {lut_note}" if lut_note else ""), highlight=False)
+    if pareto:
+        from dcpnas.pareto import run_pareto
+
+        with rich_progress(show) as progress:
+            record = run_pareto(cfg, out_dir, pareto, progress=progress, resume=resume)
+        if dist.is_main:
+            if as_json:
+                print(json.dumps(record, indent=2))
+                return
+            for r in record["runs"]:
+                mark = "*" if r["run"] in record["front"] else " "
+                console.print(f"{mark} run {r['run']}: target {r['latency_target_ms']:.3f} ms -> expected "
+                              f"{r['expected_latency_ms']:.3f} ms, val accuracy {r['val_accuracy']:.3f}", highlight=False)
+            console.print(f"* = Pareto front; wrote {out_dir / 'pareto.json'} and {out_dir / 'pareto.png'}", highlight=False)
+        return
     with rich_progress(show) as progress:
         genotype = run_search(cfg, out_dir, progress=progress, resume=resume)
     if not dist.is_main:

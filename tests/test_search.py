@@ -144,3 +144,26 @@ def test_latency_term_matches_the_reference_and_its_gradient():
         for x, y in zip(got, ref_g):
             torch.testing.assert_close(x, y)
         assert abs(lat - float(ref)) < 1e-4
+
+
+def test_pareto_front_and_sweep(tmp_path):
+    from dcpnas.cli import app
+    from dcpnas.pareto import pareto_front
+
+    # (latency, accuracy): 1 is dominated by 0 (slower, less accurate); 3 equals 2's latency, less accurate
+    assert pareto_front([(1.0, 0.5), (2.0, 0.4), (0.5, 0.3), (0.5, 0.2)]) == [2, 0]
+    target = _target_covering_smoke()
+    out = tmp_path / "p"
+    r = CliRunner().invoke(app, ["search", "--budget", "smoke", "--threads", "1", "--target", target,
+                                 "--pareto", "2", "-o", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "Pareto front" in r.output
+    rec = json.loads((out / "pareto.json").read_text())
+    assert rec["schema"] == "dcpnas.pareto/1" and len(rec["runs"]) == 2 and rec["front"]
+    t0 = rec["base_latency_ms"]
+    assert rec["runs"][0]["latency_target_ms"] == pytest.approx(t0)
+    assert rec["runs"][1]["latency_target_ms"] == pytest.approx(0.5 * t0)
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "pareto-1" / "genotype.json").is_file()
+    # without a target the sweep is refused with one clear line
+    r = CliRunner().invoke(app, ["search", "--budget", "smoke", "--pareto", "2", "-o", str(tmp_path / "q")])
+    assert r.exit_code == 1
