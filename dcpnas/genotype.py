@@ -85,16 +85,22 @@ class Genotype:
             raise GenotypeError(f"{source}: expected a JSON object")
         if d.get("schema") != SCHEMA:
             raise GenotypeError(f"{source}: expected schema {SCHEMA!r}, found {d.get('schema')!r}")
+        missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
+        if missing:
+            raise GenotypeError(f"{source}: missing field {missing[0]!r}")
+        return cls._checked(d, source, search=d.get("search", {}))
+
+    @classmethod
+    def _checked(cls, fields: dict, source: str, search=None) -> "Genotype":
+        """Build from parsed fields and validate; every problem becomes one GenotypeError naming `source`."""
         try:
             g = cls(
-                normal=tuple(_pair(p) for p in d["normal"]),
-                normal_concat=tuple(d["normal_concat"]),
-                reduce=tuple(_pair(p) for p in d["reduce"]),
-                reduce_concat=tuple(d["reduce_concat"]),
-                search=dict(d.get("search", {})),
+                normal=tuple(_pair(p) for p in fields["normal"]),
+                normal_concat=tuple(fields["normal_concat"]),
+                reduce=tuple(_pair(p) for p in fields["reduce"]),
+                reduce_concat=tuple(fields["reduce_concat"]),
+                search=dict(search or {}),
             )
-        except KeyError as e:
-            raise GenotypeError(f"{source}: missing field {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:
             raise GenotypeError(f"{source}: {e}") from None
         try:
@@ -132,19 +138,7 @@ class Genotype:
         missing = {"normal", "normal_concat", "reduce", "reduce_concat"} - set(fields)
         if missing:
             raise GenotypeError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
-        try:
-            g = cls(
-                normal=tuple(_pair(p) for p in fields["normal"]),
-                normal_concat=tuple(fields["normal_concat"]),
-                reduce=tuple(_pair(p) for p in fields["reduce"]),
-                reduce_concat=tuple(fields["reduce_concat"]),
-            )
-        except (TypeError, ValueError) as e:
-            raise GenotypeError(f"{source}: {e}") from None
-        try:
-            return g.validate()
-        except GenotypeError as e:
-            raise GenotypeError(f"{source}: {e}") from None
+        return cls._checked(fields, source)
 
     def to_darts(self) -> str:
         return (
