@@ -156,15 +156,20 @@ def _popc_bytes(p: te.Tensor, wt: te.Tensor, geo: ConvGeometry) -> te.Tensor:
         popc8[i, gi, y, xx, c, ry, rx, ro].astype("int32"), axis=[ry, rx, ro]), name="popc")
 
 
+def input_placeholders(geo: ConvGeometry, affine: bool):
+    """The float input x [N, C_in, H, W] and, with `affine`, the BatchNorm-before-sign vectors
+    in_scale, in_shift [C_in]; returns (x, in_scale | None, in_shift | None, [the placeholders])."""
+    x = te.placeholder((geo.n, geo.c_in, geo.h, geo.w), "float32", "x")
+    if not affine:
+        return x, None, None, [x]
+    s = te.placeholder((geo.c_in,), "float32", "in_scale")
+    t = te.placeholder((geo.c_in,), "float32", "in_shift")
+    return x, s, t, [x, s, t]
+
+
 def make_pack_func(geo: ConvGeometry, affine: bool) -> tvm.tirx.PrimFunc:
     """PrimFunc (x[, in_scale, in_shift], P)."""
-    x = te.placeholder((geo.n, geo.c_in, geo.h, geo.w), "float32", "x")
-    args = [x]
-    s = t = None
-    if affine:
-        s = te.placeholder((geo.c_in,), "float32", "in_scale")
-        t = te.placeholder((geo.c_in,), "float32", "in_shift")
-        args += [s, t]
+    x, s, t, args = input_placeholders(geo, affine)
     out = pack_compute(x, geo, s, t)
     return te.create_prim_func(args + [out])
 

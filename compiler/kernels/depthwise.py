@@ -23,7 +23,7 @@ import tvm
 from tvm import te
 from tvm.s_tir import Schedule
 
-from .binary_conv import ConvGeometry
+from .binary_conv import ConvGeometry, input_placeholders
 from .reference import unpack_weights
 from .schedule_cpu import CpuParams, _largest_divisor, _vectorize
 from .targets import as_target, cpu_params, family
@@ -63,13 +63,7 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None 
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, pb, pr = geo.attrs.pads
     cg, cog = geo.cg, geo.cog
-    x = te.placeholder((geo.n, geo.c_in, geo.h, geo.w), "float32", "x")
-    args = [x]
-    s = t = None
-    if affine:
-        s = te.placeholder((geo.c_in,), "float32", "in_scale")
-        t = te.placeholder((geo.c_in,), "float32", "in_shift")
-        args += [s, t]
+    x, s, t, args = input_placeholders(geo, affine)
     one, mone, zero = (tvm.tirx.const(v, "float32") for v in (1.0, -1.0, 0.0))
 
     def sign(i, c, y, xx):
