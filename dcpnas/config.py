@@ -14,12 +14,11 @@ Budgets (the default is sized for a 2-core CPU: see README / the `default` entry
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dcpnas.errors import ConfigError
-from dcpnas.io import atomic_write_text
+from dcpnas.io import atomic_write_text, read_toml
 from dcpnas.space import POLICIES, SearchSpace
 
 MODES = ("dcp", "cp", "direct", "random")
@@ -150,13 +149,7 @@ class SearchConfig:
         """defaults < BUDGETS[budget] < TOML file (top level or a [search] table) < overrides."""
         data: dict = {}
         if toml_path is not None:
-            path = Path(toml_path)
-            if not path.is_file():
-                raise ConfigError(f"{path}: config file not found")
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{path}: not valid TOML ({e})") from None
+            data = read_toml(toml_path, ConfigError)
             if "search" in data and isinstance(data["search"], dict):
                 data = data["search"]
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -54,6 +54,19 @@ def read_json(path: str | os.PathLike, schema: str | None = None) -> dict:
     return obj
 
 
+def read_toml(path: str | os.PathLike, error: type[Exception] = ArtifactError) -> dict:
+    """Read a TOML file; a missing or malformed file raises `error` naming the path."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid TOML ({e})") from None
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line (metrics logs); flushed so that an interrupted run keeps what it wrote."""
     path = Path(path)

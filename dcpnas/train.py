@@ -131,15 +131,10 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
         """Keys at the top level or under [train]; `overrides` (e.g. CLI flags) win."""
-        import tomllib
+        from dcpnas.io import read_toml
 
         path = Path(path)
-        try:
-            d = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        d = read_toml(path, ConfigError)
         d = d.get("train", d)
         return cls.from_dict({**d, **(overrides or {})}, source=str(path))
 

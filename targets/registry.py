@@ -20,12 +20,12 @@ name is accepted. Nothing is read at import time.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dcpnas.errors import TargetError
+from dcpnas.io import read_toml
 
 if TYPE_CHECKING:  # pragma: no cover
     from dcpnas.targets.lut import LatencyTable
@@ -151,13 +151,7 @@ def parse_target(data: dict, source: Path | None = None, lut_dir: Path | None = 
 def load_target_file(path: str | Path, lut_dir: Path | None = None) -> Target:
     """Read and validate one target TOML file (a user's own: `--target-file`, or a built-in)."""
     path = Path(path)
-    if not path.is_file():
-        raise TargetError(f"{path}: target file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise TargetError(f"{path}: not valid TOML ({e})") from None
-    return parse_target(data, source=path, lut_dir=lut_dir)
+    return parse_target(read_toml(path, TargetError), source=path, lut_dir=lut_dir)
 
 
 def list_targets(builtin_dir: Path = BUILTIN_DIR, lut_dir: Path = LUT_DIR) -> list[Target]:
