@@ -100,7 +100,8 @@ def build_onnx_model(model, target, lib_path: Path) -> Built:
             raise CompileError(f"internal: unscheduled PrimFuncs would be built: {', '.join(bad[:8])}")
     try:
         tt = tvm_target(target)
-        ex = tvm.compile(imported.mod, target=tt, relax_pipeline=relax_pipeline(tt))
+        with tt:  # nvcc reads the CUDA arch from the current target
+            ex = tvm.compile(imported.mod, target=tt, relax_pipeline=relax_pipeline(tt))
     except DcpnasError:
         raise
     except Exception as e:  # TVM's own errors: keep one line

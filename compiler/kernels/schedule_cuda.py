@@ -44,7 +44,10 @@ def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int 
         if shared_input in reads:
             sh = sch.cache_read(pc, reads.index(shared_input), "shared")
             sch.compute_at(sh, bx)
-            fused = sch.fuse(*sch.get_loops(sh)[1:])
+            window = sch.get_loops(sh)[1:]
+            if not window:  # a one-word window (unit loops elided): nothing to share, read it directly
+                return schedule_conv_cuda(func, geo, threads, blocks, shared_input=None)
+            fused = sch.fuse(*window)
             _, t = sch.split(fused, [None, tc])
             sch.bind(t, "threadIdx.x")
     else:

@@ -75,7 +75,8 @@ class Dataset:
 
 def normalize(x_uint8: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 (x/255 - mean) / std."""
-    x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div_(255.0)
+    x = np.ascontiguousarray(x_uint8)
+    x = torch.from_numpy(x if x.flags.writeable else x.copy()).float().div_(255.0)  # idx files are read-only maps
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s

@@ -1,0 +1,325 @@
+"""The CUDA kernels and a compiled network on a real GPU: built here (no GPU needed), run there.
+
+    # here (nvcc on PATH; a stub libcuda is made when the machine has no driver): every module for one
+    # CUDA target, embedded as a fatbin, with its inputs and numpy/ONNX Runtime references
+    .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90
+    # on the GPU machine: only the TVM runtime (libtvm_runtime + libtvm_runtime_cuda) and torch are needed
+    python3 benchmarks/cuda_check.py run build/cuda-check -o results/
+    # the runtime-only TVM package that `run` imports (--tvm-dir), made from this venv's TVM
+    .venv/bin/python benchmarks/cuda_check.py runtime-pkg build/tvm-runtime
+
+`run` checks every binary conv (pack + XNOR/popcount conv, and the +-1 kernel) against the numpy
+reference and the compiled network's logits against ONNX Runtime's, then times each conv beside
+PyTorch's float conv on the same GPU (cuDNN, fp32 without TF32, and fp16) and the 1-bit network beside
+the float network built by the same TVM pipeline. It writes OUT/cuda_check.json and prints a table;
+it exits 1 when any parity check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = "dcpnas.cuda-check/1"
+STUB_SYMS = ["cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString", "cuLaunchKernelEx",
+             "cuModuleGetFunction", "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled"]
+
+# (name, c_in, h, c_out, k, stride, dilation, groups, batch, prelu+in_affine): correctness and speed cases
+CONV_CASES = [
+    ("c64h14k3", 64, 14, 64, 3, 1, 1, 1, 1, False),
+    ("c40h9k3s2d2", 40, 9, 24, 3, 2, 2, 1, 1, True),
+    ("c72h7k3dw", 72, 7, 72, 3, 1, 1, 72, 1, True),
+    ("c33h10k1g3", 33, 10, 48, 1, 1, 1, 3, 1, True),
+    ("c64h56k3", 64, 56, 64, 3, 1, 1, 1, 1, False),
+    ("c128h28k3", 128, 28, 128, 3, 1, 1, 1, 1, False),
+    ("c256h14k3", 256, 14, 256, 3, 1, 1, 1, 1, False),
+    ("c512h7k3", 512, 7, 512, 3, 1, 1, 1, 1, False),
+    ("c256h14k3b16", 256, 14, 256, 3, 1, 1, 1, 16, False),
+    ("c512h7k3b16", 512, 7, 512, 3, 1, 1, 1, 16, False),
+    ("c256h14k1", 256, 14, 256, 1, 1, 1, 1, 1, False),
+]
+# (name, cells, channels): networks of the genotype a README search found, 1-bit and float
+NETWORKS = [("searched-6x8", 6, 8), ("searched-6x64", 6, 64)]
+GENOTYPE = REPO / "tests" / "data" / "searched_genotype.json"
+
+
+# ---------------------------------------------------------------- prepare (here, no GPU)
+def _ensure_cuda_build_env(bundle: Path) -> None:
+    """TVM embeds a fatbin only when libtvm_runtime_cuda.so loads, which needs a libcuda.so.1; on a machine
+    without the driver, re-exec with a stub whose every call fails (nothing runs here) and nvcc mode."""
+    if os.environ.get("TVM_CUDA_COMPILE_MODE") == "nvcc":
+        return
+    if shutil.which("nvcc") is None:
+        sys.exit("error: nvcc is not on PATH (the CUDA toolkit compiles the kernels to a fatbin)")
+    env = dict(os.environ, TVM_CUDA_COMPILE_MODE="nvcc")
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda") is None:
+        stub = bundle / "_stub"
+        stub.mkdir(parents=True, exist_ok=True)
+        src = stub / "stub.c"
+        src.write_text("".join(f"int {s}(void){{return 100;}}\n" for s in STUB_SYMS))
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(stub / "libcuda.so.1"), str(src)], check=True)
+        env["LD_LIBRARY_PATH"] = f"{stub}:{env.get('LD_LIBRARY_PATH', '')}"
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _conv_problem(case, rng):
+    from dcpnas.compiler.kernels import BinaryConvAttrs, pack_weights
+
+    name, c, h, co, k, s, d, g, n, extra = case
+    attrs = BinaryConvAttrs((k, k), (s, s), (d * (k // 2),) * 4, (d, d), g, c)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = rng.standard_normal((co, c // g, k, k)).astype(np.float32)
+    ep = {"scale": rng.uniform(0.5, 2, co).astype(np.float32), "bias": rng.standard_normal(co).astype(np.float32),
+          "prelu": rng.uniform(0, 0.3, co).astype(np.float32) if extra else None}
+    aff = ({"in_scale": rng.uniform(0.5, 2, c).astype(np.float32), "in_shift": rng.standard_normal(c).astype(np.float32)}
+           if extra else {"in_scale": None, "in_shift": None})
+    return attrs, x, w, pack_weights(w), ep, aff
+
+
+def prepare(bundle: Path, target_name: str, quick: bool) -> dict:
+    from dcpnas.compiler.build import resolve_target
+    from dcpnas.compiler.kernels import BinaryConvModule, binary_conv2d_reference
+    from dcpnas.compiler.kernels.depthwise import Pm1ConvModule, use_pm1_kernel
+    from dcpnas.compiler.kernels.emit import geometry
+
+    tgt = resolve_target(target_name)
+    tdict = dict(tgt.tvm)
+    bundle.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    manifest = {"schema": SCHEMA, "target": target_name, "tvm_target": tdict, "convs": [], "networks": []}
+    cases = CONV_CASES[:4] if quick else CONV_CASES
+    for case in cases:
+        name = case[0]
+        attrs, x, w, wb, ep, aff = _conv_problem(case, rng)
+        t0 = time.perf_counter()
+        affine = aff["in_scale"] is not None
+        pm1 = use_pm1_kernel(geometry(x.shape, wb, attrs, tdict))
+        if pm1:
+            m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tdict, prelu=ep["prelu"], in_affine=affine)
+            calls = [("pm1conv", list(range(len(m.arrays(x, **aff)))))]
+            arrays = m.arrays(x, **aff)
+        else:
+            m = BinaryConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tdict, prelu=ep["prelu"], in_affine=affine)
+            a = m.arrays(x, **aff)
+            arrays = a["binpack"] + a["binconv"][1:]
+            npk = len(a["binpack"])
+            calls = [("binpack", list(range(npk))), ("binconv", [npk - 1] + list(range(npk, len(arrays))))]
+        m.export(bundle / f"{name}.so")
+        ref = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
+        np.savez_compressed(bundle / f"{name}.npz", *arrays, ref=ref)
+        manifest["convs"].append({
+            "name": name, "lib": f"{name}.so", "data": f"{name}.npz", "kernel": "pm1" if pm1 else "xnor",
+            "calls": calls, "out_index": len(arrays) - 1, "x_shape": list(x.shape), "w_shape": list(w.shape),
+            "stride": attrs.strides[0], "pad": attrs.pads[0], "dilation": attrs.dilations[0], "groups": attrs.group,
+            "binary_macs": int(np.prod(ref.shape) * np.prod(w.shape[1:])), "build_s": round(time.perf_counter() - t0, 2)})
+        print(f"  built {name} ({'pm1' if pm1 else 'xnor'}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    for name, cells, channels in ([] if quick else NETWORKS):
+        manifest["networks"].append(_prepare_network(bundle, tgt.name, name, cells, channels))
+    from dcpnas.io import write_json
+
+    write_json(bundle / "manifest.json", manifest)
+    return manifest
+
+
+def _prepare_network(bundle: Path, target: str, name: str, cells: int, channels: int) -> dict:
+    import onnxruntime as ort
+
+    from dcpnas.compiler.build import compile_genotype
+    from dcpnas.compiler.pipeline import _parity_inputs
+
+    rec = {"name": name, "cells": cells, "channels": channels, "genotype": str(GENOTYPE.relative_to(REPO))}
+    for kind, float_ in (("binary", False), ("float", True)):
+        t0 = time.perf_counter()
+        out = bundle / f"{name}-{kind}"
+        art = compile_genotype(GENOTYPE, target, out, float_=float_, cells=cells, channels=channels, parity_inputs=16,
+                               check=False)
+        x, _ = _parity_inputs(None, None, art.manifest["input"]["shape"], 16, "embedded")
+        sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        iname = sess.get_inputs()[0].name
+        ref = np.concatenate([sess.run(None, {iname: x[i:i + 1]})[0] for i in range(len(x))])
+        np.savez_compressed(out / "check.npz", x=x, ref=ref)
+        (out / "model.onnx").unlink()  # not needed on the GPU side; keeps the bundle small
+        rec[kind] = {"dir": out.name, "lib": "model.so", "data": "check.npz",
+                     "onnx_ort_vs_torch": art.manifest["parity"].get("max_abs_diff_ort"),
+                     "build_s": round(time.perf_counter() - t0, 1)}
+        print(f"  built {name} {kind} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return rec
+
+
+def runtime_pkg(dest: Path) -> Path:
+    """Copy this venv's TVM Python package without the compiler library and bundled headers (what the
+    runtime-only import needs: Python sources, libtvm_runtime, libtvm_runtime_cuda)."""
+    import tvm
+
+    src = Path(tvm.__file__).parent
+    if dest.exists():
+        shutil.rmtree(dest)
+    ignore = shutil.ignore_patterns("libtvm_compiler.so", "3rdparty", "include", "__pycache__", "*.pyc", "src")
+    shutil.copytree(src, dest / "tvm", ignore=ignore)
+    return dest
+
+
+# ---------------------------------------------------------------- run (on the GPU)
+def _import_tvm_runtime():
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import ctypes
+
+    import tvm
+    from tvm.base import _LOADED_LIBS
+
+    lib_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    if "tvm_runtime_cuda" not in _LOADED_LIBS:
+        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
+    return tvm
+
+
+def _torch_ms(fn, reps: int = 200) -> float:
+    import torch
+
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / reps)
+    return float(np.min(times))
+
+
+def _tvm_ms(mod, fname, dev, args, number: int = 200) -> float:
+    ev = mod.time_evaluator(fname, dev, number=number, repeat=5, min_repeat_ms=50)
+    return float(np.min(ev(*args).results)) * 1e3
+
+
+def run_convs(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    for c in manifest["convs"]:
+        mod = tvm.runtime.load_module(str(bundle / c["lib"]))
+        data = np.load(bundle / c["data"])
+        arrays = [data[f"arr_{i}"] for i in range(len([k for k in data.files if k.startswith("arr_")]))]
+        tens = [tvm.runtime.tensor(a, dev) for a in arrays]
+        for fname, idx in c["calls"]:
+            mod[fname](*[tens[i] for i in idx])
+        dev.sync()
+        ref = data["ref"]
+        got = tens[c["out_index"]].numpy().reshape(ref.shape)
+        err = float(np.max(np.abs(got - ref)))
+        ok = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max())))
+        binary_ms = sum(_tvm_ms(mod, f, dev, [tens[i] for i in idx]) for f, idx in c["calls"])
+        conv_ms = _tvm_ms(mod, c["calls"][-1][0], dev, [tens[i] for i in c["calls"][-1][1]])
+        x = torch.from_numpy(arrays[0]).cuda()
+        w = torch.randn(c["w_shape"], device="cuda")  # the float baseline's weights: values do not matter
+        kw = dict(stride=c["stride"], padding=c["pad"], dilation=c["dilation"], groups=c["groups"])
+        fp32 = _torch_ms(lambda: F.conv2d(x, w, **kw))
+        xh, wh = x.half().to(memory_format=torch.channels_last), w.half().to(memory_format=torch.channels_last)
+        fp16 = _torch_ms(lambda: F.conv2d(xh, wh, **kw))
+        row = {"name": c["name"], "kernel": c["kernel"], "x_shape": c["x_shape"], "w_shape": c["w_shape"],
+               "parity_ok": ok, "max_abs_diff": err, "binary_ms": binary_ms, "binary_conv_only_ms": conv_ms,
+               "torch_fp32_ms": fp32, "torch_fp16_ms": fp16, "speedup_vs_fp32": fp32 / binary_ms,
+               "speedup_vs_fp16": fp16 / binary_ms,
+               "binary_gmacs_per_s": c["binary_macs"] / (conv_ms * 1e6)}
+        rows.append(row)
+        print(f"  {c['name']:<14} {'ok ' if ok else 'BAD'} err {err:.2e}  1-bit {binary_ms:.4f} ms  "
+              f"fp32 {fp32:.4f}  fp16 {fp16:.4f}  x{row['speedup_vs_fp32']:.2f} / x{row['speedup_vs_fp16']:.2f}",
+              flush=True)
+    return rows
+
+
+def run_networks(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
+    from tvm.runtime.vm import VirtualMachine
+
+    rows = []
+    for net in manifest["networks"]:
+        row = {"name": net["name"], "cells": net["cells"], "channels": net["channels"]}
+        for kind in ("binary", "float"):
+            rec = net[kind]
+            d = bundle / rec["dir"]
+            vm = VirtualMachine(tvm.runtime.load_module(str(d / rec["lib"])), dev)
+            data = np.load(d / rec["data"])
+            x, ref = data["x"], data["ref"]
+            got = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1], dev)).numpy() for i in range(len(x))])
+            err = float(np.max(np.abs(got - ref)))
+            top1 = float(np.mean(got.argmax(1) == ref.argmax(1)))
+            ok = bool(err <= 1e-4 * max(1.0, float(np.abs(ref).max())) and top1 == 1.0)
+            x0 = tvm.runtime.tensor(x[:1], dev)
+            ev = vm.time_evaluator("main", dev, number=100, repeat=5, min_repeat_ms=50)
+            ms = float(np.min(ev(x0).results)) * 1e3
+            row[kind] = {"parity_ok": ok, "max_abs_diff_vs_ort": err, "top1_agreement": top1, "ms_batch1": ms}
+            print(f"  {net['name']:<14} {kind:<6} {'ok ' if ok else 'BAD'} |TVM-ORT| {err:.2e} top-1 {top1:.3f}  "
+                  f"{ms:.4f} ms/image", flush=True)
+        row["speedup_vs_float"] = row["float"]["ms_batch1"] / row["binary"]["ms_batch1"]
+        rows.append(row)
+    return rows
+
+
+def run(bundle: Path, out: Path) -> int:
+    tvm = _import_tvm_runtime()
+    import torch
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        print("error: no CUDA GPU visible to the TVM runtime", file=sys.stderr)
+        return 2
+    info = {"gpu": torch.cuda.get_device_name(0), "compute_version": dev.compute_version,
+            "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "tvm": tvm.__version__}
+    print(f"GPU {info['gpu']} (sm {info['compute_version']}), torch {info['torch']}, TVM {info['tvm']} runtime")
+    convs = run_convs(tvm, bundle, manifest, dev)
+    nets = run_networks(tvm, bundle, manifest, dev)
+    ok = all(r["parity_ok"] for r in convs) and all(r[k]["parity_ok"] for r in nets for k in ("binary", "float"))
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"schema": SCHEMA + "-result", "target": manifest["target"], "device": info, "parity_ok": ok,
+           "timing": "min over 5 repeats; TVM time_evaluator and CUDA events; batch as in x_shape",
+           "convs": convs, "networks": nets}
+    (out / "cuda_check.json").write_text(json.dumps(res, indent=1))
+    print(f"parity {'OK' if ok else 'FAILED'}; wrote {out / 'cuda_check.json'}")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="build every module for the GPU here, with references")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--target", default="cuda-sm90")
+    p.add_argument("--quick", action="store_true", help="only the four small correctness cases")
+    r = sub.add_parser("run", help="run the bundle on this machine's GPU")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("-o", "--out", type=Path, default=Path("."))
+    k = sub.add_parser("runtime-pkg", help="copy the runtime-only TVM Python package to DEST/tvm")
+    k.add_argument("dest", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "prepare":
+        _ensure_cuda_build_env(a.bundle)
+        prepare(a.bundle, a.target, a.quick)
+        return 0
+    if a.cmd == "runtime-pkg":
+        print(runtime_pkg(a.dest))
+        return 0
+    return run(a.bundle, a.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run benchmarks/cuda_check.py's bundle on a GPU machine that has python3, numpy and torch but no TVM.
+# Prepared here (see cuda_check.py's docstring):
+#   build/cuda-check     the bundle (prepare)
+#   build/tvm-runtime    the runtime-only TVM package (runtime-pkg)
+#   .whl/                apache-tvm-ffi for that machine's Python (pip download --no-deps ...)
+# Usage: bash benchmarks/cuda_check_remote.sh OUT_DIR
+set -euo pipefail
+out=${1:?usage: cuda_check_remote.sh OUT_DIR}
+mkdir -p "$out"
+nvidia-smi -L || true
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD/build/tvm-runtime${PYTHONPATH:+:$PYTHONPATH}"
+# libtvm_runtime_cuda.so needs libcudart.so.13: the toolkit's, else the one PyTorch's wheels bring
+cudart=$( (ldconfig -p | grep -o '/.*libcudart.so.13$'; find /usr/local/cuda*/ /opt -name 'libcudart.so.13' 2>/dev/null) | head -1 || true)
+[ -n "$cudart" ] && export LD_LIBRARY_PATH="$(dirname "$cudart")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "libcudart: ${cudart:-not found}"
+PYTHONUNBUFFERED=1 python3 benchmarks/cuda_check.py run build/cuda-check -o "$out" 2>&1 | tee "$out/cuda_check.log"
