@@ -11,7 +11,9 @@ Each piece (row, seed) = `dcpnas.search.run_search` + `dcpnas.train.train` of th
 two-stage recipe, labels as targets: no teacher, the same for every row); its result is written to
 OUT/pieces/<row>-seed<s>.json as soon as it finishes. Rerunning the same command skips finished pieces
 and resumes an interrupted one (search and training both resume from their checkpoints), so the full run
-can be spread over several sessions (`--max-pieces N` stops after N new pieces). Every run rewrites
+can be spread over several sessions (`--max-pieces N` stops after N new pieces). `--workers N` runs N
+copies of the same command side by side (each takes a piece by creating OUT/pieces/<piece>.lock, so no
+piece runs twice; a lock whose process is gone is taken over). Every run rewrites
 OUT/ablation.md (Markdown table: mean ± std test accuracy of the trained 1-bit network, search time,
 expected latency) and OUT/ablation.json from all finished pieces.
 
@@ -78,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-pieces", type=int, default=0, help="stop after this many new pieces (0: all)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from finished pieces")
     p.add_argument("--note", default="", help="a sentence added to the Markdown table (e.g. what the budget is for)")
+    p.add_argument("--workers", type=int, default=1, help="run this many copies side by side (give --threads too)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -213,9 +216,53 @@ def write_report(a: argparse.Namespace, pieces: list[dict], command: str) -> tup
     return md, js
 
 
+def claim(lock: Path) -> bool:
+    """Take `lock` for this process: create it exclusively, or take it over when its process is gone."""
+    import os
+
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return False  # a live worker holds it
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its worker died
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def run_workers(argv: list[str], n: int) -> int:
+    """Start n copies of this command (each `--workers 1`), wait for all; the first failure wins."""
+    import subprocess
+
+    rest, skip = [], False
+    for i, tok in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if tok == "--workers":
+            skip = True
+            continue
+        if tok.startswith("--workers="):
+            continue
+        rest.append(tok)
+    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1", "--quiet"]) for _ in range(n)]
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join([".venv/bin/python", "benchmarks/ablation.py", *argv])
     log = (lambda s: None) if a.quiet else (lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
     if a.report_only and (a.out / "ablation.json").is_file():  # keep the command that ran the pieces
@@ -246,6 +293,13 @@ def main(argv=None) -> int:
                 out.append(p)
         return out
 
+    if a.workers > 1 and not a.report_only:
+        code = run_workers(argv, a.workers)
+        if code:
+            return code
+        md, _ = write_report(a, finished(), command)
+        log(md.read_text())
+        return 0
     new = 0
     if not a.report_only:
         from dcpnas.io import write_json
@@ -257,9 +311,17 @@ def main(argv=None) -> int:
                     continue
                 if a.max_pieces and new >= a.max_pieces:
                     break
-                log(f"piece {row} seed {seed}")
-                piece = run_piece(a, row, seed, log)
-                write_json(f, piece)
+                lock = pieces_dir / f"{row}-seed{seed}.lock"
+                if not claim(lock):
+                    continue  # another worker runs it
+                try:
+                    if f.is_file():  # finished by another worker meanwhile
+                        continue
+                    log(f"piece {row} seed {seed}")
+                    piece = run_piece(a, row, seed, log)
+                    write_json(f, piece)
+                finally:
+                    lock.unlink(missing_ok=True)
                 new += 1
                 log(f"  test accuracy {100 * piece['test_accuracy']:.2f}%  search {piece['search_time_s']:.1f} s  "
                     f"train {piece['train_time_s']:.1f} s")

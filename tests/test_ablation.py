@@ -1,0 +1,61 @@
+"""benchmarks/ablation.py: piece claiming, resumption, the report, and a refused change of budget."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_claim_takes_free_and_stale_locks_only(ablation, tmp_path):
+    lock = tmp_path / "row-seed0.lock"
+    assert ablation.claim(lock) and lock.read_text() == str(os.getpid())
+    assert not ablation.claim(lock)  # held by a live process (this one)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # its process is gone: stale
+    assert ablation.claim(lock) and lock.read_text() == str(os.getpid())
+
+
+def test_ordering_note(ablation):
+    table = [{"row": r, "test_accuracy_mean": a} for r, a in
+             (("dcp-ggn", 0.8), ("cp", 0.7), ("random", 0.6), ("direct", 0.85), ("dcp-exact", 0.79))]
+    note = ablation.ordering_note(table)
+    assert "dcp-ggn > cp > random: held" in note and "did not beat the direct" in note and "+1.00 points" in note
+    table[1]["test_accuracy_mean"] = 0.9
+    assert "did not hold" in ablation.ordering_note(table)
+
+
+TINY = ["--rows", "random", "--seeds", "0", "1", "--train-epochs", "1", "--train-subset", "200",
+        "--test-subset", "100", "--cells", "2", "--channels", "4", "--data", "embedded", "--threads", "1", "--quiet"]
+
+
+def test_tiny_run_resumes_and_reports(ablation, tmp_path):
+    out = tmp_path / "abl"
+    assert ablation.main(["-o", str(out), *TINY, "--max-pieces", "1"]) == 0
+    assert sorted(p.name for p in (out / "pieces").iterdir()) == ["random-seed0.json"]
+    first = json.loads((out / "pieces" / "random-seed0.json").read_text())
+    assert ablation.main(["-o", str(out), *TINY]) == 0  # resumes: seed 0 kept, seed 1 added, no lock left
+    assert sorted(p.name for p in (out / "pieces").iterdir()) == ["random-seed0.json", "random-seed1.json"]
+    assert json.loads((out / "pieces" / "random-seed0.json").read_text()) == first
+    report = json.loads((out / "ablation.json").read_text())
+    row = report["rows"][0]
+    assert row["row"] == "random" and row["n"] == 2 and 0.0 <= row["test_accuracy_mean"] <= 1.0
+    assert row["test_accuracies"] == [p["test_accuracy"] for p in report["pieces"]]
+    md = (out / "ablation.md").read_text()
+    assert "| random genotype | 2 |" in md and "--max-pieces" not in md.split("Command:")[1].splitlines()[0]
+    changed = [a if a != "200" else "300" for a in TINY]
+    assert ablation.main(["-o", str(out), *changed]) == 1  # another budget in the same folder is refused
