@@ -2,13 +2,15 @@
 
 conv: one thread per output channel of a block of `tc` channels x `xt` pixels of one row (register tile
 of xt accumulators; adjacent threads read adjacent weight words, coalesced); falls back to one thread
-per output element when C_out per group is not a multiple of 32. pack: one thread per packed word.
+per output element when C_out per group is not a multiple of 32. pack: one thread per packed word, or
+one lane per bit (a warp-shuffle sum) when there are few words.
 In the channel form the block's window of packed input words is first staged in shared memory by all
 its threads (TVM inserts the __syncthreads).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm.s_tir import Schedule
 
@@ -61,9 +63,21 @@ def schedule_conv_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int 
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
-def schedule_pack_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128):
+def schedule_pack_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int = 128, lane_words: int = 16384):
+    """One thread per packed word (coalesced NCHW reads, the bits in a loop), or, for fewer than
+    `lane_words` words (small late layers, where a thread per word leaves most SMs idle), one lane per
+    bit: the word is a cross-lane sum (bits are disjoint, so the sum is the OR), lowered to warp shuffles."""
     sch = Schedule(tvm.IRModule({"main": func}))
     pk = sch.get_sblock("pack")
+    if int(np.prod(geo.packed_shape)) < lane_words:
+        n, gq, y, x, b = sch.get_loops(pk)
+        bits = int(sch.get(b).extent)
+        fused = sch.fuse(n, gq, y, x)
+        bx, ty = sch.split(fused, [None, max(1, threads // bits)])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(b, "threadIdx.x")
+        return sch.mod["main"].with_attr("tir.is_scheduled", True)
     acc = sch.cache_write(pk, 0, "local")
     n, gq, y, x, b = sch.get_loops(pk)
     fused = sch.fuse(n, gq, y, x)
