@@ -180,7 +180,11 @@ def _import_tvm_runtime():
 
     lib_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
     if "tvm_runtime_cuda" not in _LOADED_LIBS:
-        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            sys.exit(f"error: TVM's CUDA runtime does not load ({e}): needs the NVIDIA driver (libcuda.so.1) "
+                     "and libcudart.so.13 on LD_LIBRARY_PATH")
     return tvm
 
 

@@ -58,3 +58,28 @@ def test_cuda_runs_on_gpu():
     conv = [pack[-1]] + [tvm.runtime.tensor(a, dev) for a in arrs["binconv"][1:]]
     rt["binconv"](*conv)
     np.testing.assert_allclose(conv[-1].numpy().reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_cuda_check_bundle(tmp_path):
+    """benchmarks/cuda_check.py prepare builds fatbin modules + references; run refuses cleanly without a GPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py"
+    bundle = tmp_path / "bundle"
+    subprocess.run([sys.executable, str(script), "prepare", str(bundle), "--quick"], check=True, capture_output=True)
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert [c["kernel"] for c in man["convs"]] == ["xnor", "xnor", "pm1", "xnor"] and man["target"] == "cuda-sm90"
+    for c in man["convs"]:
+        data = np.load(bundle / c["data"])
+        assert data["ref"].shape[0] == c["x_shape"][0] and b"sm_90" in (bundle / c["lib"]).read_bytes()
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        r = subprocess.run([sys.executable, str(script), "run", str(bundle), "-o", str(tmp_path / "out")],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and not (tmp_path / "out" / "cuda_check.json").exists()
