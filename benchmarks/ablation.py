@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -239,7 +240,7 @@ def claim(lock: Path) -> bool:
     return False
 
 
-def run_workers(argv: list[str], n: int) -> int:
+def run_workers(argv: list[str], n: int, command: str) -> int:
     """Start n copies of this command (each `--workers 1`), wait for all; the first failure wins."""
     import subprocess
 
@@ -254,7 +255,11 @@ def run_workers(argv: list[str], n: int) -> int:
         if tok.startswith("--workers="):
             continue
         rest.append(tok)
-    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1", "--quiet"]) for _ in range(n)]
+    import os
+
+    env = dict(os.environ, DCPNAS_ABLATION_COMMAND=command)  # the workers' reports name the command run
+    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1", "--quiet"], env=env)
+             for _ in range(n)]
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c), 0)
 
@@ -262,7 +267,7 @@ def run_workers(argv: list[str], n: int) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
-    command = " ".join([".venv/bin/python", "benchmarks/ablation.py", *argv])
+    command = os.environ.get("DCPNAS_ABLATION_COMMAND") or " ".join([".venv/bin/python", "benchmarks/ablation.py", *argv])
     log = (lambda s: None) if a.quiet else (lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
     if a.report_only and (a.out / "ablation.json").is_file():  # keep the command that ran the pieces
@@ -294,7 +299,7 @@ def main(argv=None) -> int:
         return out
 
     if a.workers > 1 and not a.report_only:
-        code = run_workers(argv, a.workers)
+        code = run_workers(argv, a.workers, command)
         if code:
             return code
         md, _ = write_report(a, finished(), command)

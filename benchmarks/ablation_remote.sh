@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Run benchmarks/ablation.py on a machine that has python3 + numpy + torch (a GPU box) but no dcpnas
+# install: lays the package out under /tmp, runs a tiny CUDA smoke piece first (stops there if it fails),
+# then the ablation with the arguments given, copying OUT_DIR/ablation.tgz (pieces, report, each run's
+# genotype and metrics) every 20 s so that a run cut short still leaves its finished pieces.
+# Usage: bash benchmarks/ablation_remote.sh OUT_DIR SECONDS -o RESULTS --data fashion-mnist:DIR --device cuda ...
+set -euo pipefail
+out=${1:?usage: ablation_remote.sh OUT_DIR SECONDS ABLATION_ARGS...}
+secs=${2:?usage: ablation_remote.sh OUT_DIR SECONDS ABLATION_ARGS...}
+shift 2
+results=""
+prev=""
+for a in "$@"; do [ "$prev" = "-o" ] && results=$a; prev=$a; done
+[ -n "$results" ] || { echo "give -o RESULTS" >&2; exit 2; }
+mkdir -p "$out" "$results"
+pkg=/tmp/dcpnas-pkg
+rm -rf "$pkg" && mkdir -p "$pkg/dcpnas"
+cp -r dcpnas/. "$pkg/dcpnas/" && cp -r compiler "$pkg/dcpnas/compiler" && cp -r targets "$pkg/dcpnas/targets" && cp -r cli "$pkg/dcpnas/cli"
+export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi -L || true
+# pure-Python needs that such a box may lack (tomli_w), carried as wheels in .whl/
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+echo "== smoke piece (tiny budget, /tmp)"
+python3 benchmarks/ablation.py -o /tmp/ablation-smoke --rows dcp-ggn --seeds 0 --search-budget smoke \
+  --search-epochs 1 --train-epochs 2 --train-subset 256 --test-subset 256 --cells 2 --channels 4 \
+  --data embedded --device "${SMOKE_DEVICE:-cuda}" 2>&1 | tail -12
+pack() {
+  tar czf "$out/.ablation.tgz" -C "$(dirname "$results")" \
+    --exclude='checkpoints' --exclude='*.pt' --exclude='*.png' "$(basename "$results")" 2>/dev/null \
+    && mv "$out/.ablation.tgz" "$out/ablation.tgz"
+}
+(while sleep 20; do pack || true; done) &
+packer=$!
+echo "== ablation: $*"
+set +e
+timeout "$secs" python3 benchmarks/ablation.py "$@" > "$out/ablation.log" 2>&1
+rc=$?
+set -e
+kill "$packer" 2>/dev/null || true
+pack
+tail -30 "$out/ablation.log"
+echo "ablation exit $rc (124: stopped at ${secs} s; rerun the same command to resume)"
