@@ -1,6 +1,6 @@
 """The CUDA kernels and a compiled network on a real GPU: built here (no GPU needed), run there.
 
-    # here (nvcc on PATH; a stub libcuda is made when the machine has no driver): every module for one
+    # here (nvcc on PATH; no GPU needed, see compiler/cuda_host.py): every module for one
     # CUDA target, embedded as a fatbin, with its inputs and numpy/ONNX Runtime references
     .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90
     # on the GPU machine: only the TVM runtime (libtvm_runtime + libtvm_runtime_cuda) and torch are needed
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "dcpnas.cuda-check/1"
-STUB_SYMS = ["cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString", "cuLaunchKernelEx",
-             "cuModuleGetFunction", "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled"]
 
 # (name, c_in, h, c_out, k, stride, dilation, groups, batch, prelu+in_affine): correctness and speed cases
 CONV_CASES = [
@@ -53,26 +50,6 @@ GENOTYPE = REPO / "tests" / "data" / "searched_genotype.json"
 
 
 # ---------------------------------------------------------------- prepare (here, no GPU)
-def _ensure_cuda_build_env(bundle: Path) -> None:
-    """TVM embeds a fatbin only when libtvm_runtime_cuda.so loads, which needs a libcuda.so.1; on a machine
-    without the driver, re-exec with a stub whose every call fails (nothing runs here) and nvcc mode."""
-    if os.environ.get("TVM_CUDA_COMPILE_MODE") == "nvcc":
-        return
-    if shutil.which("nvcc") is None:
-        sys.exit("error: nvcc is not on PATH (the CUDA toolkit compiles the kernels to a fatbin)")
-    env = dict(os.environ, TVM_CUDA_COMPILE_MODE="nvcc")
-    import ctypes.util
-
-    if ctypes.util.find_library("cuda") is None:
-        stub = bundle / "_stub"
-        stub.mkdir(parents=True, exist_ok=True)
-        src = stub / "stub.c"
-        src.write_text("".join(f"int {s}(void){{return 100;}}\n" for s in STUB_SYMS))
-        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(stub / "libcuda.so.1"), str(src)], check=True)
-        env["LD_LIBRARY_PATH"] = f"{stub}:{env.get('LD_LIBRARY_PATH', '')}"
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def _conv_problem(case, rng):
     from dcpnas.compiler.kernels import BinaryConvAttrs, pack_weights
 
@@ -316,8 +293,10 @@ def main(argv=None) -> int:
     k.add_argument("dest", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
-        _ensure_cuda_build_env(a.bundle)
-        prepare(a.bundle, a.target, a.quick)
+        from dcpnas.compiler.cuda_host import cuda_build
+
+        with cuda_build():  # nvcc fatbins, also without a GPU driver here
+            prepare(a.bundle, a.target, a.quick)
         return 0
     if a.cmd == "runtime-pkg":
         print(runtime_pkg(a.dest))

@@ -8,17 +8,20 @@ Public API (stable; used by `dcpnas compile`, `dcpnas bench`, `dcpnas lut build`
     compile_genotype(input, target, out_dir=None, *, weights=None, float_=False, data="embedded",
                      parity_inputs=16, progress=None) -> Artifact
 The library loads with tvm.runtime.load_module and runs with relax.VirtualMachine(lib, dev)["main"].
+CUDA targets embed an nvcc-compiled fatbin, also on a host without a GPU (cuda_host.py).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dcpnas.compiler.cuda_host import cuda_build
 from dcpnas.errors import CompileError, DcpnasError, TargetError
 from dcpnas.progress import ProgressFn, no_progress
 
@@ -100,7 +103,7 @@ def build_onnx_model(model, target, lib_path: Path) -> Built:
             raise CompileError(f"internal: unscheduled PrimFuncs would be built: {', '.join(bad[:8])}")
     try:
         tt = tvm_target(target)
-        with tt:  # nvcc reads the CUDA arch from the current target
+        with tt, (cuda_build() if tt.kind.name == "cuda" else nullcontext()):  # nvcc reads the arch from tt
             ex = tvm.compile(imported.mod, target=tt, relax_pipeline=relax_pipeline(tt))
     except DcpnasError:
         raise
