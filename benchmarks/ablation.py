@@ -12,8 +12,9 @@ two-stage recipe, labels as targets: no teacher, the same for every row); its re
 OUT/pieces/<row>-seed<s>.json as soon as it finishes. Rerunning the same command skips finished pieces
 and resumes an interrupted one (search and training both resume from their checkpoints), so the full run
 can be spread over several sessions (`--max-pieces N` stops after N new pieces). `--workers N` runs N
-copies of the same command side by side (each takes a piece by creating OUT/pieces/<piece>.lock, so no
-piece runs twice; a lock whose process is gone is taken over). Every run rewrites
+copies of the same command side by side (a worker runs a piece while it holds an flock on
+OUT/runs/<piece>.lock, so no piece runs twice; the kernel drops the lock when a worker dies, however it
+dies). Every run rewrites
 OUT/ablation.md (Markdown table: mean ± std test accuracy of the trained 1-bit network, search time,
 expected latency) and OUT/ablation.json from all finished pieces.
 
@@ -217,27 +218,19 @@ def write_report(a: argparse.Namespace, pieces: list[dict], command: str) -> tup
     return md, js
 
 
-def claim(lock: Path) -> bool:
-    """Take `lock` for this process: create it exclusively, or take it over when its process is gone."""
-    import os
+def claim(lock: Path):
+    """An open file holding an exclusive flock on `lock` (close it to release), or None when another
+    process holds it. The lock file itself stays: the kernel, not the file, says who holds it."""
+    import fcntl
 
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return False  # a live worker holds it
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its worker died
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
 def run_workers(argv: list[str], n: int, command: str) -> int:
@@ -245,7 +238,7 @@ def run_workers(argv: list[str], n: int, command: str) -> int:
     import subprocess
 
     rest, skip = [], False
-    for i, tok in enumerate(argv):
+    for tok in argv:
         if skip:
             skip = False
             continue
@@ -255,13 +248,11 @@ def run_workers(argv: list[str], n: int, command: str) -> int:
         if tok.startswith("--workers="):
             continue
         rest.append(tok)
-    import os
-
     env = dict(os.environ, DCPNAS_ABLATION_COMMAND=command)  # the workers' reports name the command run
-    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1", "--quiet"], env=env)
-             for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1"], env=env) for _ in range(n)]
     codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
+    code = next((c for c in codes if c), 0)
+    return 128 - code if code < 0 else code  # killed by signal s: 128 + s, as a shell reports it
 
 
 def main(argv=None) -> int:
@@ -299,12 +290,16 @@ def main(argv=None) -> int:
         return out
 
     if a.workers > 1 and not a.report_only:
-        code = run_workers(argv, a.workers, command)
-        if code:
-            return code
-        md, _ = write_report(a, finished(), command)
-        log(md.read_text())
-        return 0
+        if a.max_pieces:
+            print("error: --max-pieces counts one process's pieces; give it without --workers", file=sys.stderr)
+            return 1
+        try:
+            code = run_workers(argv, a.workers, command)
+        finally:  # the workers' own reports may land out of order: this one sees every finished piece
+            md, _ = write_report(a, finished(), command)
+        if not code:
+            log(md.read_text())
+        return code
     new = 0
     if not a.report_only:
         from dcpnas.io import write_json
@@ -316,23 +311,22 @@ def main(argv=None) -> int:
                     continue
                 if a.max_pieces and new >= a.max_pieces:
                     break
-                lock = pieces_dir / f"{row}-seed{seed}.lock"
-                if not claim(lock):
+                held = claim(a.out / "runs" / f"{row}-seed{seed}.lock")
+                if held is None:
                     continue  # another worker runs it
-                try:
+                with held:
                     if f.is_file():  # finished by another worker meanwhile
                         continue
                     log(f"piece {row} seed {seed}")
                     piece = run_piece(a, row, seed, log)
                     write_json(f, piece)
-                finally:
-                    lock.unlink(missing_ok=True)
                 new += 1
                 log(f"  test accuracy {100 * piece['test_accuracy']:.2f}%  search {piece['search_time_s']:.1f} s  "
                     f"train {piece['train_time_s']:.1f} s")
                 write_report(a, finished(), command)
     md, js = write_report(a, finished(), command)
-    log(md.read_text())
+    if not os.environ.get("DCPNAS_ABLATION_COMMAND"):  # a worker leaves the table to its parent
+        log(md.read_text())
     return 0
 
 

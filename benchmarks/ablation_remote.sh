@@ -28,19 +28,22 @@ echo "== smoke piece (tiny budget, /tmp)"
 python3 benchmarks/ablation.py -o /tmp/ablation-smoke --rows dcp-ggn --seeds 0 --search-budget smoke \
   --search-epochs 1 --train-epochs 2 --train-subset 256 --test-subset 256 --cells 2 --channels 4 \
   --data embedded --device "${SMOKE_DEVICE:-cuda}" 2>&1 | tail -12
-pack() {
-  tar czf "$out/.ablation.tgz" -C "$(dirname "$results")" \
-    --exclude='checkpoints' --exclude='*.pt' --exclude='*.png' "$(basename "$results")" 2>/dev/null \
-    && mv "$out/.ablation.tgz" "$out/ablation.tgz"
+pack() {  # each call its own temporary name: the periodic packer and the final one never share a file
+  local tmp="$out/.ablation.$BASHPID.tgz"
+  tar czf "$tmp" -C "$(dirname "$results")" --exclude='checkpoints' --exclude='*.pt' --exclude='*.png' \
+    --exclude='*.lock' "$(basename "$results")" 2>/dev/null && mv "$tmp" "$out/ablation.tgz" || rm -f "$tmp"
 }
-(while sleep 20; do pack || true; done) &
+(while sleep 20; do pack; done) &
 packer=$!
 echo "== ablation: $*"
 set +e
 timeout "$secs" python3 benchmarks/ablation.py "$@" > "$out/ablation.log" 2>&1
 rc=$?
-set -e
-kill "$packer" 2>/dev/null || true
+kill "$packer" 2>/dev/null
+wait "$packer" 2>/dev/null
+python3 benchmarks/ablation.py "$@" --report-only --quiet  # the table of every finished piece
 pack
+set -e
 tail -30 "$out/ablation.log"
 echo "ablation exit $rc (124: stopped at ${secs} s; rerun the same command to resume)"
+exit "$rc"

@@ -293,10 +293,10 @@ def main(argv=None) -> int:
     k.add_argument("dest", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
-        from dcpnas.compiler.cuda_host import cuda_build
+        from dcpnas.compiler.cuda_host import enable_cuda_fatbins
 
-        with cuda_build():  # nvcc fatbins, also without a GPU driver here
-            prepare(a.bundle, a.target, a.quick)
+        enable_cuda_fatbins()  # nvcc fatbins, also without a GPU driver here
+        prepare(a.bundle, a.target, a.quick)
         return 0
     if a.cmd == "runtime-pkg":
         print(runtime_pkg(a.dest))

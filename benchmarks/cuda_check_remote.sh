@@ -11,7 +11,7 @@ mkdir -p "$out"
 nvidia-smi -L || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD/build/tvm-runtime${PYTHONPATH:+:$PYTHONPATH}"
-# libtvm_runtime_cuda.so needs libcudart.so.13: the toolkit's, else the one PyTorch's wheels bring
+# libtvm_runtime_cuda.so needs libcudart.so.13: the system's or the CUDA toolkit's (under /usr/local/cuda* or /opt)
 cudart=$( (ldconfig -p | grep -o '/.*libcudart.so.13$'; find /usr/local/cuda*/ /opt -name 'libcudart.so.13' 2>/dev/null) | head -1 || true)
 [ -n "$cudart" ] && export LD_LIBRARY_PATH="$(dirname "$cudart")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "libcudart: ${cudart:-not found}"

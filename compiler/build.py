@@ -14,14 +14,13 @@ CUDA targets embed an nvcc-compiled fatbin, also on a host without a GPU (cuda_h
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcpnas.compiler.cuda_host import cuda_build
+from dcpnas.compiler.cuda_host import enable_cuda_fatbins
 from dcpnas.errors import CompileError, DcpnasError, TargetError
 from dcpnas.progress import ProgressFn, no_progress
 
@@ -103,7 +102,9 @@ def build_onnx_model(model, target, lib_path: Path) -> Built:
             raise CompileError(f"internal: unscheduled PrimFuncs would be built: {', '.join(bad[:8])}")
     try:
         tt = tvm_target(target)
-        with tt, (cuda_build() if tt.kind.name == "cuda" else nullcontext()):  # nvcc reads the arch from tt
+        if tt.kind.name == "cuda":
+            enable_cuda_fatbins()
+        with tt:  # nvcc reads the CUDA arch from the current target
             ex = tvm.compile(imported.mod, target=tt, relax_pipeline=relax_pipeline(tt))
     except DcpnasError:
         raise

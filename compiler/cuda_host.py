@@ -2,10 +2,12 @@
 
 TVM 0.27 embeds compiled CUDA code in a library only when its CUDA runtime library
 (libtvm_runtime_cuda.so) is loaded, and that library needs the driver's libcuda.so.1. Without it
-the exported library carries CUDA source, which no GPU runtime loads. `cuda_build()` makes the build
-host able to produce the real thing: where there is no driver it loads a stub libcuda.so.1 (every entry
-returns CUDA_ERROR_NO_DEVICE; nothing runs on this host), loads TVM's CUDA runtime library, and has
-TVM compile with nvcc (TVM_CUDA_COMPILE_MODE=nvcc) for as long as the context lasts.
+the exported library carries CUDA source, which no GPU runtime loads. `enable_cuda_fatbins()` makes
+the build host produce the real thing: where there is no driver it loads a stub libcuda.so.1 (every
+entry fails with CUDA_ERROR_NO_DEVICE; nothing runs on this host), loads TVM's CUDA runtime library,
+and selects nvcc (TVM_CUDA_COMPILE_MODE=nvcc, unless the user chose a mode). Both last for the rest
+of the process, and must: once TVM's CUDA runtime is loaded, every CUDA tvm.compile in the process
+goes through its compile callback, whose default (nvrtc) needs packages this project does not install.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import ctypes
 import os
 import shutil
 import subprocess
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from dcpnas.errors import CompileError
@@ -24,21 +24,42 @@ STUB_SYMBOLS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGe
                 "cuModuleGetFunction", "cuModuleLoadData", "cuModuleUnload", "cuTensorMapEncodeTiled")
 
 
+def _stub_source() -> str:
+    lines = ["static const char *msg = \"CUDA_ERROR_NO_DEVICE (dcpnas build-host stub: no GPU driver)\";"]
+    for name in STUB_SYMBOLS:
+        if name in ("cuGetErrorName", "cuGetErrorString"):  # TVM prints these: give it a string
+            lines.append(f"int {name}(int e, const char **s) {{ if (s) *s = msg; return 0; }}")
+        else:
+            lines.append(f"int {name}(void) {{ return 100; }}")
+    return "\n".join(lines) + "\n"
+
+
 def stub_libcuda(directory: Path | None = None) -> Path:
-    """Compile (once) the stub libcuda.so.1 into `directory` (default: a per-user temp folder)."""
-    directory = Path(directory or Path(tempfile.gettempdir()) / f"dcpnas-cudastub-{os.getuid()}")
+    """Compile (once per stub version) the stub libcuda.so.1 into a private folder of this user's cache
+    (XDG_CACHE_HOME or ~/.cache)/dcpnas/cudastub-<hash>/, mode 0700, and return its path."""
+    import hashlib
+
+    src_text = _stub_source()
+    if directory is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        directory = cache / "dcpnas" / f"cudastub-{hashlib.sha256(src_text.encode()).hexdigest()[:12]}"
+    directory = Path(directory)
     lib = directory / "libcuda.so.1"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = directory.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise CompileError(f"{directory} is not a private folder of this user: refusing to load a library from it")
     if lib.is_file():
         return lib
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise CompileError("building for CUDA without a GPU driver needs a C compiler (cc) for the libcuda stub")
-    directory.mkdir(parents=True, exist_ok=True)
-    src = directory / "stub.c"
-    src.write_text("".join(f"int {s}(void) {{ return 100; }}\n" for s in STUB_SYMBOLS))
+    src = directory / f"stub.{os.getpid()}.c"
     tmp = directory / f".libcuda.so.1.{os.getpid()}"
+    src.write_text(src_text)
     r = subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(tmp), str(src)],
                        capture_output=True, text=True)
+    src.unlink(missing_ok=True)
     if r.returncode:
         raise CompileError(f"could not build the libcuda stub: {r.stderr.strip()[:300]}")
     tmp.replace(lib)
@@ -67,24 +88,15 @@ def load_cuda_runtime() -> str:
     return driver
 
 
-@contextmanager
-def cuda_build():
-    """Within this context tvm.compile embeds nvcc-compiled fatbins for CUDA targets."""
+def enable_cuda_fatbins() -> None:
+    """Make every later CUDA tvm.compile in this process embed an nvcc fatbin (see the module doc)."""
     if shutil.which("nvcc") is None:
         raise CompileError("compiling for a CUDA target needs nvcc (the CUDA 13 toolkit) on PATH: "
                            "without it the library would carry CUDA source that no GPU runtime loads")
     load_cuda_runtime()
     import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
 
-    old = os.environ.get("TVM_CUDA_COMPILE_MODE")
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
-        else:
-            os.environ["TVM_CUDA_COMPILE_MODE"] = old
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
 
-__all__ = ["cuda_build", "load_cuda_runtime", "stub_libcuda", "STUB_SYMBOLS"]
+__all__ = ["enable_cuda_fatbins", "load_cuda_runtime", "stub_libcuda", "STUB_SYMBOLS"]

@@ -20,14 +20,26 @@ def ablation():
     return mod
 
 
-def test_claim_takes_free_and_stale_locks_only(ablation, tmp_path):
-    lock = tmp_path / "row-seed0.lock"
-    assert ablation.claim(lock) and lock.read_text() == str(os.getpid())
-    assert not ablation.claim(lock)  # held by a live process (this one)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(str(dead.pid))  # its process is gone: stale
-    assert ablation.claim(lock) and lock.read_text() == str(os.getpid())
+def test_claim_is_exclusive_and_dies_with_its_holder(ablation, tmp_path):
+    lock = tmp_path / "runs" / "row-seed0.lock"
+    held = ablation.claim(lock)
+    assert held is not None and ablation.claim(lock) is None  # a second open file cannot take it
+    held.close()
+    again = ablation.claim(lock)
+    assert again is not None
+    again.close()
+    code = (f"import fcntl, sys, time; f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert ablation.claim(lock) is None  # a live worker holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = ablation.claim(lock)  # the kernel released the dead worker's lock
+    assert taken is not None
+    taken.close()
 
 
 def test_ordering_note(ablation):
@@ -59,3 +71,14 @@ def test_tiny_run_resumes_and_reports(ablation, tmp_path):
     assert "| random genotype | 2 |" in md and "--max-pieces" not in md.split("Command:")[1].splitlines()[0]
     changed = [a if a != "200" else "300" for a in TINY]
     assert ablation.main(["-o", str(out), *changed]) == 1  # another budget in the same folder is refused
+
+
+def test_workers_split_the_pieces(ablation, tmp_path):
+    out = tmp_path / "abl"
+    args = ["-o", str(out), *TINY, "--workers", "2"]
+    assert ablation.main([*args, "--max-pieces", "1"]) == 1  # refused: the count would be per worker
+    assert ablation.main(args) == 0
+    assert sorted(p.name for p in (out / "pieces").iterdir()) == ["random-seed0.json", "random-seed1.json"]
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["rows"][0]["n"] == 2 and "--workers 2" in report["command"]
+    assert "--workers 1" not in (out / "ablation.md").read_text()

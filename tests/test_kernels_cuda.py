@@ -83,3 +83,14 @@ def test_cuda_check_bundle(tmp_path):
         r = subprocess.run([sys.executable, str(script), "run", str(bundle), "-o", str(tmp_path / "out")],
                            capture_output=True, text=True)
         assert r.returncode != 0 and not (tmp_path / "out" / "cuda_check.json").exists()
+
+
+@pytest.mark.parametrize("h,lanes", [(14, True), (126, False)])
+def test_cuda_pack_schedule_choice(h, lanes):
+    """Few packed words: one lane per bit, the word a warp-shuffle sum; many: one thread per word."""
+    m, _, _ = _module((64, h, 64, 3, 1, 1, 1), np.random.default_rng(2))
+    src = m.executable.mod.imports[0].inspect_source("cuda")
+    start = src.rindex("binpack_kernel(")  # the definition (declarations come first)
+    pack = src[start:src.find("__global__", start)]
+    assert ("__shfl_down_sync" in pack) == lanes
+    assert ("threadIdx.y" in pack) == lanes
