@@ -18,8 +18,14 @@ dies). Every run rewrites
 OUT/ablation.md (Markdown table: mean ± std test accuracy of the trained 1-bit network, search time,
 expected latency) and OUT/ablation.json from all finished pieces.
 
-    .venv/bin/python benchmarks/ablation.py -o benchmarks/results/ablation            # full budget
-    .venv/bin/python benchmarks/ablation.py --report-only -o benchmarks/results/ablation
+    # the committed 3-seed table (2-core CPU, 114 min): benchmarks/results/ablation-cpu/ablation.md
+    .venv/bin/python benchmarks/ablation.py -o benchmarks/results/ablation-cpu --search-epochs 3 \
+        --train-epochs 4 --train-subset 3000 --threads 1 --workers 2 --target x86-avx512
+    # the larger budget, on a GPU box without a dcpnas install (10 of 18 pieces so far)
+    bash benchmarks/ablation_remote.sh OUT 450 -o benchmarks/results/ablation \
+        --data fashion-mnist:../shared/data/fashion-mnist --train-epochs 4 --train-subset 6000 \
+        --threads 2 --workers 6 --device cuda --target x86-avx512
+    # rebuild a table from its finished pieces (the same budget arguments + --report-only)
 
 --target T reports the latency of each trained network (the genotype on the evaluation network's space)
 predicted by T's LUT (the search itself is not latency-aware here, as in the paper's ablation); a
