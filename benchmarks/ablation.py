@@ -240,22 +240,12 @@ def claim(lock: Path):
 
 
 def run_workers(argv: list[str], n: int, command: str) -> int:
-    """Start n copies of this command (each `--workers 1`), wait for all; the first failure wins."""
+    """Start n copies of this command, each with `--workers 1` appended (argparse keeps the last value), and
+    wait for all; the first failure wins."""
     import subprocess
 
-    rest, skip = [], False
-    for tok in argv:
-        if skip:
-            skip = False
-            continue
-        if tok == "--workers":
-            skip = True
-            continue
-        if tok.startswith("--workers="):
-            continue
-        rest.append(tok)
     env = dict(os.environ, DCPNAS_ABLATION_COMMAND=command)  # the workers' reports name the command run
-    procs = [subprocess.Popen([sys.executable, __file__, *rest, "--workers", "1"], env=env) for _ in range(n)]
+    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--workers", "1"], env=env) for _ in range(n)]
     codes = [p.wait() for p in procs]
     code = next((c for c in codes if c), 0)
     return 128 - code if code < 0 else code  # killed by signal s: 128 + s, as a shell reports it

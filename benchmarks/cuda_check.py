@@ -84,8 +84,8 @@ def prepare(bundle: Path, target_name: str, quick: bool) -> dict:
         pm1 = use_pm1_kernel(geometry(x.shape, wb, attrs, tdict))
         if pm1:
             m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tdict, prelu=ep["prelu"], in_affine=affine)
-            calls = [("pm1conv", list(range(len(m.arrays(x, **aff)))))]
             arrays = m.arrays(x, **aff)
+            calls = [("pm1conv", list(range(len(arrays))))]
         else:
             m = BinaryConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tdict, prelu=ep["prelu"], in_affine=affine)
             a = m.arrays(x, **aff)
@@ -199,7 +199,7 @@ def run_convs(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
     for c in manifest["convs"]:
         mod = tvm.runtime.load_module(str(bundle / c["lib"]))
         data = np.load(bundle / c["data"])
-        arrays = [data[f"arr_{i}"] for i in range(len([k for k in data.files if k.startswith("arr_")]))]
+        arrays = [data[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in data.files))]
         tens = [tvm.runtime.tensor(a, dev) for a in arrays]
         for fname, idx in c["calls"]:
             mod[fname](*[tens[i] for i in idx])
@@ -208,8 +208,8 @@ def run_convs(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
         got = tens[c["out_index"]].numpy().reshape(ref.shape)
         err = float(np.max(np.abs(got - ref)))
         ok = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max())))
-        binary_ms = sum(_tvm_ms(mod, f, dev, [tens[i] for i in idx]) for f, idx in c["calls"])
-        conv_ms = _tvm_ms(mod, c["calls"][-1][0], dev, [tens[i] for i in c["calls"][-1][1]])
+        call_ms = [_tvm_ms(mod, f, dev, [tens[i] for i in idx]) for f, idx in c["calls"]]
+        binary_ms, conv_ms = sum(call_ms), call_ms[-1]  # the conv is the last call
         x = torch.from_numpy(arrays[0]).cuda()
         w = torch.randn(c["w_shape"], device="cuda")  # the float baseline's weights: values do not matter
         kw = dict(stride=c["stride"], padding=c["pad"], dilation=c["dilation"], groups=c["groups"])
