@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dcpnas.checkpoint import load_torch
 from dcpnas.config import SearchConfig
 from dcpnas.data import load_dataset
 from dcpnas.distributed import DistContext
@@ -116,12 +117,15 @@ def _save_checkpoint(out_dir: Path, state: dict) -> Path:
 
 
 def _load_checkpoint(path: Path, config: SearchConfig) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise ArtifactError(f"{path}: cannot read checkpoint ({e}); delete it to resume from the previous one") from None
-    if not isinstance(state, dict) or state.get("schema") != CHECKPOINT_SCHEMA:
-        raise ArtifactError(f"{path}: expected schema {CHECKPOINT_SCHEMA!r}")
+    try:  # weights_only: a checkpoint received from someone else must not run code
+        state = load_torch(path)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e}; delete it to resume from the previous one") from None
+    if state.get("schema") != CHECKPOINT_SCHEMA:
+        raise ArtifactError(f"{path}: expected schema {CHECKPOINT_SCHEMA!r}, found {state.get('schema')!r}")
+    missing = [k for k in ("epoch", "config", "pc", "elapsed_s", "final") if k not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise ArtifactError(f"{path}: damaged search checkpoint (missing {', '.join(missing) or 'config'})")
     saved, now = state["config"], config.to_dict()
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
     if diff:

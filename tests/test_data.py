@@ -128,6 +128,44 @@ def test_cifar10_fake_folder(tmp_path):
     assert np.array_equal(d.train_x[0].reshape(-1), raw[b"data"][0])
 
 
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_pickle_protocols(tmp_path, protocol):
+    """The restricted unpickler reads every protocol a CIFAR-10 batch is found in (the original files
+    are Python 2 protocol-2 pickles; re-pickled bytes go through _codecs.encode)."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"batch_label": b"training batch", b"data": rng.integers(0, 256, (3, 3072)).astype(np.uint8),
+             b"labels": [1, 2, 3], b"filenames": [b"a.png", b"b.png", b"c.png"]}
+        (root / name).write_bytes(pickle.dumps(d, protocol=protocol))
+    d = load_dataset(f"cifar10:{tmp_path}")
+    assert d.train_x.shape == (15, 3, 32, 32) and list(d.test_y) == [1, 2, 3]
+
+
+def test_cifar10_binary_format(tmp_path):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "cifar-10-batches-bin"
+    root.mkdir()
+    recs = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, 4).astype(np.uint8)
+        images = rng.integers(0, 256, (4, 3072)).astype(np.uint8)
+        recs[name] = (images, labels)
+        (root / f"{name}.bin").write_bytes(np.concatenate([labels[:, None], images], 1).tobytes())
+    for spec in (f"cifar10:{tmp_path}", str(root)):
+        d = load_dataset(spec)
+        assert d.train_x.shape == (20, 3, 32, 32)
+        assert np.array_equal(d.test_x.reshape(4, -1), recs["test_batch"][0])
+        assert np.array_equal(d.test_y, recs["test_batch"][1])
+    (root / "test_batch.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match="not a whole number of CIFAR-10 binary records"):
+        load_dataset(str(root))
+    (root / "test_batch.bin").write_bytes(bytes([10]) + bytes(3072))
+    with pytest.raises(DataError, match="labels must be 0..9"):
+        load_dataset(str(root))
+
+
 def test_cifar10_errors(tmp_path):
     root = _cifar_folder(tmp_path / "c")
     (root / "data_batch_3").unlink()

@@ -3,7 +3,7 @@
 `load_dataset(spec)` picks a loader with one string (the `--data` flag):
   "embedded" (default)        a stratified Fashion-MNIST subset shipped in this package (offline)
   "fashion-mnist:DIR"         the four idx files (optionally .gz) of Fashion-MNIST / MNIST in DIR
-  "cifar10:DIR"               the python-pickle folder torchvision writes (data_batch_1..5, test_batch)
+  "cifar10:DIR"               cifar-10-batches-py (read without running pickled code) or cifar-10-batches-bin
   "imagefolder:DIR"           DIR/train/<class>/*.png|jpg and DIR/test (or val)/<class>/...
 A bare existing folder is recognised by its content. Missing or malformed data raise DataError
 naming the path and what was expected.
@@ -12,7 +12,6 @@ naming the path and what was expected.
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dcpnas.data.cifar10 import find_folder, read_batches
 from dcpnas.errors import DataError
 
 EMBEDDED_FILE = "fashion_mnist_subset.npz"
@@ -105,7 +105,7 @@ def load_dataset(spec: str | None = "embedded") -> Dataset:
         return loaders[kind](Path(path))
     p = Path(spec)
     if p.is_dir():
-        if (p / "data_batch_1").exists() or (p / "cifar-10-batches-py").is_dir():
+        if find_folder(p) is not None:
             return load_cifar10(p)
         if any(p.glob("train-images-idx3-ubyte*")):
             return load_idx_folder(p)
@@ -168,35 +168,17 @@ def load_idx_folder(folder: Path) -> Dataset:
     for x, y, split in ((tx, ty, "train"), (vx, vy, "test")):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{folder}: {split} images {x.shape} and labels {y.shape} do not match")
+        if len(y) and y.max() >= len(FASHION_CLASSES):
+            raise DataError(f"{folder}: {split} labels must be 0..{len(FASHION_CLASSES) - 1}, found {int(y.max())}")
     return Dataset("fashion-mnist", tx[:, None], ty.astype(np.int64), vx[:, None], vy.astype(np.int64),
                    FASHION_CLASSES)
 
 
-# -- CIFAR-10 (python pickle batches) -------------------------------------------------------------
+# -- CIFAR-10 (python batches read without unpickling code, or the binary format) -------------------
 
 def load_cifar10(folder: Path) -> Dataset:
-    if (folder / "cifar-10-batches-py").is_dir():
-        folder = folder / "cifar-10-batches-py"
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder (expected cifar-10-batches-py with data_batch_1..5, test_batch)")
-
-    def batch(name):
-        p = folder / name
-        if not p.is_file():
-            raise DataError(f"{folder}: missing {name} (expected data_batch_1..5 and test_batch)")
-        try:
-            with p.open("rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(d[b"labels"], np.int64)
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise DataError(f"{p}: not a CIFAR-10 python batch ({e})") from None
-        return x, y
-
-    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
-    vx, vy = batch("test_batch")
-    return Dataset("cifar10", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                   vx, vy, CIFAR10_CLASSES)
+    (tx, ty), (vx, vy) = read_batches(folder)
+    return Dataset("cifar10", tx, ty, vx, vy, CIFAR10_CLASSES)
 
 
 # -- ImageFolder ----------------------------------------------------------------------------------
