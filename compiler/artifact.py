@@ -106,3 +106,72 @@ def find_func_module(lib, name: str):
         if m.implements_function(name):
             return m
     raise ArtifactError(f"the library has no function {name!r}")
+
+
+class StagedFolder:
+    """A build made in a temporary folder beside `out` and swapped in only when complete, so that a failed,
+    interrupted or killed compile never replaces (or half-overwrites) an earlier good build.
+
+        with StagedFolder(out) as stage:      # stage.path: the temporary folder to build into
+            ...                               # an exception removes stage.path; `out` is untouched
+            stage.commit()                    # replace `out` by the finished build
+
+    An existing `out` must be a build folder (manifest.json) or empty: a folder of other files is refused,
+    never replaced. A kill -9 leaves only a hidden `.<name>.partial-*` folder beside `out`.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.path: Path | None = None
+
+    def __enter__(self) -> "StagedFolder":
+        import tempfile
+
+        from dcpnas.io import umask
+
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ArtifactError(f"{out}: exists and is not a folder; choose another -o")
+        if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise ArtifactError(f"{out}: exists and is not a build folder (no {MANIFEST}); choose a new or empty -o")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+            self.path.chmod(0o777 & ~umask())
+        except OSError as e:
+            blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+            raise ArtifactError(f"{out}: cannot create the build folder ({why})") from None
+        return self
+
+    def holds_good_build(self) -> bool:
+        """True when `out` is a loadable build folder whose parity passed."""
+        try:
+            return bool(Artifact.load(self.out, verify_hashes=False).manifest["parity"].get("passed"))
+        except (ArtifactError, AttributeError, TypeError):
+            return False
+
+    def commit(self, dest: Path | None = None) -> Path:
+        """Move the finished build to `dest` (default `out`), replacing what was there; return `dest`."""
+        import os
+        import shutil
+
+        dest = Path(dest or self.out)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        try:
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(self.path, dest)
+        except OSError as e:
+            if old.exists() and not dest.exists():
+                os.replace(old, dest)
+            raise ArtifactError(f"{dest}: cannot move the finished build in place ({e.strerror or e})") from None
+        shutil.rmtree(old, ignore_errors=True)
+        self.path = None
+        return dest
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)

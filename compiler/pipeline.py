@@ -98,14 +98,44 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
     return net.eval(), space, genotype, norm, dataset, label
 
 
-def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool = False, data: str = "embedded",
-                     parity_inputs: int = 16, policy: str | None = None, cells: int | None = None,
-                     channels: int | None = None, progress: ProgressFn | None = None, check: bool = True):
+def build_name(source) -> str:
+    """The build's name: the run folder of a genotype.json, else the input file's stem."""
+    source = Path(source)
+    parent = source.resolve().parent.name
+    return parent if source.stem == "genotype" and parent else source.stem
+
+
+def compile_genotype(source, target, out_dir=None, *, float_: bool = False, **kwargs):
     """Compile a genotype.json / DARTS-string file / dcpnas .onnx for `target` into out_dir
     (default build/<name>-<target>, <name>-float-<target> with float_). Fresh weights (BatchNorm
     calibrated on the training images) unless `weights` (model.pt). Parity (PyTorch vs ORT vs TVM on
     `parity_inputs` test images) is recorded in the manifest; with check, a failure raises ParityError.
-    Returns the Artifact."""
+    Returns the Artifact.
+
+    The build is made in a temporary folder and swapped in at the end (compiler/artifact.StagedFolder):
+    a failed or killed compile leaves an earlier build untouched. A build whose parity failed replaces
+    only a folder without a passing build; otherwise it is kept beside it as <out>.parity-failed."""
+    from dcpnas.compiler.artifact import Artifact, StagedFolder
+    from dcpnas.compiler.build import resolve_target
+    from dcpnas.errors import ParityError
+
+    if out_dir is None:
+        out_dir = Path("build") / f"{build_name(source)}{'-float' if float_ else ''}-{resolve_target(target).name}"
+    with StagedFolder(out_dir) as stage:
+        try:
+            art = _compile_into(source, target, stage.path, float_=float_, **kwargs)
+        except ParityError as e:
+            dest = stage.out.with_name(stage.out.name + ".parity-failed") if stage.holds_good_build() else None
+            tmp = str(stage.path)
+            raise ParityError(str(e).replace(tmp, str(stage.commit(dest)))) from None
+        where = stage.commit()
+    return Artifact(where, art.manifest)
+
+
+def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False, data: str = "embedded",
+                  parity_inputs: int = 16, policy: str | None = None, cells: int | None = None,
+                  channels: int | None = None, progress: ProgressFn | None = None, check: bool = True):
+    """compile_genotype's work, into the (temporary) folder out_dir."""
     import onnx
     import tvm
 
@@ -120,9 +150,8 @@ def compile_genotype(source, target, out_dir=None, *, weights=None, float_: bool
     tgt = resolve_target(target)
     times: dict[str, float] = {}
     is_onnx = source.suffix.lower() == ".onnx"
-    parent = source.resolve().parent.name
-    name = parent if source.stem == "genotype" and parent else source.stem
-    out = Path(out_dir) if out_dir else Path("build") / f"{name}{'-float' if float_ else ''}-{tgt.name}"
+    name = build_name(source)
+    out = Path(out_dir)
     progress("network", 0, 1)
     t0 = time.perf_counter()
     net = space = genotype = norm = dataset = None

@@ -70,3 +70,84 @@ def test_model_weights_run_no_code(tmp_path):
     with pytest.raises(ArtifactError, match="model.pt"):
         load_model(tmp_path / "model.pt")
     assert not marker.exists()
+
+
+# -- nothing lost, nothing half-written --------------------------------------------------------------------
+
+TINY = dict(cells=3, channels=4, parity_inputs=2)
+
+
+@pytest.fixture(scope="module")
+def good_build(tmp_path_factory):
+    from dcpnas.compiler.pipeline import compile_genotype
+    from dcpnas.genotype import DDPNAS_MCN_2
+
+    d = tmp_path_factory.mktemp("good")
+    g = DDPNAS_MCN_2.save(d / "genotype.json")
+    art = compile_genotype(g, "x86-avx2", d / "build", **TINY)
+    return g, art.path
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.tvm
+def test_failed_compile_keeps_the_earlier_build(good_build, monkeypatch):
+    from dcpnas.compiler import pipeline
+    from dcpnas.compiler.artifact import Artifact
+    from dcpnas.errors import CompileError
+
+    g, out = good_build
+    before = _snapshot(out)
+    mode = out.stat().st_mode & 0o777
+    assert mode == 0o777 & ~_umask() and (out / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+    def fail(*a, **k):
+        raise CompileError("injected failure after model.onnx was written")
+
+    import dcpnas.compiler.build as build
+
+    monkeypatch.setattr(build, "build_onnx_model", fail)
+    with pytest.raises(CompileError, match="injected"):
+        pipeline.compile_genotype(g, "x86-avx2", out, **TINY)
+    assert _snapshot(out) == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no partial folder left
+    Artifact.load(out)  # still valid, hashes included
+
+
+def test_compile_output_paths_refused_in_one_line(tmp_path):
+    from dcpnas.genotype import DDPNAS_MCN_2
+
+    g = DDPNAS_MCN_2.save(tmp_path / "genotype.json")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    cases = {tmp_path / "a_file": "not a folder", tmp_path / "a_file" / "sub": "is a file",
+             Path("/proc/dcpnas-build"): "cannot create", tmp_path / "mine": "not a build folder"}
+    for out, why in cases.items():
+        r, text = cli("compile", g, "-t", "x86-avx2", "-o", out, "-q", "--cells", "3", "--channels", "4")
+        assert_one_error_line(r, text, contains=why)
+    assert (tmp_path / "a_file").read_text() == "x" and (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_artifacts_follow_the_umask(tmp_path):
+    from dcpnas.io import write_json
+
+    old = os.umask(0o027)
+    try:
+        p = write_json(tmp_path / "a.json", {"x": 1})
+        assert p.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    for bad in (tmp_path, Path("/proc/x.json"), tmp_path / "a.json" / "b.json"):
+        from dcpnas.errors import ArtifactError
+
+        with pytest.raises(ArtifactError, match="cannot write"):
+            write_json(bad, {})
+
+
+def _umask() -> int:
+    from dcpnas.io import umask
+
+    return umask()
