@@ -15,7 +15,8 @@ err_console = Console(stderr=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn DcpnasError (and Ctrl-C) into one line on stderr and exit code 1 (130 for Ctrl-C)."""
+    """Turn DcpnasError into one line on stderr and exit code 1; Ctrl-C exits 130 (with the command that
+    resumes, for a Resumable interrupt)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -26,11 +27,37 @@ def handle_errors(fn: Callable) -> Callable:
         except DcpnasError as e:
             err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except Resumable as e:
+            err_console.print(f"[yellow]interrupted[/yellow]: partial results are saved in {e.out_dir}; resume with:\n"
+                              f"  {resume_command(e.out_dir)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/yellow]: partial results were saved where the command supports --resume")
+            err_console.print("[yellow]interrupted[/yellow]", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+class Resumable(KeyboardInterrupt):
+    """Ctrl-C in a command that can continue: handle_errors prints the exact command that resumes it."""
+
+    def __init__(self, out_dir):
+        super().__init__(str(out_dir))
+        self.out_dir = out_dir
+
+
+def resume_command(out_dir) -> str:
+    """This process's command line with --resume (and -o out_dir when it was not given)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:]
+    if not any(a in ("-o", "--out") or a.startswith("--out=") for a in args):
+        args += ["-o", str(out_dir)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join([Path(sys.argv[0]).name or "dcpnas"] + args)
 
 
 @contextlib.contextmanager

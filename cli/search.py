@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, err_console, handle_errors, rich_progress
+from dcpnas.cli.common import Resumable, console, err_console, handle_errors, rich_progress
 
 
 def register(app: typer.Typer) -> None:
@@ -77,8 +77,11 @@ def search_cmd(
     if pareto:
         from dcpnas.pareto import run_pareto
 
-        with rich_progress(show) as progress:
-            record = run_pareto(cfg, out_dir, pareto, progress=progress, resume=resume)
+        try:
+            with rich_progress(show) as progress:
+                record = run_pareto(cfg, out_dir, pareto, progress=progress, resume=resume)
+        except KeyboardInterrupt:
+            raise Resumable(out_dir) from None
         if dist.is_main:
             if as_json:
                 print(json.dumps(record, indent=2))
@@ -89,8 +92,11 @@ def search_cmd(
                               f"{r['expected_latency_ms']:.3f} ms, val accuracy {r['val_accuracy']:.3f}", highlight=False)
             console.print(f"* = Pareto front; wrote {out_dir / 'pareto.json'} and {out_dir / 'pareto.png'}", highlight=False)
         return
-    with rich_progress(show) as progress:
-        genotype = run_search(cfg, out_dir, progress=progress, resume=resume)
+    try:
+        with rich_progress(show) as progress:
+            genotype = run_search(cfg, out_dir, progress=progress, resume=resume)
+    except KeyboardInterrupt:
+        raise Resumable(out_dir) from None
     if not dist.is_main:
         return
     if as_json:

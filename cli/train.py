@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, handle_errors, rich_progress
+from dcpnas.cli.common import Resumable, console, handle_errors, rich_progress
 
 BUILTIN_GENOTYPES = ("DDPNAS_MCN_2",)
 
@@ -70,8 +70,11 @@ def train_cmd(
     out = out or Path("runs") / f"train-{geno.digest()[:8]}{'' if cfg.binary else '-float'}"
     kind = "1-bit" if cfg.binary else "real-valued"
     console.print(f"training the {kind} network of genotype {geno.digest()[:8]} on {cfg.data} -> {out}")
-    with rich_progress(not no_progress) as progress:
-        result = train(geno, cfg, out, progress=progress, resume=resume, teacher=teacher)
+    try:
+        with rich_progress(not no_progress) as progress:
+            result = train(geno, cfg, out, progress=progress, resume=resume, teacher=teacher)
+    except KeyboardInterrupt:
+        raise Resumable(out) from None
 
     from dcpnas.checkpoint import load_model
     from dcpnas.summary import summarize

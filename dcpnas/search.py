@@ -175,8 +175,20 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, progress: ProgressF
             torch.set_flush_denormal(False)
 
 
+def _refuse_earlier_run(out_dir: Path) -> None:
+    """A new (not resumed) search must not mix with, or overwrite, an earlier run's results."""
+    found = [n for n in ("genotype.json", "metrics.jsonl") if (out_dir / n).is_file()]
+    if _latest_checkpoint(out_dir) is not None:
+        found.append("checkpoints/")
+    if found:
+        raise ConfigError(f"{out_dir} holds an earlier run ({', '.join(found)}); continue it with --resume, "
+                          f"or choose a new -o folder")
+
+
 def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
     t0 = time.perf_counter()
+    if not resume:
+        _refuse_earlier_run(out_dir)
     table, lut_info = _resolve_table(config, table)
     data = prepare_data(config, device)
     space: SearchSpace = config.space(data.input_shape, data.num_classes)

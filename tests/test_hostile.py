@@ -151,3 +151,28 @@ def _umask() -> int:
     from dcpnas.io import umask
 
     return umask()
+
+
+# -- search run folders ------------------------------------------------------------------------------------
+
+def test_new_search_into_an_earlier_run_is_refused_and_ctrl_c_prints_the_resume_command(tmp_path, monkeypatch):
+    import sys
+
+    import dcpnas.search as search
+
+    run = tmp_path / "run"
+    r, text = cli("search", "--budget", "smoke", "--no-progress", "-o", run)
+    assert r.exit_code == 0, text
+    before = (run / "genotype.json").read_bytes()
+    r, text = cli("search", "--budget", "smoke", "--no-progress", "-o", run, "--seed", "5")
+    assert_one_error_line(r, text, contains="--resume")
+    assert (run / "genotype.json").read_bytes() == before
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_run", interrupt)
+    monkeypatch.setattr(sys, "argv", ["dcpnas", "search", "--budget", "smoke", "--seed", "7"])
+    r, text = cli("search", "--budget", "smoke", "--seed", "7", "--no-progress")
+    assert r.exit_code == 130
+    assert "dcpnas search --budget smoke --seed 7 -o runs/dcp-notarget-seed7 --resume" in text
