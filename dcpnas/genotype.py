@@ -94,11 +94,18 @@ class Genotype:
     def _checked(cls, fields: dict, source: str, search=None) -> "Genotype":
         """Build from parsed fields and validate; every problem becomes one GenotypeError naming `source`."""
         try:
+            for k in ("normal", "reduce", "normal_concat", "reduce_concat"):
+                if not isinstance(fields[k], (list, tuple)):
+                    what = "(op, input node) pairs" if k in ("normal", "reduce") else "node numbers"
+                    found = "null" if fields[k] is None else type(fields[k]).__name__
+                    raise ValueError(f"{k} must be a list of {what}, found {found}")
+            if search is not None and not isinstance(search, dict):
+                raise ValueError(f"search must be a JSON object, found {type(search).__name__}")
             g = cls(
-                normal=tuple(_pair(p) for p in fields["normal"]),
-                normal_concat=tuple(fields["normal_concat"]),
-                reduce=tuple(_pair(p) for p in fields["reduce"]),
-                reduce_concat=tuple(fields["reduce_concat"]),
+                normal=_edges(fields["normal"]),
+                normal_concat=tuple(_node(c) for c in fields["normal_concat"]),
+                reduce=_edges(fields["reduce"]),
+                reduce_concat=tuple(_node(c) for c in fields["reduce_concat"]),
                 search=dict(search or {}),
             )
         except (TypeError, ValueError) as e:
@@ -110,32 +117,59 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> "Genotype":
+        if not text.strip():
+            raise GenotypeError(f"{source}: empty file (expected genotype JSON)")
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise GenotypeError(f"{source}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise GenotypeError(f"{source}: JSON nested too deeply") from None
         return cls.from_dict(d, source)
 
     @classmethod
-    def from_darts(cls, text: str, source: str = "genotype") -> "Genotype":
-        """Parse `Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)`
-        (also `[2, 3, 4, 5]` for concat) with the ast module, never eval."""
+    def from_darts(cls, text: str, source: str = "genotype", name: str | None = None) -> "Genotype":
+        """Parse `Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=range(2, 6), ...)` with the ast
+        module, never eval. Accepted as published: concat as a list or range(...); edges flat or nested per
+        node (`[[(op, i), (op, j)], ...]`, the DCP-NAS authors' file; `((op, i), (op, j))`, D-X-Y's);
+        D-X-Y's `connectN=None, connects=None`. `text` may be a whole genotypes file of `NAME = Genotype(...)`
+        assignments (read, never run): `name` picks one, and is needed when there are several."""
         try:
-            tree = ast.parse(text.strip(), mode="eval")
+            tree = ast.parse(text.strip(), mode="exec")
         except SyntaxError as e:
             raise GenotypeError(f"{source}: not a DARTS Genotype(...) string ({e.msg})") from None
-        call = tree.body
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+        except (RecursionError, MemoryError, ValueError):
+            raise GenotypeError(f"{source}: not a DARTS Genotype(...) string (nested too deeply)") from None
+        found = _genotype_calls(tree)
+        if name is not None:
+            if name not in found:
+                raise GenotypeError(f"{source}: no genotype named {name!r}; found: {', '.join(found) or 'none'}")
+            call = found[name]
+        elif len(found) == 1:
+            call = next(iter(found.values()))
+        elif not found:
             raise GenotypeError(f"{source}: expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+        else:
+            raise GenotypeError(f"{source}: holds {len(found)} genotypes ({', '.join(found)}); pick one as "
+                                f"{source}:NAME")
         if call.args:
             raise GenotypeError(f"{source}: Genotype(...) must use keyword arguments")
         fields = {}
         for kw in call.keywords:
             try:
                 fields[kw.arg] = _literal(kw.value)
-            except ValueError as e:
-                raise GenotypeError(f"{source}: field {kw.arg}: {e}") from None
-        missing = {"normal", "normal_concat", "reduce", "reduce_concat"} - set(fields)
+            except (ValueError, RecursionError) as e:
+                why = e if isinstance(e, ValueError) else "nested too deeply"
+                raise GenotypeError(f"{source}: field {kw.arg}: {why}") from None
+        unknown = sorted(k for k in fields if k not in DARTS_FIELDS and k not in DXY_NONE_FIELDS)
+        if unknown or None in fields:
+            raise GenotypeError(f"{source}: unknown field(s) {', '.join(str(k) for k in unknown) or '**'}; "
+                                f"expected {', '.join(DARTS_FIELDS)}")
+        not_none = [k for k in DXY_NONE_FIELDS if fields.get(k) is not None]
+        if not_none:
+            raise GenotypeError(f"{source}: {', '.join(not_none)} must be None (cells with extra connections "
+                                f"are outside the search space)")
+        missing = set(DARTS_FIELDS) - set(fields)
         if missing:
             raise GenotypeError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
         return cls._checked(fields, source)
@@ -197,6 +231,45 @@ def _parse_alpha(alpha, primitives, steps) -> tuple[Edge, ...]:
     return tuple(out)
 
 
+DARTS_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+DXY_NONE_FIELDS = ("connectN", "connects")  # D-X-Y's Genotype has them; None there means a plain DARTS cell
+MAX_RANGE = 64  # a concat range longer than any cell (refused before it is built: range(10**12))
+
+
+def _genotype_calls(tree: ast.Module) -> dict[str, ast.Call]:
+    """The Genotype(...) calls of a parsed file: a bare expression (named "") or `NAME = Genotype(...)`."""
+    def is_call(v):
+        return isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "Genotype"
+
+    out: dict[str, ast.Call] = {}
+    for st in tree.body:
+        if isinstance(st, ast.Expr) and is_call(st.value):
+            out[""] = st.value
+        elif (isinstance(st, ast.Assign) and is_call(st.value) and len(st.targets) == 1
+              and isinstance(st.targets[0], ast.Name)):
+            out[st.targets[0].id] = st.value
+    return out
+
+
+def _edges(cell) -> tuple[Edge, ...]:
+    """Flat (op, input) pairs, or pairs nested per node (two per node), as flat pairs."""
+    nested = [p for p in cell if isinstance(p, (list, tuple)) and p and isinstance(p[0], (list, tuple))]
+    if not nested:
+        return tuple(_pair(p) for p in cell)
+    if len(nested) != len(cell):
+        raise ValueError("edges mix flat (op, input) pairs and per-node groups")
+    for k, node in enumerate(cell):
+        if len(node) != 2:
+            raise ValueError(f"node {k + 2} has {len(node)} input edges, expected 2")
+    return tuple(_pair(p) for node in cell for p in node)
+
+
+def _node(c) -> int:
+    if isinstance(c, bool) or not isinstance(c, int):
+        raise ValueError(f"concat entry {c!r} must be an integer node")
+    return c
+
+
 def _pair(p) -> Edge:
     if not isinstance(p, (list, tuple)) or len(p) != 2:
         raise ValueError(f"edge {p!r} must be an (op, input node) pair")
@@ -208,6 +281,8 @@ def _pair(p) -> Edge:
 
 def _literal(node: ast.AST):
     """Lists/tuples of strings and ints, and range(a, b); nothing else."""
+    if isinstance(node, ast.Constant) and node.value is None:
+        return None
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, int)) and not isinstance(node.value, bool):
         return node.value
     if isinstance(node, (ast.List, ast.Tuple)):
@@ -216,22 +291,35 @@ def _literal(node: ast.AST):
         args = [_literal(a) for a in node.args]
         if not all(isinstance(a, int) for a in args) or not 1 <= len(args) <= 3:
             raise ValueError("range() takes 1 to 3 integers")
-        return list(range(*args))
+        if args[-1] == 0 and len(args) == 3:
+            raise ValueError("range() step must not be zero")
+        r = range(*args)
+        if len(r) > MAX_RANGE:
+            raise ValueError(f"range of {len(r)} nodes; a cell has at most {MAX_RANGE}")
+        return list(r)
     raise ValueError(f"unsupported expression {ast.unparse(node)!r}")
 
 
 def load_genotype(path: str | Path) -> Genotype:
-    """Load a genotype from genotype.json or a text file holding a DARTS Genotype(...) string."""
-    path = Path(path)
+    """Load a genotype from genotype.json or a text file holding a DARTS Genotype(...) string; FILE:NAME
+    picks the genotype `NAME = Genotype(...)` of a genotypes file that holds several."""
+    path, name = Path(path), None
+    if not path.exists() and ":" in path.name:  # FILE:NAME picks one genotype of a genotypes file
+        stem, _, name = str(path).rpartition(":")
+        path = Path(stem)
     if not path.is_file():
-        raise GenotypeError(f"{path}: file not found")
+        raise GenotypeError(f"{path}: " + ("not a file" if path.exists() else "file not found"))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise GenotypeError(f"{path}: not a text file") from None
-    if text.lstrip().startswith("{"):
+    except OSError as e:
+        raise GenotypeError(f"{path}: cannot read ({e.strerror or e})") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        if name is not None:
+            raise GenotypeError(f"{path}: a JSON genotype holds one genotype; drop ':{name}'")
         return Genotype.from_json(text, source=str(path))
-    return Genotype.from_darts(text, source=str(path))
+    return Genotype.from_darts(text, source=str(path), name=name)
 
 
 # The authors' DDPNAS_MCN_2 genotype (METHOD.md section 1), for tests and benchmarks.

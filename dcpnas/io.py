@@ -73,6 +73,10 @@ def read_json(path: str | os.PathLike, schema: str | None = None) -> dict:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     if schema is not None and obj.get("schema") != schema:
@@ -91,6 +95,10 @@ def read_toml(path: str | os.PathLike, error: type[Exception] = ArtifactError) -
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not valid TOML (nested too deeply)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -165,3 +165,90 @@ def test_from_alphas_picks_strongest_edges():
 def test_from_alphas_bad_shape():
     with pytest.raises(GenotypeError, match="shape"):
         Genotype.from_alphas(np.zeros((13, 8)), np.zeros((14, 8)))
+
+
+# -- formats from the field (as published; parsed, never run) -----------------------------------------------
+
+AUTHORS_FILE = """from collections import namedtuple
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+
+DDPNAS_MCN_2 = Genotype(
+    normal=[
+        [('sep_conv_5x5', 1), ('max_pool_3x3', 0)],
+        [('dil_conv_3x3', 2), ('skip_connect', 0)],
+        [('sep_conv_3x3', 3), ('avg_pool_3x3', 1)],
+        [('dil_conv_3x3', 4), ('avg_pool_3x3', 3)]
+    ],
+    normal_concat=range(2, 6),
+    reduce=[
+        [('max_pool_3x3', 0), ('sep_conv_3x3', 1)],
+        [('dil_conv_3x3', 1), ('sep_conv_3x3', 0)],
+        [('max_pool_3x3', 1), ('dil_conv_5x5', 2)],
+        [('dil_conv_5x5', 2), ('sep_conv_5x5', 1)]],
+    reduce_concat=range(2, 6))
+"""
+
+GDAS_V1 = """Genotype(
+  normal=[
+    (('skip_connect', 0), ('skip_connect', 1)),
+    (('skip_connect', 0), ('sep_conv_5x5', 2)),
+    (('sep_conv_3x3', 3), ('skip_connect', 0)),
+    (('sep_conv_5x5', 4), ('sep_conv_3x3', 3))],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('sep_conv_5x5', 0), ('sep_conv_3x3', 1)),  # step 1
+    (('sep_conv_5x5', 2), ('sep_conv_5x5', 1)),
+    (('dil_conv_5x5', 2), ('sep_conv_3x3', 1)),
+    (('sep_conv_5x5', 0), ('sep_conv_5x5', 1))],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None
+)"""
+
+
+def test_published_formats(tmp_path):
+    f = tmp_path / "genotypes.py"
+    f.write_text(AUTHORS_FILE)
+    assert load_genotype(f) == DDPNAS_MCN_2  # one genotype in the file: taken
+    f.write_text(AUTHORS_FILE + "\nOTHER = " + AUTHORS_FILE.split("DDPNAS_MCN_2 = ")[1])
+    with pytest.raises(GenotypeError, match=r"holds 2 genotypes \(DDPNAS_MCN_2, OTHER\); pick one"):
+        load_genotype(f)
+    assert load_genotype(f"{f}:DDPNAS_MCN_2") == DDPNAS_MCN_2
+    with pytest.raises(GenotypeError, match="no genotype named 'NOPE'"):
+        load_genotype(f"{f}:NOPE")
+    g = Genotype.from_darts(GDAS_V1)
+    assert g.normal[:3] == (("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 0))
+    assert g.reduce[4] == ("dil_conv_5x5", 2)
+
+
+@pytest.mark.parametrize("text, needle", [
+    (GDAS_V1.replace("('sep_conv_3x3', 3), ('skip_connect', 0)", "('sep_conv_3x3', 3), ('conv_3x1_1x3', 0)"),
+     "unknown op 'conv_3x1_1x3'"),  # SETN's op, outside the space
+    (GDAS_V1.replace("connectN=None", "connectN=[1]"), "connectN must be None"),
+    (GDAS_V1.replace("connects=None", "connects=None, drop_prob=0"), "unknown field(s) drop_prob"),
+    (GDAS_V1.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(10**12)"), "unsupported expression"),
+    (GDAS_V1.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(1000000000000)"), "at most 64"),
+    (GDAS_V1.replace("(('skip_connect', 0), ('skip_connect', 1)),", "(('skip_connect', 0),),"), "node 2 has 1 input"),
+    (GDAS_V1.replace("normal=[", "normal=None and [", 1), "unsupported expression"),
+    (GDAS_V1.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=None"), "normal_concat must be a list"),
+    ("Genotype(normal=" + "[" * 5000 + "]" * 5000 + ")", "nested"),
+])
+def test_published_format_errors(text, needle):
+    with pytest.raises(GenotypeError) as e:
+        Genotype.from_darts(text, source="g.txt")
+    msg = _single_line(e)
+    assert needle in msg, msg
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty file"),
+    ("Genotype(normal=[])", "not valid JSON"),  # a .json file is JSON, whatever it holds
+    ('{"schema": "dcpnas.genotype/1", "normal": null, "normal_concat": [2], "reduce": [], "reduce_concat": [2]}',
+     "normal must be a list of (op, input node) pairs, found null"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+])
+def test_json_file_errors(tmp_path, text, needle):
+    f = tmp_path / "genotype.json"
+    f.write_text(text)
+    with pytest.raises(GenotypeError) as e:
+        load_genotype(f)
+    assert needle in _single_line(e)

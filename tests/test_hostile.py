@@ -176,3 +176,28 @@ def test_new_search_into_an_earlier_run_is_refused_and_ctrl_c_prints_the_resume_
     r, text = cli("search", "--budget", "smoke", "--seed", "7", "--no-progress")
     assert r.exit_code == 130
     assert "dcpnas search --budget smoke --seed 7 -o runs/dcp-notarget-seed7 --resume" in text
+
+
+# -- files that are too deep, unreadable or not what their name says ----------------------------------------
+
+@pytest.mark.parametrize("content", ["[" * 100000 + "]" * 100000, "", "not json"])
+def test_malformed_json_everywhere_gets_one_line(tmp_path, content):
+    g = tmp_path / "genotype.json"
+    g.write_text(content)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "manifest.json").write_text(content)
+    for args in (["compile", g, "-t", "x86-avx2", "-o", tmp_path / "o"], ["bench", build],
+                 ["train", g, "-o", tmp_path / "t"]):
+        r, text = cli(*args)
+        assert_one_error_line(r, text, contains=str(tmp_path))
+
+
+def test_unreadable_files_get_one_line():
+    from dcpnas.errors import ArtifactError, ConfigError
+    from dcpnas.io import read_json, read_toml
+
+    with pytest.raises(ArtifactError, match="cannot read"):
+        read_json("/proc/self/mem")  # exists, is a file, reading it fails (EIO)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_toml("/proc/self/mem", ConfigError)
