@@ -62,9 +62,16 @@ def bench_cmd(
                       "-" if r["speedup"] is None else f"{r['speedup']:.1f}x", _ms(r["lut_ms"]))
     if report["layers"]:
         console.print(table)
-    console.print(f"end to end: 1-bit {report['binary_ms']:.4f} ms (IQR {report['binary_iqr_ms']:.4f}), "
-                  f"float TVM {report['float_tvm_ms']:.4f} ms, float ONNX Runtime {_ms(report['float_ort_ms'])} ms; "
-                  f"speedup vs ORT {_x(report['speedup_vs_float_ort'])}, vs float TVM {_x(report['speedup_vs_float_tvm'])}")
+    console.print(f"end to end (interleaved rounds, one process): 1-bit TVM {report['binary_ms']:.4f} ms "
+                  f"(IQR {report['binary_iqr_ms']:.4f}); float: TVM twin {report['float_tvm_ms']:.4f} ms, "
+                  f"ONNX Runtime {_ms(report['float_ort_ms'])} ms, OpenVINO {_ms(report['float_openvino_ms'])} ms; "
+                  f"1-bit on OpenVINO {_ms(report['binary_openvino_ms'])} ms")
+    console.print(f"[bold]speedup vs the best float ({report['best_float']}): {_x(report['speedup_vs_best_float'])}[/] "
+                  f"(vs ORT {_x(report['speedup_vs_float_ort'])}, vs float TVM {_x(report['speedup_vs_float_tvm'])}, "
+                  f"vs 1-bit OpenVINO {_x(report['speedup_vs_binary_openvino'])})")
+    if report.get("openvino_binary_kernels"):
+        console.print(f"OpenVINO {report['openvino']}: float at {report['openvino_float_precision']}; 1-bit network runs "
+                      f"{report['openvino_binary_kernels']}")
     if report.get("lut_predicted_ms") is not None:
         console.print(f"LUT ({report['lut']}) predicts {report['lut_predicted_ms']:.4f} ms end to end")
     if report.get("breakdown_ms"):

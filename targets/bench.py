@@ -1,4 +1,5 @@
-"""`dcpnas bench`: the 1-bit network vs its float twin (TVM, same pipeline) and vs ONNX Runtime.
+"""`dcpnas bench`: the 1-bit network vs the float network on OpenVINO, ONNX Runtime and its TVM twin,
+and vs the same 1-bit network on OpenVINO (targets/openvino.py).
 
 Input: a build folder of `dcpnas compile` (manifest.json, model.onnx, model.so). The float twin is
 the sibling folder `<name>-float-<target>` written by `dcpnas compile --float` when it exists;
@@ -6,7 +7,9 @@ otherwise it is derived from the 1-bit model.onnx (every dcpnas::BinaryConv2d be
 with weights scale * sign(w), the rest of the graph unchanged: the same network with real
 arithmetic) and built with the same pipeline into DIR/float-twin/.
 
-Timings: end to end (Relax VM `main`, Profiler: warm-up, repeats, median and IQR, fixed threads),
+Timings: end to end, every peer side by side in one process (profiler.interleaved: rounds of one
+sample per peer, order rotating; median and IQR; the same thread count for all; ONNX Runtime and
+OpenVINO on local x86 runs only; `speedup_vs_best_float` = fastest float / 1-bit TVM),
 per layer (every PrimFunc the manifest's `layers` name, timed by name with time_evaluator on
 arguments of the recorded shapes: floats random normal, integers zero, which keeps index tables in
 range; locally from the build's own library, over RPC from `kernels.so`, a plain library of the same
@@ -26,11 +29,13 @@ import numpy as np
 
 from dcpnas.errors import ArtifactError, DcpnasError
 from dcpnas.progress import ProgressFn, no_progress
-from dcpnas.targets.profiler import Profiler, Timing
+from dcpnas.targets.profiler import Profiler, interleaved, python_sampler
 
 SCHEMA = "dcpnas.bench/1"
-JSON_KEYS = ("target", "threads", "binary_ms", "float_tvm_ms", "float_ort_ms", "speedup_vs_float_ort",
-             "speedup_vs_float_tvm", "layers")
+JSON_KEYS = ("target", "threads", "binary_ms", "float_tvm_ms", "float_ort_ms", "float_openvino_ms",
+             "binary_openvino_ms", "speedup_vs_float_ort", "speedup_vs_float_tvm", "speedup_vs_best_float",
+             "speedup_vs_binary_openvino", "layers")
+FLOAT_PEERS = ("float_tvm", "float_ort", "float_openvino")
 _GROUP = re.compile(r"^(stem|classifier|cells\.\d+\.(?:pre0|pre1|ops\.\d+))(?:\.|$)")
 _CELL = re.compile(r"^(cells\.\d+)\.")
 
@@ -115,9 +120,8 @@ def float_twin(art, target, progress: ProgressFn = no_progress):
 
 
 # ---- timing ----------------------------------------------------------------------------------------
-def ort_timing(onnx_bytes: bytes, x: np.ndarray, threads: int, warmup: int = 5, repeat: int = 15,
-               min_repeat_ms: float = 20.0) -> Timing:
-    """Median/IQR of ONNX Runtime runs (CPU, intra-op threads = `threads`, sequential)."""
+def ort_runner(onnx_bytes: bytes, x: np.ndarray, threads: int):
+    """A callable running the ONNX model on ONNX Runtime (CPU, intra-op threads = `threads`, sequential)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -125,19 +129,23 @@ def ort_timing(onnx_bytes: bytes, x: np.ndarray, threads: int, warmup: int = 5, 
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    t0 = time.perf_counter()
-    sess.run(None, {name: x})
-    one = max(time.perf_counter() - t0, 1e-6)
-    number = int(max(1, min(10000, round(min_repeat_ms / 1e3 / one))))
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            sess.run(None, {name: x})
-        samples.append((time.perf_counter() - t0) / number)
-    return Timing.from_samples(samples, number)
+    return lambda: sess.run(None, {name: x})
+
+
+def _openvino_peers(float_onnx: bytes, binary_onnx: bytes, x: np.ndarray, threads: int) -> tuple[dict, dict]:
+    """({peer: callable}, info) of the float and the 1-bit network on OpenVINO (CPU plugin)."""
+    from dcpnas.targets import openvino as dov
+
+    why = dov.available()
+    if why:
+        return {}, {"openvino": f"not timed: {why}"}
+    fl = dov.compile_onnx(float_onnx, threads, precision=None)  # the plugin's default: what a user gets
+    bi = dov.compile_onnx(binary_onnx, threads)                 # f32: parity with ONNX Runtime
+    import openvino
+
+    info = {"openvino": openvino.__version__, "openvino_float_precision": fl.precision,
+            "openvino_binary_kernels": bi.kernels}
+    return {"float_openvino": lambda: fl.run(x), "binary_openvino": lambda: bi.run(x)}, info
 
 
 def kernels_library(model, target, path: Path) -> Path:
@@ -274,9 +282,17 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
                             f"bench it with --target {m['target']['name']} or rebuild")
     if not m["binary"]:
         raise ArtifactError(f"{art.path} is a float build; bench the 1-bit build (its float twin is found or derived)")
+    parity = m.get("parity") or {}
+    warnings = []
+    if parity.get("passed") is False:
+        warnings.append(f"PARITY FAILED for this build (manifest: top-1 agreement {parity.get('top1_agreement')}, "
+                        f"max |TVM-ref| {parity.get('max_abs_diff_tvm')}): its timings are of a network that "
+                        f"disagrees with its reference")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(tuple(m["input"]["shape"])).astype(np.float32)
-    steps = 2 + (2 if per_layer else 0) + (1 if ort else 0)
+    local_x86 = profiler.rpc is None and target.arch == "x86_64"
+    steps = 2 + (2 if per_layer else 0)
+    notes = []
     with profiler.session() as s:  # first: an unreachable device fails before anything is written
         f_lib, f_layers, f_onnx, f_src, f_dir = float_twin(art, target, progress)
         progress("bench", 0, steps)
@@ -290,41 +306,52 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
             progress("kernel libs", 1, 2)
             f_kern = s.load(kernels_library(_onnx.load_from_string(f_onnx), target, f_dir / "kernels.so"))
             progress("kernel libs", 2, 2)
-        tb = s.time_vm(b_mod, [x])
-        progress("bench", 1, steps, binary_ms=tb.median_ms)
-        tf = s.time_vm(f_mod, [x])
-        progress("bench", 2, steps, float_ms=tf.median_ms)
+        peers = {"binary": s.vm_sampler(b_mod, [x]), "float_tvm": s.vm_sampler(f_mod, [x])}
+        ov_info: dict = {}
+        if ort and local_x86:
+            peers["float_ort"] = python_sampler(ort_runner(f_onnx, x, s.threads))
+            ov, ov_info = _openvino_peers(f_onnx, art.onnx_path.read_bytes(), x, s.threads)
+            peers.update({k: python_sampler(f) for k, f in ov.items()})
+        elif ort:
+            notes.append("ONNX Runtime and OpenVINO run on this host only: not timed for an RPC device")
+        progress("bench", 1, steps)
+        timings = interleaved(peers, warmup=profiler.warmup, rounds=profiler.repeat,
+                              min_repeat_ms=profiler.min_repeat_ms)
+        progress("bench", 2, steps, binary_ms=timings["binary"].median_ms)
         b_rows = time_layers(s, b_kern, m["layers"], rng) if per_layer else []
         f_rows = time_layers(s, f_kern, f_layers, rng) if per_layer else []
         if per_layer:
             progress("bench", 4, steps)
         threads = s.threads
-    to = None
-    ort_note = ""
-    if ort and profiler.rpc is None and target.arch == "x86_64":
-        to = ort_timing(f_onnx, x, threads, profiler.warmup, profiler.repeat, profiler.min_repeat_ms)
-        progress("bench", steps, steps, ort_ms=to.median_ms)
-    else:
-        ort_note = "ONNX Runtime runs on this host only: not timed for an RPC device"
     model = onnx.load(str(art.onnx_path))
     lut_pred, lut_info = _lut_column(art, target, model)
     layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"])
     binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
+    ms = {k: t.median_ms for k, t in timings.items()}
+    tb = ms["binary"]
+    floats = {k: ms[k] for k in FLOAT_PEERS if k in ms}
+    best = min(floats, key=floats.get)
     report = {
         "schema": SCHEMA, "target": target.name, "threads": threads, "device": profiler.device_name,
         "emulated": emulated, "build": str(art.path), "float_twin": f_src,
-        "binary_ms": tb.median_ms, "binary_iqr_ms": tb.iqr_ms,
-        "float_tvm_ms": tf.median_ms, "float_tvm_iqr_ms": tf.iqr_ms,
-        "float_ort_ms": to.median_ms if to else None, "float_ort_iqr_ms": to.iqr_ms if to else None,
-        "speedup_vs_float_ort": (to.median_ms / tb.median_ms) if to else None,
-        "speedup_vs_float_tvm": tf.median_ms / tb.median_ms,
+        "binary_ms": tb, "binary_iqr_ms": timings["binary"].iqr_ms,
+        **{f"{k}_ms": ms.get(k) for k in ("float_tvm", "float_ort", "float_openvino", "binary_openvino")},
+        **{f"{k}_iqr_ms": timings[k].iqr_ms if k in timings else None
+           for k in ("float_tvm", "float_ort", "float_openvino", "binary_openvino")},
+        "speedup_vs_float_ort": ms["float_ort"] / tb if "float_ort" in ms else None,
+        "speedup_vs_float_tvm": ms["float_tvm"] / tb,
+        "speedup_vs_best_float": floats[best] / tb, "best_float": best,
+        "speedup_vs_binary_openvino": ms["binary_openvino"] / tb if "binary_openvino" in ms else None,
+        "parity_passed": parity.get("passed"), "warnings": warnings, **ov_info,
         "lut_predicted_ms": _lut_total(lut_pred, lut_info) if lut_pred else None, **lut_info,
         "breakdown_ms": {"binary_conv_layers": binary_layers,
                          "other_layers": sum(r["ms"] for r in b_rows) - binary_layers,
-                         "vm_and_glue": tb.median_ms - sum(r["ms"] for r in b_rows)} if per_layer else None,
-        "timing": {"warmup": profiler.warmup, "repeat": profiler.repeat, "min_repeat_ms": profiler.min_repeat_ms,
-                   "statistic": "median of repeats; iqr = q3 - q1"},
-        "notes": ort_note,
+                         "vm_and_glue": tb - sum(r["ms"] for r in b_rows)} if per_layer else None,
+        "timing": {"warmup": profiler.warmup, "rounds": profiler.repeat, "min_repeat_ms": profiler.min_repeat_ms,
+                   "statistic": "median of interleaved rounds (every peer sampled once per round, order "
+                                "rotating, one process); iqr = q3 - q1",
+                   "samples_ms": {k: t.to_dict() for k, t in timings.items()}},
+        "notes": "; ".join(notes),
         "layers": layers,
         "layer_detail": {"binary": b_rows, "float": f_rows},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -385,8 +412,11 @@ def render_chart(report: dict) -> bytes:
     a1.set_yscale("log")
     a1.set_ylabel("ms per layer")
     title = f"dcpnas bench: {report['target']}, {report['threads']} threads"
-    if report.get("float_ort_ms"):
-        title += f"; float ONNX Runtime {report['float_ort_ms']:.3f} ms e2e"
+    others = [(lab, report.get(k)) for lab, k in (("float ORT", "float_ort_ms"), ("float OpenVINO", "float_openvino_ms"),
+                                                  ("1-bit OpenVINO", "binary_openvino_ms")) if report.get(k)]
+    if others:
+        title += "\n" + ", ".join(f"{lab} {v:.3f} ms" for lab, v in others)
+    title += f"\n1-bit TVM vs best float ({report['best_float']}): {report['speedup_vs_best_float']:.2f}x"
     if report.get("emulated"):
         title += " (EMULATED: not real device timings)"
     a1.set_title(title)

@@ -161,7 +161,8 @@ class Compiled:
 
     @property
     def precision(self) -> str:
-        return str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        t = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return t.to_string() if hasattr(t, "to_string") else str(t)
 
 
 def _ort_reference(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -232,6 +232,22 @@ class Session:
         args = [self.tensor(a) for a in inputs]
         return self._time(vm, func, args)
 
+    def vm_sampler(self, mod, inputs: Sequence[np.ndarray], func: str = "main") -> "Sampler":
+        """A Sampler of the Relax VM function `func` (for `interleaved`): TVM's time_evaluator, one
+        sample of `number` runs per call, in C++ (no Python call overhead in the figure)."""
+        vm = self.vm(mod)
+        args = [self.tensor(a) for a in inputs]
+        evs: dict[int, object] = {}
+
+        def sample(number: int) -> float:
+            if number not in evs:
+                evs[number] = vm.time_evaluator(func, self.dev, number=number, repeat=1, min_repeat_ms=0)
+            try:
+                return float(evs[number](*args).results[0])
+            except Exception as e:
+                raise DeviceError(f"timing {func!r} failed on {self.profiler.device_name}: {e}") from None
+        return sample
+
     def time_func(self, mod, name: str, args: Sequence) -> Timing:
         """Time one packed function of a loaded module (a PrimFunc by name); `args` numpy or tensors."""
         args = [self.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
@@ -256,6 +272,43 @@ class Session:
         ev = owner.time_evaluator(name, self.dev, number=1, repeat=3)
         t = max(float(np.median(ev(*args).results)) * 1e3, 1e-4)
         return int(max(1, min(10000, round(self.profiler.min_repeat_ms / t))))
+
+
+# sample(number) -> seconds per run, averaged over `number` back-to-back runs
+Sampler = Callable[[int], float]
+
+
+def python_sampler(fn: Callable[[], object]) -> Sampler:
+    """A Sampler of a Python callable (ONNX Runtime, OpenVINO): wall time of `number` calls."""
+    def sample(number: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - t0) / number
+    return sample
+
+
+def interleaved(samplers: dict[str, Sampler], *, warmup: int = 3, rounds: int = 15, min_repeat_ms: float = 20.0,
+                pause_s: float = 0.002) -> dict[str, Timing]:
+    """Time peers side by side: after warm-up, each round takes one sample (about min_repeat_ms long)
+    of every peer in turn, the order rotating by one each round, with a short pause between samples
+    (TVM's idle workers spin for a while after a call; the pause keeps them off the next peer). A
+    load swing on a shared host then hits every peer alike, and ratios of the medians hold where
+    absolute times do not. Returns {name: Timing} over the `rounds` samples."""
+    names = list(samplers)
+    number = {}
+    for n in names:
+        f = samplers[n]
+        f(max(1, warmup))
+        one = min(f(1) for _ in range(3))
+        number[n] = int(max(1, min(10000, round(min_repeat_ms / 1e3 / max(one, 1e-7)))))
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            n = names[(i + r) % len(names)]
+            time.sleep(pause_s)
+            samples[n].append(samplers[n](number[n]))
+    return {n: Timing.from_samples(samples[n], number[n]) for n in names}
 
 
 def find_function_owner(mod, name: str):

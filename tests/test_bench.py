@@ -101,8 +101,13 @@ def test_bench_tiny_local(tiny_build):
     r = bench(tiny_build, _fast_profiler())
     s = json_summary(r)
     assert list(s) == list(JSON_KEYS) and s["target"] == "x86-avx512" and s["threads"] == 2
-    for k in ("binary_ms", "float_tvm_ms", "float_ort_ms"):
+    for k in ("binary_ms", "float_tvm_ms", "float_ort_ms", "float_openvino_ms", "binary_openvino_ms"):
         assert s[k] > 0
+    best = min(s["float_tvm_ms"], s["float_ort_ms"], s["float_openvino_ms"])
+    assert s["speedup_vs_best_float"] == pytest.approx(best / s["binary_ms"])
+    assert s["speedup_vs_binary_openvino"] == pytest.approx(s["binary_openvino_ms"] / s["binary_ms"])
+    assert r["openvino_binary_kernels"] and r["parity_passed"] is True and not r["warnings"]
+    assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm", "float_ort", "float_openvino", "binary_openvino"}
     assert s["speedup_vs_float_ort"] == pytest.approx(s["float_ort_ms"] / s["binary_ms"])
     assert s["speedup_vs_float_tvm"] == pytest.approx(s["float_tvm_ms"] / s["binary_ms"])
     groups = [row["layer"] for row in s["layers"]]
