@@ -99,4 +99,50 @@ def enable_cuda_fatbins() -> None:
     os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
 
 
-__all__ = ["enable_cuda_fatbins", "load_cuda_runtime", "stub_libcuda", "STUB_SYMBOLS"]
+def cuda_tool(name: str) -> Path | None:
+    """A CUDA binary tool (nvcc, nvdisasm): on PATH, else from NVIDIA's wheels in this Python
+    (site-packages/nvidia/*/bin: `pip install nvidia-cuda-nvdisasm`, a dev dependency); None if absent."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in getattr(nvidia, "__path__", []):
+        for cand in sorted(Path(root).glob(f"*/bin/{name}")):
+            if os.access(cand, os.X_OK):
+                return cand
+    return None
+
+
+def compile_cuda(cuda_source: str, arch: str, out: Path, fmt: str = "cubin") -> Path:
+    """nvcc -<fmt> -arch=<arch> (fmt "cubin" or "ptx") of a TVM-generated CUDA source (e.g.
+    Executable.mod.imports[0].inspect_source("cuda")); returns `out`."""
+    nvcc = cuda_tool("nvcc")
+    if nvcc is None:
+        raise CompileError("nvcc not found (the CUDA 13 toolkit on PATH)")
+    out = Path(out)
+    src = out.with_suffix(".cu")
+    src.write_text(cuda_source)
+    if fmt not in ("cubin", "ptx"):
+        raise CompileError(f"nvcc output format must be cubin or ptx, got {fmt!r}")
+    r = subprocess.run([str(nvcc), f"-{fmt}", f"-arch={arch}", "-o", str(out), str(src)], capture_output=True, text=True)
+    if r.returncode:
+        raise CompileError(f"nvcc -{fmt} -arch={arch} failed: {r.stderr.strip()[-400:]}")
+    return out
+
+
+def sass(cubin: Path) -> str:
+    """The SASS of a cubin (nvdisasm; cuobjdump -sass needs it too)."""
+    tool = cuda_tool("nvdisasm")
+    if tool is None:
+        raise CompileError("nvdisasm not found: pip install nvidia-cuda-nvdisasm (in the dev extra)")
+    r = subprocess.run([str(tool), str(cubin)], capture_output=True, text=True)
+    if r.returncode:
+        raise CompileError(f"nvdisasm {cubin} failed: {r.stderr.strip()[-300:]}")
+    return r.stdout
+
+
+__all__ = ["compile_cuda", "cuda_tool", "enable_cuda_fatbins", "load_cuda_runtime", "sass", "stub_libcuda",
+           "STUB_SYMBOLS"]

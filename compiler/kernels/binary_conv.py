@@ -29,6 +29,7 @@ class ConvGeometry:
     c_out: int
     attrs: BinaryConvAttrs
     word_bits: int = WORD_BITS  # 32, or 8 for the AVX2 byte-lane kernel
+    mma: str = ""  # CUDA b1 tensor-core conv (bmma_cuda.py): "xor" | "and"; "" = the popcount kernels
 
     @property
     def word_dtype(self) -> str:

@@ -31,9 +31,11 @@ from tvm.script import tirx as T
 from .binary_conv import ConvGeometry
 
 MMA_K_WORDS = 8  # 256 bits per MMA step
-# rule (unmeasured on a GPU in this session): the tensor-core GEMM needs enough rows and columns to fill
-# whole MMA tiles and enough blocks; below this the popcount kernels (one thread per output) stay.
-MIN_ROWS, MIN_COLS, MIN_K_BITS = 512, 64, 256
+# rule (unmeasured on a GPU in this session): the tensor-core GEMM needs whole MMA tiles and enough work
+# to fill the GPU; below this the popcount kernels (one thread per output) stay, which on an H200 already
+# beat cuDNN fp16 at batch 1 (launch-bound, ~10 us). 2**28 1-bit MACs: every 3x3 layer of >= 64 channels at
+# batch 16 on 28x28 / 14x14 / 7x7 maps, none of the batch-1 layers of the 6-cell networks.
+MIN_ROWS, MIN_COLS, MIN_K_BITS, MIN_MACS = 256, 64, 256, 2**28
 
 
 def bmma_op(target: Any) -> str:
@@ -57,15 +59,17 @@ def bmma_op(target: Any) -> str:
 
 
 def choose_mma(geo: ConvGeometry, target: Any) -> str:
-    """The kernel rule: the b1 MMA conv ("xor"/"and") for dense convs (one group) whose GEMM has at least
-    MIN_ROWS rows (batch x output pixels), MIN_COLS output channels and MIN_K_BITS bits of K, on a target with
-    a native b1 MMA; "" (the popcount kernels) otherwise. Expected, not measured, to win there."""
+    """The kernel rule: the b1 MMA conv ("xor"/"and") for dense convs (one group) of at least MIN_MACS 1-bit
+    MACs whose GEMM has at least MIN_ROWS rows (batch x output pixels), MIN_COLS output channels and
+    MIN_K_BITS bits of K, on a target with a native b1 MMA; "" (the popcount kernels) otherwise. Expected,
+    not yet measured, to win there (benchmarks/cuda_check.py measures it)."""
     op = bmma_op(target)
     if not op or geo.g != 1 or geo.word_bits != 32:
         return ""
     oh, ow = geo.out_hw
     kh, kw = geo.attrs.kernel_shape
-    if geo.n * oh * ow < MIN_ROWS or geo.c_out < MIN_COLS or kh * kw * geo.cg < MIN_K_BITS:
+    if (geo.n * oh * ow < MIN_ROWS or geo.c_out < MIN_COLS or kh * kw * geo.cg < MIN_K_BITS
+            or geo.binary_macs < MIN_MACS):
         return ""
     return op
 
@@ -250,9 +254,7 @@ def make_bmma_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
                             acc, pa, corr, ycls, xcls, scale, bias, slope, bx, by, warp, mt, nt, lane, i)
 
     if not prelu:  # drop the unused slope parameter: the signature of make_conv_func without PReLU
-        params = [p for p in func.params if p.name != "slope"]
-        bmap = {p: b for p, b in func.buffer_map.items() if p.name != "slope"}
-        func = tvm.tirx.PrimFunc(params, func.body, func.ret_type, bmap, func.attrs)
+        func = tvm.tirx.PrimFunc([p for p in func.params if p.name != "slope"], func.body, func.ret_type, func.attrs)
     return func
 
 

@@ -22,11 +22,12 @@ class BinaryConvModule:
     x_shape: (N, C_in, H, W); w_bits: schema uint8 weights; scale/bias/prelu: [C_out];
     in_affine: the pack kernel takes in_scale/in_shift [C_in] (the BatchNorm before the sign).
     records: tuned tiles (tuning.py); None: the target's committed records.
+    mma: CUDA b1 tensor-core kernel "xor" | "and", "" for the popcount kernels; None: the compiler's rule.
     """
 
     def __init__(self, x_shape, w_bits, scale, bias, attrs: BinaryConvAttrs, target: Any, *, prelu=None,
-                 in_affine: bool = False, schedule: bool = True, records: dict | None = None):
-        self.geo = geometry(x_shape, w_bits, attrs, target)
+                 in_affine: bool = False, schedule: bool = True, records: dict | None = None, mma: str | None = None):
+        self.geo = geometry(x_shape, w_bits, attrs, target, mma=mma)
         self.target = as_target(target)
         self.in_affine = in_affine
         pack_f, conv_f = kernel_funcs(self.geo, target, affine=in_affine, prelu=prelu is not None, schedule=schedule,

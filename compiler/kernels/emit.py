@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from tvm import relax
 from dcpnas.errors import CompileError
 
 from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
+from .bmma_cuda import choose_mma, fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .pack import border_classes, border_correction, weights_to_words
 from .reference import BinaryConvAttrs
@@ -33,6 +35,9 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     fam = family(target)
     if fam == "cuda":
         with as_target(target):
+            if geo.mma:  # the b1 tensor-core conv: hand-written TIR, same signature
+                return schedule_pack_cuda(pack, geo), make_bmma_conv_func(geo, len(set(rows)), len(set(cols)),
+                                                                          prelu, geo.mma)
             return schedule_pack_cuda(pack, geo), schedule_conv_cuda(conv, geo)
     from .tuning import load_records, lookup_tile
 
@@ -54,9 +59,11 @@ def _vec(v, n: int, name: str, default: float | None = None) -> np.ndarray:
     return v
 
 
-def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any = None) -> ConvGeometry:
-    """Validate shapes against the schema and return the conv geometry (word size chosen for `target`;
-    None: 32-bit words)."""
+def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any = None, mma: str | None = None
+             ) -> ConvGeometry:
+    """Validate shapes against the schema and return the conv geometry (word size and, on CUDA, the b1
+    tensor-core kernel chosen for `target` by bmma_cuda.choose_mma unless `mma` says: "", "xor", "and";
+    target None: 32-bit words, popcount kernels)."""
     if len(x_shape) != 4:
         raise CompileError(f"binary conv: input must be NCHW, got shape {tuple(x_shape)}")
     n, c, h, w = (int(s) for s in x_shape)
@@ -72,7 +79,11 @@ def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any = 
     bits = 32 if target is None else word_bits(target, co // attrs.group)
     geo = ConvGeometry(n, c, h, w, co, attrs, bits)
     geo.out_hw  # raises on too small inputs
-    return geo
+    if mma is None:
+        mma = "" if target is None or family(target) != "cuda" else choose_mma(geo, target)
+    if mma not in ("", "xor", "and") or (mma and (geo.g != 1 or bits != 32)):
+        raise CompileError(f"binary conv: the b1 MMA kernel takes mma 'xor' or 'and' on dense convs, got {mma!r}")
+    return replace(geo, mma=mma)
 
 
 def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
@@ -80,6 +91,8 @@ def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[n
     g, cog = geo.g, geo.cog
     wt = weights_to_words(np.asarray(w_bits), geo.attrs, geo.word_bits)
     corr, ycls, xcls = border_correction(np.asarray(w_bits), geo.attrs, geo.h, geo.w)
+    if geo.mma == "and":  # the AND form's weight term 2 popc(b), known now (bmma_cuda.py)
+        corr = fold_weight_popcount(corr, wt)
     consts = [wt, corr, ycls, xcls, _vec(scale, geo.c_out, "scale").reshape(g, cog),
               _vec(bias, geo.c_out, "bias", 0.0).reshape(g, cog)]
     if prelu is not None:
