@@ -7,7 +7,7 @@ import pytest
 from dcpnas.errors import LutError, TargetError
 from dcpnas.targets import Target, describe, get_target, list_targets, load_target_file
 
-BUILTIN = ["arm-a53", "arm-a72", "arm-a76", "cuda-sm80", "cuda-sm90", "x86-avx2", "x86-avx512"]
+BUILTIN = ["arm-a53", "arm-a72", "arm-a76", "cuda-sm100", "cuda-sm80", "cuda-sm90", "x86-avx2", "x86-avx512"]
 
 GOOD = """
 name = "my-board"
