@@ -13,6 +13,13 @@ reference and the compiled network's logits against ONNX Runtime's, then times e
 PyTorch's float conv on the same GPU (cuDNN, fp32 without TF32, and fp16) and the 1-bit network beside
 the float network built by the same TVM pipeline. It writes OUT/cuda_check.json and prints a table;
 it exits 1 when any parity check fails.
+
+The b1 tensor-core convs (compiler/kernels/bmma_cuda.py, B1_CASES at batch 1, 16, 64): each layer is
+built twice, as the b1 MMA kernel (the target's op, whatever the compiler's rule would pick) and as the
+popcount kernels; `run` checks both against an fp64 PyTorch conv of the signs on the GPU (exact: integer
+sums), times them beside cuDNN fp16 (tensor cores, channels-last), fp32 and, where PyTorch has one, an
+int8 GEMM of the im2col shape (torch._int_mm; the im2col itself not counted), and writes OUT/cuda_b1.json
+(commit it as benchmarks/results/cuda_b1.json) with the goal of issue 15 evaluated.
 """
 
 from __future__ import annotations
@@ -44,6 +51,16 @@ CONV_CASES = [
     ("c512h7k3b16", 512, 7, 512, 3, 1, 1, 1, 16, False),
     ("c256h14k1", 256, 14, 256, 1, 1, 1, 1, 1, False),
 ]
+# b1 tensor-core cases: (name, c_in, h, c_out, k, stride), each at every batch of B1_BATCHES
+B1_CASES = [
+    ("c64h28k3", 64, 28, 64, 3, 1),
+    ("c128h28k3", 128, 28, 128, 3, 1),
+    ("c256h14k3", 256, 14, 256, 3, 1),
+    ("c512h7k3", 512, 7, 512, 3, 1),
+    ("c128h28k3s2", 128, 28, 256, 3, 2),
+    ("c256h14k1", 256, 14, 256, 1, 1),
+]
+B1_BATCHES = (1, 16, 64)
 # (name, cells, channels): networks of the genotype a README search found, 1-bit and float
 NETWORKS = [("searched-6x8", 6, 8), ("searched-6x64", 6, 64)]
 GENOTYPE = REPO / "tests" / "data" / "searched_genotype.json"
@@ -64,7 +81,9 @@ def _conv_problem(case, rng):
     return attrs, x, w, pack_weights(w), ep, aff
 
 
-def prepare(bundle: Path, target_name: str, quick: bool) -> dict:
+def prepare(bundle: Path, target_name: str, quick: bool, b1: str | None = None) -> dict:
+    """b1: "all" (every B1_CASES layer at every batch), "quick" (the first at batch 16), "none";
+    default "none" with quick, else "all"."""
     from dcpnas.compiler.build import resolve_target
     from dcpnas.compiler.kernels import BinaryConvModule, binary_conv2d_reference
     from dcpnas.compiler.kernels.depthwise import Pm1ConvModule, use_pm1_kernel
@@ -101,12 +120,54 @@ def prepare(bundle: Path, target_name: str, quick: bool) -> dict:
             "stride": attrs.strides[0], "pad": attrs.pads[0], "dilation": attrs.dilations[0], "groups": attrs.group,
             "binary_macs": int(np.prod(ref.shape) * np.prod(w.shape[1:])), "build_s": round(time.perf_counter() - t0, 2)})
         print(f"  built {name} ({'pm1' if pm1 else 'xnor'}) in {time.perf_counter() - t0:.1f} s", flush=True)
+    b1 = b1 or ("none" if quick else "all")
+    manifest["b1"] = [] if b1 == "none" else _prepare_b1(bundle, tdict, rng, quick=b1 == "quick")
     for name, cells, channels in ([] if quick else NETWORKS):
         manifest["networks"].append(_prepare_network(bundle, tgt.name, name, cells, channels))
     from dcpnas.io import write_json
 
     write_json(bundle / "manifest.json", manifest)
     return manifest
+
+
+def _prepare_b1(bundle: Path, tdict: dict, rng, quick: bool = False) -> list[dict]:
+    """Every B1_CASES layer at every batch, as the b1 MMA kernel and as the popcount kernels. The input is
+    drawn on the GPU side from `seed` (keeps the bundle small); weights, epilogue and constants are stored."""
+    from dcpnas.compiler.kernels import BinaryConvAttrs, BinaryConvModule, pack_weights
+    from dcpnas.compiler.kernels.bmma_cuda import bmma_op, choose_mma
+    from dcpnas.compiler.kernels.emit import geometry
+
+    op = bmma_op(tdict)
+    if not op:
+        print(f"  no b1 tensor-core MMA on {tdict.get('arch')}: b1 cases skipped", flush=True)
+        return []
+    out = []
+    for name, c, h, co, k, s in B1_CASES[:1] if quick else B1_CASES:
+        attrs = BinaryConvAttrs((k, k), (s, s), (k // 2,) * 4, (1, 1), 1, c)
+        wb = pack_weights(rng.standard_normal((co, c, k, k)).astype(np.float32))
+        scale, bias = rng.uniform(0.5, 2, co).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+        for n in (16,) if quick else B1_BATCHES:
+            shape = (n, c, h, h)
+            rule = choose_mma(geometry(shape, wb, attrs, tdict, mma=""), tdict)
+            rec = {"name": name, "batch": n, "c_in": c, "c_out": co, "k": k, "stride": s, "pad": k // 2, "h": h,
+                   "x_shape": list(shape), "seed": int(rng.integers(2**31)), "op": op,
+                   "compiler_choice": "bmma" if rule else "xnor", "kernels": {}}
+            for kernel, mma in (("bmma", op), ("xnor", "")):
+                t0 = time.perf_counter()
+                m = BinaryConvModule(shape, wb, scale, bias, attrs, tdict, mma=mma)
+                stem = f"b1-{name}-n{n}-{kernel}"
+                m.export(bundle / f"{stem}.so")
+                consts = m.arrays(np.zeros(shape, np.float32))["binconv"][1:-1]
+                np.savez_compressed(bundle / f"{stem}.npz", *consts)
+                rec["kernels"][kernel] = {"lib": f"{stem}.so", "data": f"{stem}.npz", "n_consts": len(consts),
+                                          "packed_shape": list(m.geo.packed_shape), "packed_dtype": m.geo.word_dtype,
+                                          "out5_shape": list(m.geo.out5_shape), "build_s": round(time.perf_counter() - t0, 2)}
+            np.savez_compressed(bundle / f"b1-{name}-n{n}-ref.npz", w_bits=wb, scale=scale, bias=bias)
+            rec["ref"] = f"b1-{name}-n{n}-ref.npz"
+            out.append(rec)
+            print(f"  built b1 {name} batch {n} (bmma {op} + popcount; the rule picks {rec['compiler_choice']})",
+                  flush=True)
+    return out
 
 
 def _prepare_network(bundle: Path, target: str, name: str, cells: int, channels: int) -> dict:
@@ -228,6 +289,102 @@ def run_convs(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
     return rows
 
 
+def _int8_gemm_ms(m_rows: int, k: int, n: int):
+    """torch._int_mm of the im2col GEMM shape (int8 x int8 -> int32 on the tensor cores), or None where
+    PyTorch offers none for it (needs M > 16 and K, N multiples of 8)."""
+    import torch
+
+    if m_rows <= 16 or k % 8 or n % 8 or not hasattr(torch, "_int_mm"):
+        return None
+    a = torch.randint(-1, 2, (m_rows, k), dtype=torch.int8, device="cuda")
+    b = torch.randint(-1, 2, (k, n), dtype=torch.int8, device="cuda")
+    try:
+        return _torch_ms(lambda: torch._int_mm(a, b))
+    except RuntimeError:
+        return None
+
+
+def sign_conv_reference(x, w_bits, scale, bias, c_in: int, conv_kw: dict, device: str) -> np.ndarray:
+    """binary_conv2d_reference in PyTorch (float64 on `device`: integer sums, exact) for the big b1 cases:
+    scale * conv(sign(x) with zero padding, ±1 weights) + bias, float32 NCHW."""
+    import torch
+    import torch.nn.functional as F
+
+    w_pm = 1.0 - 2.0 * np.unpackbits(w_bits, axis=1, bitorder="little")[:, :c_in].astype(np.float64)
+    xs = torch.where(torch.from_numpy(x).to(device) >= 0, 1.0, -1.0).double()
+    acc = F.conv2d(xs, torch.from_numpy(w_pm).to(device), **conv_kw)
+    sc = torch.from_numpy(scale).to(device).double()[None, :, None, None]
+    bi = torch.from_numpy(bias).to(device).double()[None, :, None, None]
+    return (acc * sc + bi).float().cpu().numpy()
+
+
+def run_b1(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
+    """Parity and timings of the b1 tensor-core convs and the popcount kernels (see the module doc)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = []
+    for c in manifest.get("b1", []):
+        x = np.random.default_rng(c["seed"]).standard_normal(c["x_shape"]).astype(np.float32)
+        ref_data = np.load(bundle / c["ref"])
+        wb, scale, bias = ref_data["w_bits"], ref_data["scale"], ref_data["bias"]
+        conv_kw = dict(stride=c["stride"], padding=c["pad"])
+        torch.backends.cudnn.benchmark = False
+        ref = sign_conv_reference(x, wb, scale, bias, c["c_in"], conv_kw, "cuda")
+        torch.backends.cudnn.benchmark = True
+        xg = torch.from_numpy(x).cuda()
+        w = torch.randn(c["c_out"], c["c_in"], c["k"], c["k"], device="cuda")
+        fp32 = _torch_ms(lambda: F.conv2d(xg, w, **conv_kw))
+        xh, wh = xg.half().to(memory_format=torch.channels_last), w.half().to(memory_format=torch.channels_last)
+        fp16 = _torch_ms(lambda: F.conv2d(xh, wh, **conv_kw))
+        n, _, oh, ow = ref.shape
+        int8 = _int8_gemm_ms(n * oh * ow, c["c_in"] * c["k"] ** 2, c["c_out"])
+        for kernel, kc in c["kernels"].items():
+            mod = tvm.runtime.load_module(str(bundle / kc["lib"]))
+            data = np.load(bundle / kc["data"])
+            consts = [data[f"arr_{i}"] for i in range(kc["n_consts"])]
+            p = tvm.runtime.tensor(np.zeros(kc["packed_shape"], kc["packed_dtype"]), dev)
+            out = tvm.runtime.tensor(np.zeros(kc["out5_shape"], np.float32), dev)
+            pack_args = [tvm.runtime.tensor(x, dev), p]
+            conv_args = [p] + [tvm.runtime.tensor(a, dev) for a in consts] + [out]
+            mod["binpack"](*pack_args)
+            mod["binconv"](*conv_args)
+            dev.sync()
+            got = out.numpy().reshape(ref.shape)
+            err = float(np.max(np.abs(got - ref)))
+            ok = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max())))
+            pack_ms, conv_ms = _tvm_ms(mod, "binpack", dev, pack_args), _tvm_ms(mod, "binconv", dev, conv_args)
+            binary_ms = pack_ms + conv_ms
+            row = {"name": c["name"], "batch": c["batch"], "c_in": c["c_in"], "c_out": c["c_out"], "k": c["k"],
+                   "stride": c["stride"], "h": c["h"], "kernel": kernel, "mma_op": c["op"] if kernel == "bmma" else None,
+                   "compiler_choice": c["compiler_choice"], "parity_ok": ok, "max_abs_diff": err,
+                   "binary_ms": binary_ms, "binary_conv_only_ms": conv_ms, "pack_ms": pack_ms,
+                   "cudnn_fp16_ms": fp16, "cudnn_fp32_ms": fp32, "int8_gemm_ms": int8,
+                   "speedup_vs_fp16": fp16 / binary_ms, "speedup_vs_fp32": fp32 / binary_ms,
+                   "speedup_vs_int8_gemm": int8 / binary_ms if int8 else None}
+            rows.append(row)
+            print(f"  {c['name']:<12} b{c['batch']:<3} {kernel:<5} {'ok ' if ok else 'BAD'} err {err:.1e}  "
+                  f"1-bit {binary_ms:.4f} ms  fp16 {fp16:.4f}  int8 {int8 if int8 is None else round(int8, 4)}  "
+                  f"x{row['speedup_vs_fp16']:.2f} vs fp16", flush=True)
+    return rows
+
+
+def b1_goal(rows: list[dict], nets: list[dict]) -> dict:
+    """Issue 15's goal on this GPU: every 3x3 b1 MMA conv with >= 128 input channels at batch 16 >= 2x cuDNN
+    fp16, and the 64-channel 6-cell network >= 3x its float twin (batch 1: the networks are built at batch 1)."""
+    sel = [r for r in rows if r["kernel"] == "bmma" and r["batch"] == 16 and r["k"] == 3 and r["c_in"] >= 128]
+    net = [r for r in nets if r["channels"] == 64]
+    worst = min((r["speedup_vs_fp16"] for r in sel), default=None)
+    net_x = net[0]["speedup_vs_float"] if net else None
+    bm = {(r["name"], r["batch"]): r["binary_ms"] for r in rows if r["kernel"] == "bmma"}
+    pc = {(r["name"], r["batch"]): r["binary_ms"] for r in rows if r["kernel"] == "xnor"}
+    return {"batch16_3x3_ge128_min_speedup_vs_fp16": worst, "batch16_goal_met": worst is not None and worst >= 2.0,
+            "net64_speedup_vs_float": net_x, "net64_goal_met": net_x is not None and net_x >= 3.0,
+            "bmma_speedup_vs_popcount": {f"{k[0]}-b{k[1]}": pc[k] / v for k, v in bm.items() if k in pc}}
+
+
 def run_networks(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
     from tvm.runtime.vm import VirtualMachine
 
@@ -268,12 +425,24 @@ def run(bundle: Path, out: Path) -> int:
             "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "tvm": tvm.__version__}
     print(f"GPU {info['gpu']} (sm {info['compute_version']}), torch {info['torch']}, TVM {info['tvm']} runtime")
     convs = run_convs(tvm, bundle, manifest, dev)
+    b1 = run_b1(tvm, bundle, manifest, dev)
     nets = run_networks(tvm, bundle, manifest, dev)
-    ok = all(r["parity_ok"] for r in convs) and all(r[k]["parity_ok"] for r in nets for k in ("binary", "float"))
+    ok = (all(r["parity_ok"] for r in convs + b1)
+          and all(r[k]["parity_ok"] for r in nets for k in ("binary", "float")))
     out.mkdir(parents=True, exist_ok=True)
+    if b1:
+        b1_res = {"schema": "dcpnas.cuda-b1/1", "target": manifest["target"], "device": info,
+                  "parity_ok": all(r["parity_ok"] for r in b1),
+                  "command": "benchmarks/cuda_check.py prepare BUNDLE --target " + manifest["target"]
+                             + "; bash benchmarks/cuda_check_remote.sh OUT (run BUNDLE -o OUT)",
+                  "timing": "min over 5 repeats (TVM time_evaluator, CUDA events); binary_ms = pack + conv; "
+                            "int8_gemm_ms = torch._int_mm of the im2col GEMM shape, im2col not counted",
+                  "goal": b1_goal(b1, nets), "rows": b1}
+        (out / "cuda_b1.json").write_text(json.dumps(b1_res, indent=1))
+        print(f"b1 goal: {json.dumps(b1_res['goal'])}; wrote {out / 'cuda_b1.json'}")
     res = {"schema": SCHEMA + "-result", "target": manifest["target"], "device": info, "parity_ok": ok,
            "timing": "min over 5 repeats; TVM time_evaluator and CUDA events; batch as in x_shape",
-           "convs": convs, "networks": nets}
+           "convs": convs, "b1": b1, "networks": nets}
     (out / "cuda_check.json").write_text(json.dumps(res, indent=1))
     print(f"parity {'OK' if ok else 'FAILED'}; wrote {out / 'cuda_check.json'}")
     return 0 if ok else 1
@@ -286,6 +455,9 @@ def main(argv=None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--target", default="cuda-sm90")
     p.add_argument("--quick", action="store_true", help="only the four small correctness cases")
+    p.add_argument("--b1", choices=("all", "quick", "none"), default=None,
+                   help="b1 tensor-core cases: all layers x batches 1/16/64, the first at batch 16, or none "
+                        "(default: none with --quick, else all)")
     r = sub.add_parser("run", help="run the bundle on this machine's GPU")
     r.add_argument("bundle", type=Path)
     r.add_argument("-o", "--out", type=Path, default=Path("."))
@@ -296,7 +468,7 @@ def main(argv=None) -> int:
         from dcpnas.compiler.cuda_host import enable_cuda_fatbins
 
         enable_cuda_fatbins()  # nvcc fatbins, also without a GPU driver here
-        prepare(a.bundle, a.target, a.quick)
+        prepare(a.bundle, a.target, a.quick, a.b1)
         return 0
     if a.cmd == "runtime-pkg":
         print(runtime_pkg(a.dest))

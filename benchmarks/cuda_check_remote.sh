@@ -5,6 +5,12 @@
 #   build/tvm-runtime    the runtime-only TVM package (runtime-pkg)
 #   .whl/                apache-tvm-ffi for that machine's Python (pip download --no-deps ...)
 # Usage: bash benchmarks/cuda_check_remote.sh OUT_DIR
+# Writes OUT_DIR/cuda_check.json (all kernels, networks), OUT_DIR/cuda_b1.json (the b1 tensor-core convs vs the
+# popcount kernels, cuDNN fp16/fp32 and an int8 GEMM at batch 1/16/64; commit as benchmarks/results/cuda_b1.json)
+# and OUT_DIR/cuda_check.log. One GPU call, prepared here:
+#   .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90   (~4 min, 2 cores)
+#   .venv/bin/python benchmarks/cuda_check.py runtime-pkg build/tvm-runtime
+#   .venv/bin/pip download --no-deps -d .whl apache-tvm-ffi==0.1.14.post1   (for the GPU machine's Python)
 set -euo pipefail
 out=${1:?usage: cuda_check_remote.sh OUT_DIR}
 mkdir -p "$out"

@@ -178,3 +178,27 @@ def test_without_prelu_signature():
     attrs, x, wb, ep = _problem((16, 128, 14, 128, 3, 1, 1), np.random.default_rng(8), prelu=False)
     m = BinaryConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, SM90)
     assert m.geo.mma == "and" and len(m.ir_module["binconv"].params) == 8 == len(m.arrays(x)["binconv"])
+
+
+def test_module_constants_through_the_model():
+    """The constants the compiler emits for the AND kernel (conv_constants: 2 popc(b) folded into corr) give
+    the reference through the numpy model; the GPU benchmark's PyTorch reference agrees with the numpy one."""
+    import importlib.util
+    from pathlib import Path
+
+    from dcpnas.compiler.kernels import conv_constants, geometry
+
+    case = (2, 64, 9, 40, 3, 1, 1)
+    attrs, x, wb, ep = _problem(case, np.random.default_rng(9))
+    geo = geometry(x.shape, wb, attrs, SM90, mma="and")
+    consts = conv_constants(geo, wb, ep["scale"], ep["bias"], ep["prelu"])
+    got = model_conv(geo, "and", pack_activations_reference(x, attrs), *consts)
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"])
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    spec = importlib.util.spec_from_file_location(
+        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    plain = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs)
+    torch_ref = cc.sign_conv_reference(x, wb, ep["scale"], ep["bias"], 64, {"stride": 1, "padding": 1}, "cpu")
+    np.testing.assert_allclose(torch_ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())

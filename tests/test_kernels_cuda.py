@@ -60,8 +60,10 @@ def test_cuda_runs_on_gpu():
     np.testing.assert_allclose(conv[-1].numpy().reshape(ref.shape), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_cuda_check_bundle(tmp_path):
-    """benchmarks/cuda_check.py prepare builds fatbin modules + references; run refuses cleanly without a GPU."""
+    """benchmarks/cuda_check.py prepare builds fatbin modules + references (and one b1 tensor-core case, as
+    the MMA kernel and the popcount kernels); run refuses cleanly without a GPU."""
     import json
     import subprocess
     import sys
@@ -71,8 +73,14 @@ def test_cuda_check_bundle(tmp_path):
         pytest.skip("nvcc not found")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py"
     bundle = tmp_path / "bundle"
-    subprocess.run([sys.executable, str(script), "prepare", str(bundle), "--quick"], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), "prepare", str(bundle), "--quick", "--b1", "quick"], check=True,
+                   capture_output=True)
     man = json.loads((bundle / "manifest.json").read_text())
+    (b1,) = man["b1"]
+    assert b1["op"] == "and" and b1["batch"] == 16 and set(b1["kernels"]) == {"bmma", "xnor"}
+    assert b"mma.sync" not in (bundle / b1["kernels"]["bmma"]["lib"]).read_bytes()  # a fatbin, not source
+    for k in b1["kernels"].values():
+        assert len(np.load(bundle / k["data"]).files) == k["n_consts"] and b"sm_90" in (bundle / k["lib"]).read_bytes()
     assert [c["kernel"] for c in man["convs"]] == ["xnor", "xnor", "pm1", "xnor"] and man["target"] == "cuda-sm90"
     for c in man["convs"]:
         data = np.load(bundle / c["data"])
