@@ -100,7 +100,9 @@ def prepare(bundle: Path, target_name: str, quick: bool, b1: str | None = None) 
         attrs, x, w, wb, ep, aff = _conv_problem(case, rng)
         t0 = time.perf_counter()
         affine = aff["in_scale"] is not None
-        pm1 = use_pm1_kernel(geometry(x.shape, wb, attrs, tdict))
+        geo = geometry(x.shape, wb, attrs, tdict)
+        pm1 = use_pm1_kernel(geo)
+        kernel = "pm1" if pm1 else "bmma" if geo.mma else "xnor"  # the compiler's choice
         if pm1:
             m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, tdict, prelu=ep["prelu"], in_affine=affine)
             arrays = m.arrays(x, **aff)
@@ -115,11 +117,11 @@ def prepare(bundle: Path, target_name: str, quick: bool, b1: str | None = None) 
         ref = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
         np.savez_compressed(bundle / f"{name}.npz", *arrays, ref=ref)
         manifest["convs"].append({
-            "name": name, "lib": f"{name}.so", "data": f"{name}.npz", "kernel": "pm1" if pm1 else "xnor",
+            "name": name, "lib": f"{name}.so", "data": f"{name}.npz", "kernel": kernel,
             "calls": calls, "out_index": len(arrays) - 1, "x_shape": list(x.shape), "w_shape": list(w.shape),
             "stride": attrs.strides[0], "pad": attrs.pads[0], "dilation": attrs.dilations[0], "groups": attrs.group,
             "binary_macs": int(np.prod(ref.shape) * np.prod(w.shape[1:])), "build_s": round(time.perf_counter() - t0, 2)})
-        print(f"  built {name} ({'pm1' if pm1 else 'xnor'}) in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"  built {name} ({kernel}) in {time.perf_counter() - t0:.1f} s", flush=True)
     b1 = b1 or ("none" if quick else "all")
     manifest["b1"] = [] if b1 == "none" else _prepare_b1(bundle, tdict, rng, quick=b1 == "quick")
     for name, cells, channels in ([] if quick else NETWORKS):
