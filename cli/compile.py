@@ -51,5 +51,10 @@ def compile_cmd(
     console.print(f"  parity on {p['inputs']}: top-1 agreement {p['top1_agreement']:.3f}, "
                   f"max |ORT-{ref}| {p['max_abs_diff_ort']:.3g}, max |TVM-{ref}| "
                   f"{'n/a (' + p['tvm_run'] + ')' if tvm_d is None else f'{tvm_d:.3g}'}{how}")
+    flips = {k: p[k]["benign_flips"] for k in ("ort", "tvm") if isinstance(p.get(k), dict)}
+    if flips:
+        console.print("  benign sign flips (pre-sign value within "
+                      f"{p['eps_rel']:g} x max|x| of its threshold, traced): "
+                      + ", ".join(f"{k.upper()} {v}" for k, v in flips.items()))
     if m["expected_latency_ms"] is not None:
         console.print(f"  expected latency {m['expected_latency_ms']:.3f} ms ({m['expected_latency_source']})")

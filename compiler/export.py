@@ -5,8 +5,10 @@ type of dcpnas.operations / dcpnas.model has one emitter, an unknown type raises
 
 Mapping (all tensors NCHW float32, modules in eval mode: BatchNorm uses its running statistics):
 - BinaryConv2d with binary activations -> `dcpnas::BinaryConv2d(X, W, scale)`: W = sign bits packed
-  LSB-first along input channels (bit 1 = -1), scale = beta. BatchNorm before/after the conv and the
-  PReLU stay standard nodes (the importer fuses them into the kernel).
+  LSB-first along input channels (bit 1 = -1), scale = beta. Inside a ConvUnit, the BatchNorm before
+  the conv and the sign become one per-channel threshold (sign_threshold): `Sub(x, t)` feeds the op, and
+  the weight bits of channels whose BN slope is negative are flipped. The BatchNorm after the conv and
+  the PReLU stay standard nodes (the importer fuses them into the kernel).
 - BinaryConv2d with real activations (policy `authors`: depthwise, preprocessing, FactorizedReduce)
   -> a standard float `Conv` with weights beta * sign(w) (the frozen BinaryConv2d always binarises X).
 - Stem/float convs -> Conv; pools -> MaxPool / AveragePool(count_include_pad=0); FactorizedReduce's
@@ -43,6 +45,40 @@ def unpack_sign_bits(packed: np.ndarray, channels: int) -> np.ndarray:
     """Inverse of pack_sign_bits: uint8 [Co, nb, kh, kw] -> float32 +-1 [Co, channels, kh, kw]."""
     bits = np.unpackbits(np.asarray(packed, np.uint8), axis=1, bitorder="little")[:, :channels]
     return (1 - 2 * bits.astype(np.float32)).astype(np.float32)
+
+
+def sign_threshold(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm (eval) followed by sign, as one per-channel threshold: sign(bn(x))[c] = s[c] * sign(x[c] - t[c])
+    with s = -1 where the BN's slope is negative. -> (t float32 [C], negative bool [C]).
+
+    Computed once here, in float64, rounded to float32: export (a `Sub` before the binary conv, weight
+    bits of negative channels flipped), the PyTorch reference (parity.folded_signs) and TVM then compare
+    the same float32 x with the same float32 t, so the pre-sign arithmetic is identical in all three.
+    A zero slope gives a constant sign (t = -inf or +inf)."""
+    if bn.running_mean is None:
+        raise CompileError("BatchNorm2d without running statistics cannot be folded into a sign threshold")
+    C = bn.num_features
+    g = bn.weight.detach().double().cpu().numpy() if bn.affine else np.ones(C)
+    b = bn.bias.detach().double().cpu().numpy() if bn.affine else np.zeros(C)
+    mu = bn.running_mean.detach().double().cpu().numpy()
+    sd = np.sqrt(bn.running_var.detach().double().cpu().numpy() + float(bn.eps))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mu - b * sd / g
+    t = np.where(g == 0, np.where(b >= 0, -np.inf, np.inf), t)
+    if not np.all(np.isfinite(t) | (g == 0)):
+        raise CompileError("BatchNorm2d statistics are not finite: cannot fold them into a sign threshold")
+    return t.astype(np.float32), g < 0
+
+
+def flip_input_channels(w: np.ndarray, negative: np.ndarray, groups: int) -> np.ndarray:
+    """Weights [Co, Cin/g, kh, kw] with the sign of every input channel in `negative` [Cin] flipped
+    (sign(w) * s, s = -1 there), so that conv(s * sign(x), sign(w)) = conv(sign(x), sign(w) * s)."""
+    w = np.asarray(w)
+    co, cg = w.shape[:2]
+    s = np.where(np.asarray(negative).reshape(groups, cg), -1.0, 1.0)  # [g, cg]
+    s = np.repeat(s, co // groups, axis=0)  # output channel o belongs to group o // (co / g)
+    sw = np.where(w >= 0, 1.0, -1.0) * s[:, :, None, None]
+    return sw.astype(np.float32)
 
 
 def _ref(name: str, ref: str, kind: int) -> onnx.AttributeProto:
@@ -196,7 +232,16 @@ class _Graph:
         return self.node("Gemm", ins, p, transB=1)
 
     def conv_unit(self, m, x, p):
-        for name in ("bn_in", "conv", "bn_out", "act"):
+        from dcpnas.binary import BinaryConv2d
+
+        names = ("bn_in", "conv", "bn_out", "act")
+        if type(m.conv) is BinaryConv2d and m.conv.binary_act and m.conv.binary_weight:
+            # BN -> sign folded into one threshold: Sub(x, t), weight signs of negative-slope channels flipped
+            t, neg = sign_threshold(m.bn_in)
+            x = self.node("Sub", [x, self.init(f"{p}.threshold", t.reshape(-1, 1, 1))], f"{p}.threshold")
+            x = self.binary_conv(m.conv, x, f"{p}.conv", negative=neg)
+            names = ("bn_out", "act")
+        for name in names:
             x = self.emit(getattr(m, name), x, f"{p}.{name}")
         return x
 
@@ -241,7 +286,7 @@ class _Graph:
             ins.append(self.init(f"{p}.bias", m.bias))
         return self.node("Conv", ins, p, **_conv_attrs(m.kernel_size, m.stride, m.padding, m.dilation, m.groups))
 
-    def binary_conv(self, m, x, p):
+    def binary_conv(self, m, x, p, negative=None):
         attrs = _conv_attrs(m.kernel_size, m.stride, m.padding, m.dilation, m.groups)
         w = m.weight.detach()
         if not m.binary_weight:
@@ -251,7 +296,10 @@ class _Graph:
             weff = ((w >= 0).float() * 2 - 1) * m.scale.detach().view(-1, 1, 1, 1)
             return self.node("Conv", [x, self.init(f"{p}.weight", weff)], p, **attrs)
         self.uses_binary = True
-        ins = [x, self.init(f"{p}.weight_bits", pack_sign_bits(w.cpu().numpy())),
+        w = w.cpu().numpy()
+        if negative is not None and np.any(negative):
+            w = flip_input_channels(w, negative, m.groups)
+        ins = [x, self.init(f"{p}.weight_bits", pack_sign_bits(w)),
                self.init(f"{p}.scale", m.scale.detach().float())]
         return self.node("BinaryConv2d", ins, p, domain=DOMAIN, channels_in=m.in_channels, **attrs)
 

@@ -74,6 +74,9 @@ class Lowering:
         in_s = in_b = None
         if pre is not None:
             in_s, in_b = bn_affine(self.consts, pre)
+            if in_s.size == 1:
+                c_in = _shape(x)[1]
+                in_s, in_b = np.full(c_in, in_s[0], np.float32), np.full(c_in, in_b[0], np.float32)
         w = self._c(conv.input[1])
         co = w.shape[0]
         scale = np.ones(co, np.float32)
@@ -142,7 +145,7 @@ class Lowering:
             f = fs.elementwise([s, (s[1],), (s[1],)], lambda t, i: t[0][i] * t[1][i[1]] + t[2][i[1]], s,
                                name=name, cpu=self.cpu)
             return {n.output[0]: self._call(bb, lay, f, [x, relax.const(sa), relax.const(sb)], s)}
-        if op in ("Add", "Mul", "PRelu"):
+        if op in ("Add", "Sub", "Mul", "PRelu"):
             return {n.output[0]: self._binary(bb, env, n, lay, name)}
         if op == "Relu":
             x = self._arg(env, n.input[0])
@@ -199,6 +202,8 @@ class Lowering:
                 return u + v
             if n.op_type == "Mul":
                 return u * v
+            if n.op_type == "Sub":
+                return u - v
             return tirx.Select(u >= 0, u, u * v)
         f = fs.elementwise([sa, sb], fn, out, name=name, cpu=self.cpu)
         return self._call(bb, lay, f, [xa, xb], out)

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from dcpnas.errors import CompileError
 
 SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "Flatten", "Gemm",
-                 "GlobalAveragePool", "Identity", "MaxPool", "Mul", "PRelu", "Relu", "Slice")
+                 "GlobalAveragePool", "Identity", "MaxPool", "Mul", "PRelu", "Relu", "Slice", "Sub")
 DCPNAS_OPS = ("BinaryConv2d",)
 
 
@@ -94,8 +94,10 @@ class _Fuser:
 
     def plan(self, conv):
         pre = self.producer.get(conv.input[0])
-        if not (pre is not None and pre.op_type == "BatchNormalization" and self.const_inputs(pre)
-                and self.only_consumer(pre.output[0]) is conv):
+        # a BN, or (binary convs) the export's sign threshold Sub(x, t), becomes the conv's input affine
+        pre_ok = pre is not None and (pre.op_type == "BatchNormalization" or (
+            pre.op_type == "Sub" and conv.op_type == "BinaryConv2d" and len(pre.input) == 2))
+        if not (pre_ok and self.const_inputs(pre) and self.only_consumer(pre.output[0]) is conv):
             pre = None
         post, act, res = None, None, None
         nxt = self.only_consumer(conv.output[0])
@@ -114,7 +116,14 @@ class _Fuser:
 
 
 def bn_affine(consts, node) -> tuple[np.ndarray, np.ndarray]:
-    """BatchNormalization (inference) as y = x * a + b per channel (float32, PyTorch's folding)."""
+    """BatchNormalization (inference) as y = x * a + b per channel (float32, PyTorch's folding).
+    Sub(x, t) (the export's sign threshold) as a = 1, b = -t: x * 1 + (-t) rounds exactly as x - t."""
+    if node.op_type == "Sub":
+        t = consts[node.input[1]].astype(np.float32)
+        if t.ndim > 3 or any(d != 1 for d in t.shape[1:]):
+            raise CompileError(f"{node.name}: a threshold before a binary conv must be per channel [C, 1, 1]")
+        t = t.reshape(-1)
+        return np.ones_like(t), (-t).astype(np.float32)
     g, b, mu, var = (consts[i].astype(np.float32) for i in node.input[1:5])
     eps = float(_attrs(node).get("epsilon", 1e-5))
     a = (g / np.sqrt(var + np.float32(eps))).astype(np.float32)

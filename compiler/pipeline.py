@@ -142,7 +142,7 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     from dcpnas.compiler.artifact import SCHEMA, Artifact, file_record
     from dcpnas.compiler.build import build_onnx_model, resolve_target, runs_here, tvm_runner
     from dcpnas.compiler.export import build_onnx
-    from dcpnas.compiler.parity import check_parity
+    from dcpnas.compiler.parity import check_parity, failure_line, tvm_probe_runner
     from dcpnas.io import atomic_write_bytes
 
     progress = progress or no_progress
@@ -188,10 +188,14 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     t0 = time.perf_counter()
     x, inputs = _parity_inputs(dataset, norm, imp.input_shape, parity_inputs, data)
     ok, why = runs_here(tgt)
+    probe = fn = None
+    if ok and why != "qemu" and tgt.tvm.get("kind") != "cuda":
+        probe = tvm_probe_runner(built.lib_path, _probe_symbols(imp.layers))
+    elif ok:
+        fn = tvm_runner(built.lib_path, tgt, imp.output_shape)
     with torch_threads(1):
-        parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(),
-                              tvm_fn=tvm_runner(built.lib_path, tgt, imp.output_shape) if ok else None,
-                              raise_on_fail=False)
+        parity = check_parity(x, torch_module=net, onnx_bytes=model.SerializeToString(), tvm_fn=fn,
+                              tvm_probe=probe, raise_on_fail=False)
     parity["inputs"] = inputs
     parity["tvm_run"] = ("ran under qemu-aarch64 (emulated)" if why == "qemu" else "ran") if ok else f"skipped: {why}"
     times["parity"] = time.perf_counter() - t0
@@ -219,11 +223,13 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     if check and not parity["passed"]:
         from dcpnas.errors import ParityError
 
-        raise ParityError(
-            f"parity failed (manifest written to {out}): top-1 agreement {parity['top1_agreement']:.3f}, "
-            f"max |ORT-ref| {parity['max_abs_diff_ort']}, max |TVM-ref| {parity['max_abs_diff_tvm']}, "
-            f"allowed {parity['rtol']:g} x {parity['reference_max_abs']:.3g}")
+        raise ParityError(f"parity failed (manifest written to {out}): {failure_line(parity)}")
     return art
+
+
+def _probe_symbols(layers) -> list[tuple[str, str]]:
+    """(PrimFunc symbol, binary conv node) of the kernel that reads each binary conv's input first."""
+    return [(lay.funcs[0]["name"], lay.name) for lay in layers if lay.op == "BinaryConv2d" and lay.funcs]
 
 
 def _parity_inputs(dataset, norm, shape, n: int, data: str) -> tuple[np.ndarray, str]:
