@@ -39,10 +39,13 @@ CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
 
 
 def default_eval_space(input_shape=(1, 28, 28), num_classes: int = 10, policy: str = "book",
-                       cells: int | None = None, channels: int | None = None) -> SearchSpace:
-    """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS)."""
+                       cells: int | None = None, channels: int | None = None,
+                       reductions: tuple[int, ...] | None = None) -> SearchSpace:
+    """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS;
+    reductions: indices of the reduction cells, default cells//3 and 2*cells//3 as in DARTS)."""
     return SearchSpace(cells=cells or EVAL_CELLS, channels=channels or EVAL_CHANNELS,
-                       input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy)
+                       input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy,
+                       reductions=tuple(reductions or ()))
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TrainConfig:
     binary: bool = True
     cells: int | None = None
     channels: int | None = None
+    reductions: tuple[int, ...] | None = None  # None: DARTS placement (cells//3, 2*cells//3)
     policy: str | None = None  # None: the policy the genotype was searched with (else book)
     data: str = "embedded"
     seed: int = 0
@@ -84,8 +88,16 @@ class TrainConfig:
             raise ConfigError(f"stage1_fraction must be in [0, 1), got {self.stage1_fraction}")
         if self.batch_size < 2 or self.eval_batch_size < 1:
             raise ConfigError("batch_size must be >= 2 and eval_batch_size >= 1")
+        if not all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.temperature, self.stage1_fraction)):
+            raise ConfigError("lr, weight_decay, temperature and stage1_fraction must be finite numbers")
         if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
             raise ConfigError("lr and temperature must be > 0, weight_decay >= 0")
+        if self.reductions is not None:
+            cells = self.cells or EVAL_CELLS
+            if not self.reductions or any(not 0 <= r < cells for r in self.reductions) or \
+                    len(set(self.reductions)) != len(self.reductions):
+                raise ConfigError(f"reductions must be distinct cell indices in [0, {cells}), got {list(self.reductions)}")
+            object.__setattr__(self, "reductions", tuple(sorted(int(r) for r in self.reductions)))
         if self.policy is not None and self.policy not in POLICIES:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
 
@@ -112,6 +124,11 @@ class TrainConfig:
             try:
                 if v is None:
                     clean[k] = None
+                elif k == "reductions":
+                    if isinstance(v, (str, bytes)) or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                                for r in v):
+                        raise ValueError("expected a list of cell indices")
+                    clean[k] = tuple(v)
                 elif isinstance(default, bool):
                     if not isinstance(v, bool):
                         raise ValueError("expected true or false")
@@ -144,7 +161,7 @@ def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes
     when that is None the binarisation policy recorded by the search that found `genotype` (book if none)."""
     searched = genotype.search.get("space", {}) if isinstance(genotype.search, dict) else {}
     policy = config.policy or (searched.get("policy") if isinstance(searched, dict) else None) or "book"
-    return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels)
+    return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels, config.reductions)
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""The recipe experiment of issue 13: how accurate can a 1-bit network built from a DARTS genotype get
+on full Fashion-MNIST on this machine, and what does each choice cost?
+
+Rows (each one `dcpnas.train.train` of the same genotype and evaluation network, its own folder
+RUNS/<row>/ (default runs/accuracy), resumable epoch by epoch):
+    float         the real-valued twin (also the teacher of the -kd rows)
+    authors       1-bit, `authors` policy (real activations into depthwise and 1x1 preprocessing convs)
+    authors-kd    the same, distilled from the float row (KL to its softmax instead of the labels)
+    book          1-bit, `book` policy (every conv in the cells binary, activations too)
+    book-kd       the same, distilled
+A -kd row needs the float row finished (run `float` first in the same or an earlier command).
+Rerunning the same command skips finished rows and resumes an interrupted one; several commands with
+different --rows can share one OUT (each rewrites the report from every finished row's train.json under RUNS).
+Every finished row rewrites OUT/accuracy.json (schema dcpnas.accuracy/1) and OUT/accuracy.md.
+`--latency TARGET` compiles each finished 1-bit row with its trained weights (`compile_genotype`) and
+records the TVM latency measured by `dcpnas bench`'s timer beside its accuracy.
+
+    # the committed run (2-core CPU shared with other jobs): benchmarks/results/accuracy/
+    nice -n 10 .venv/bin/python benchmarks/accuracy.py -o benchmarks/results/accuracy \\
+        --data fashion-mnist:../shared/data/fashion-mnist --rows float,authors-kd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+SCHEMA = "dcpnas.accuracy/1"
+ROWS = {  # name: (binary, policy, distilled)
+    "float": (False, None, False),
+    "authors": (True, "authors", False),
+    "authors-kd": (True, "authors", True),
+    "book": (True, "book", False),
+    "book-kd": (True, "book", True),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/accuracy"))
+    ap.add_argument("--runs", type=Path, default=Path("runs/accuracy"),
+                    help="where the rows train (model.pt, checkpoints; not committed)")
+    ap.add_argument("--rows", default="float,authors-kd", help=f"comma-separated, in order: {', '.join(ROWS)}")
+    ap.add_argument("--genotype", default="DDPNAS_MCN_2", help="genotype.json or DDPNAS_MCN_2")
+    ap.add_argument("--data", default="fashion-mnist:../shared/data/fashion-mnist")
+    ap.add_argument("--cells", type=int, default=4)
+    ap.add_argument("--channels", type=int, default=8)
+    ap.add_argument("--reductions", default="0,2", help="reduction cell indices ('' = DARTS placement)")
+    ap.add_argument("--float-epochs", type=int, default=2)
+    ap.add_argument("--binary-epochs", type=int, default=3)
+    ap.add_argument("--stage1-fraction", type=float, default=1 / 3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
+    ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency", default=None, metavar="TARGET",
+                    help="compile each finished 1-bit row for TARGET and time it (after training)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished rows")
+    args = ap.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        ap.error(f"unknown row(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
+    args.rows = rows
+    return args
+
+
+def row_config(args, row: str):
+    from dcpnas.train import TrainConfig
+
+    binary, policy, _ = ROWS[row]
+    reductions = tuple(int(r) for r in args.reductions.split(",") if r.strip()) or None
+    return TrainConfig(epochs=args.binary_epochs if binary else args.float_epochs,
+                       stage1_fraction=args.stage1_fraction, batch_size=args.batch_size, lr=args.lr,
+                       binary=binary, cells=args.cells, channels=args.channels, reductions=reductions,
+                       policy=policy or "authors", data=args.data, seed=args.seed,
+                       train_subset=args.train_subset, test_subset=args.test_subset)
+
+
+def load_genotype(spec: str):
+    from dcpnas import genotype as G
+
+    return getattr(G, spec) if spec == "DDPNAS_MCN_2" else G.load_genotype(spec)
+
+
+def run_row(args, row: str, geno) -> None:
+    from dcpnas.train import train
+
+    out = args.runs / row
+    if (out / "train.json").is_file():
+        print(f"{row}: finished earlier, skipped", flush=True)
+        return
+    teacher = None
+    if ROWS[row][2]:
+        teacher = args.runs / "float" / "model.pt"
+        if not (args.runs / "float" / "train.json").is_file():
+            raise SystemExit(f"{row} needs the float row finished first ({teacher} is missing)")
+    cfg = row_config(args, row)
+    t0 = time.perf_counter()
+
+    def progress(phase, done, total, **m):
+        if "test_acc" not in m and done % 100 == 0:
+            print(f"{row}: {phase} step {done}/{total} loss {m['loss']:.3f} train accuracy {m['acc']:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if "test_acc" in m:
+            print(f"{row}: {phase} epoch {m['epoch']} test accuracy {m['test_acc']:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher)
+    print(f"{row}: test accuracy {res.test_accuracy:.4f}, {res.seconds:.0f} s", flush=True)
+
+
+def measure_latency(args, row: str, geno, target: str) -> dict:
+    """Compile the trained row for `target` (trained weights) and time it end to end with `dcpnas bench`'s
+    profiler (1-bit and its float twin, both through TVM, in one session)."""
+    from dcpnas.compiler.pipeline import compile_genotype
+    from dcpnas.targets import get_target
+    from dcpnas.targets.bench import bench
+    from dcpnas.targets.profiler import Profiler
+
+    run = args.runs / row
+    genotype_file = run / "genotype.json"
+    geno.save(genotype_file)
+    art = compile_genotype(genotype_file, target, args.runs / "builds" / f"{row}-{target}",
+                           weights=run / "model.pt", data=args.data, parity_inputs=16)
+    rep = bench(art.path, Profiler(get_target(target)), per_layer=False, ort=False)
+    return {"target": target, "latency_ms": rep["binary_ms"], "iqr_ms": rep["binary_iqr_ms"],
+            "float_tvm_ms": rep["float_tvm_ms"], "speedup_vs_float_tvm": rep["speedup_vs_float_tvm"],
+            "parity_top1_agreement": art.manifest["parity"]["top1_agreement"]}
+
+
+def report(args) -> dict:
+    """Rebuild accuracy.json / accuracy.md from every finished row under RUNS."""
+    from dcpnas.io import atomic_write_text, write_json
+
+    runs = {}
+    for row in ROWS:
+        f = args.runs / row / "train.json"
+        if f.is_file():
+            runs[row] = json.loads(f.read_text())
+    lat = {}
+    lat_file = args.out / "latency.json"
+    if lat_file.is_file():
+        lat = json.loads(lat_file.read_text()).get("rows", {})
+    flt = runs.get("float")
+    rows = []
+    for name, r in runs.items():
+        binary, policy, kd = ROWS[name]
+        rows.append({
+            "row": name, "binary": binary, "policy": policy if binary else None, "distilled": kd,
+            "test_accuracy": r["test_accuracy"], "train_s": r["seconds"], "epochs": r["config"]["epochs"],
+            "dataset": r["dataset"], "n_train": r["n_train"], "n_test": r["n_test"], "space": r["space"],
+            "epoch_test_accuracy": [h["test_accuracy"] for h in r["history"]],
+            "latency": lat.get(name),
+        })
+    best = max((r for r in rows if r["binary"]), key=lambda r: r["test_accuracy"], default=None)
+    summary = {
+        "schema": SCHEMA,
+        "dataset": (best or (rows[0] if rows else {})).get("dataset"),
+        "genotype": args.genotype,
+        "binary_row": best["row"] if best else None,
+        "binary_test_accuracy": best["test_accuracy"] if best else None,
+        "float_test_accuracy": flt["test_accuracy"] if flt else None,
+        "gap_points": (100 * (flt["test_accuracy"] - best["test_accuracy"])) if best and flt else None,
+        "train_s": (best["train_s"] + (flt["seconds"] if best["distilled"] and flt else 0.0)) if best else None,
+        "train_s_note": "1-bit training seconds, plus the float teacher's for a distilled row",
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+        "machine": _machine(),
+        "rows": rows,
+    }
+    write_json(args.out / "accuracy.json", summary)
+    lines = ["| row | 1-bit | policy | distilled | epochs | test accuracy % | train s | latency ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        la = r["latency"]
+        lat_s = f"{la['latency_ms']:.3f} ({la['target']})" if la else "-"
+        lines.append(f"| {r['row']} | {'yes' if r['binary'] else 'no'} | {r['policy'] or '-'} | "
+                     f"{'yes' if r['distilled'] else 'no'} | {r['epochs']} | {100 * r['test_accuracy']:.2f} | "
+                     f"{r['train_s']:.0f} | {lat_s} |")
+    atomic_write_text(args.out / "accuracy.md",
+                      f"Dataset {summary['dataset']}, genotype {args.genotype}; command:\n\n    "
+                      f"{summary['command']}\n\n" + "\n".join(lines) + "\n")
+    return summary
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cpus"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    geno = load_genotype(args.genotype)
+    if not args.report_only:
+        for row in args.rows:
+            run_row(args, row, geno)
+            report(args)
+        if args.latency:
+            from dcpnas.io import write_json
+
+            lat_file = args.out / "latency.json"
+            lat = json.loads(lat_file.read_text()) if lat_file.is_file() else {"rows": {}}
+            for row in args.rows:
+                if ROWS[row][0] and (args.runs / row / "model.pt").is_file():
+                    lat["rows"][row] = measure_latency(args, row, geno, args.latency)
+                    write_json(lat_file, lat)
+    s = report(args)
+    print(f"wrote {args.out / 'accuracy.json'}: 1-bit {s['binary_test_accuracy']}, float {s['float_test_accuracy']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
