@@ -14,24 +14,67 @@ def register(app: typer.Typer) -> None:
     app.command("compile")(compile_cmd)
 
 
+def default_target(genotype_file: Path | None) -> tuple[str, str]:
+    """(target name, why): the target recorded by the search that found the genotype, else this host's."""
+    if genotype_file is not None and genotype_file.is_file():
+        from dcpnas.genotype import load_genotype
+
+        searched = load_genotype(genotype_file).search
+        recorded = searched.get("target") if isinstance(searched, dict) else None
+        if recorded:
+            return str(recorded), "the genotype was searched for it"
+    return host_target(), "this host; the genotype records no target"
+
+
+def host_target() -> str:
+    """The built-in target that matches this machine: x86-avx512 with VPOPCNTDQ, else x86-avx2; arm-a72 on aarch64."""
+    import platform
+
+    arch = platform.machine().lower()
+    if arch in ("aarch64", "arm64"):
+        return "arm-a72"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return "x86-avx512" if "avx512_vpopcntdq" in flags else "x86-avx2"
+
+
 @handle_errors
 def compile_cmd(
     input: Path = typer.Argument(..., help="genotype.json, a text file with a DARTS Genotype(...) string, or a dcpnas .onnx."),
-    target: str = typer.Option(..., "--target", "-t", help="Target name (see `dcpnas targets`) or target .toml file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Build folder [default: build/<name>-<target>]."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Trained model.pt of this genotype [default: fresh weights]."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name (see `dcpnas targets`) or target .toml file \\[default: the target the genotype was searched for, else this host's]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Build folder \\[default: build/<name>-<target>]."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Trained model.pt of this genotype \\[default: GENOTYPE's folder/train/model.pt written by `dcpnas train`, else fresh weights]."),
+    fresh: bool = typer.Option(False, "--fresh", help="Freshly initialised weights even where a trained model.pt exists."),
     float_: bool = typer.Option(False, "--float", help="Build the real-valued twin (for `dcpnas bench`)."),
     data: str = typer.Option("embedded", "--data", help="Dataset for BatchNorm calibration and parity inputs."),
     parity_inputs: int = typer.Option(16, "--parity-inputs", help="Test images compared PyTorch vs ORT vs TVM."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy for fresh weights: book | authors."),
-    cells: Optional[int] = typer.Option(None, "--cells", help="Cells of a fresh network [default: the train default]."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="Channels of a fresh network [default: the train default]."),
+    cells: Optional[int] = typer.Option(None, "--cells", help="Cells of a fresh network \\[default: the train default]."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Channels of a fresh network \\[default: the train default]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
     from dcpnas.compiler.build import compile_genotype
+    from dcpnas.errors import ConfigError
 
-    if weights is None and input.suffix.lower() != ".onnx":
+    is_genotype = input.suffix.lower() != ".onnx"
+    if fresh and weights is not None:
+        raise ConfigError("--fresh and --weights contradict each other; give one")
+    if target is None:
+        target, why = default_target(input if is_genotype else None)
+        console.print(f"target {target} ({why}; --target overrides)")
+    if weights is None and is_genotype and not fresh and input.is_file():
+        from dcpnas.train import run_folder, trained_weights
+
+        weights = trained_weights(input)
+        if weights is not None:
+            console.print(f"weights {weights} (the trained network of this run; --weights or --fresh override)")
+        elif run_folder(input).is_dir():
+            console.print(f"[yellow]{run_folder(input)} holds no finished model.pt yet (`dcpnas train` still running "
+                          f"or interrupted?)[/]")
+    if weights is None and is_genotype:
         console.print("[yellow]no --weights given: compiling freshly initialised weights "
                       "(BatchNorm calibrated on the training images); accuracy is meaningless[/]")
     with rich_progress(not quiet) as progress:
@@ -56,5 +99,10 @@ def compile_cmd(
         console.print("  benign sign flips (pre-sign value within "
                       f"{p['eps_rel']:g} x max|x| of its threshold, traced): "
                       + ", ".join(f"{k.upper()} {v}" for k, v in flips.items()))
+    acc = m.get("accuracy")
+    if acc:
+        tvm_acc = "n/a (TVM did not run here)" if acc["tvm"] is None else f"{100 * acc['tvm']:.2f}%"
+        console.print(f"  top-1 accuracy on the {acc['n']} {acc['dataset']} test images: ONNX Runtime "
+                      f"{100 * acc['ort']:.2f}%, TVM {tvm_acc}")
     if m["expected_latency_ms"] is not None:
         console.print(f"  expected latency {m['expected_latency_ms']:.3f} ms ({m['expected_latency_source']})")

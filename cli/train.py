@@ -28,12 +28,13 @@ def resolve_genotype(arg: str):
 @handle_errors
 def train_cmd(
     genotype: str = typer.Argument(..., help="genotype.json, a file with a DARTS Genotype(...) string, or DDPNAS_MCN_2."),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default runs/train-<genotype hash>[-float])."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder \\[default: beside a genotype file, its folder/train (or train-float), where `dcpnas compile` looks; runs/train-<hash> (or train-<hash>-float) for a built-in]."),
     float_net: bool = typer.Option(False, "--float", help="Train the real-valued twin (a teacher for --teacher)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="model.pt of the real-valued network of the same genotype: KL loss to its softmax."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (split between the two stages of a 1-bit run)."),
     cells: Optional[int] = typer.Option(None, "--cells", help="Cells of the evaluation network."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of the first cell."),
+    reductions: Optional[str] = typer.Option(None, "--reductions", help="Reduction cell indices, e.g. 0,2 \\[default: cells//3 and 2*cells//3]."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy: book | authors (default: the one the genotype was searched with, else book)."),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagefolder:DIR"),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -54,7 +55,14 @@ def train_cmd(
         import torch
 
         torch.set_num_threads(max(1, threads))
+    red = None
+    if reductions is not None:
+        try:
+            red = [int(r) for r in reductions.split(",") if r.strip()]
+        except ValueError:
+            raise ConfigError(f"--reductions {reductions!r}: expected cell indices like 0,2") from None
     overrides = {k: v for k, v in {
+        "reductions": red,
         "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "data": data, "seed": seed,
         "batch_size": batch_size, "device": device}.items() if v is not None}
     if float_net:
@@ -67,7 +75,12 @@ def train_cmd(
         from dcpnas.targets import get_target
 
         table = get_target(target).load_lut()
-    out = out or Path("runs") / f"train-{geno.digest()[:8]}{'' if cfg.binary else '-float'}"
+    if out is None:
+        from dcpnas.train import run_folder
+
+        builtin = not Path(genotype).exists()
+        out = (Path("runs") / f"train-{geno.digest()[:8]}{'' if cfg.binary else '-float'}" if builtin
+               else run_folder(genotype, cfg.binary))
     kind = "1-bit" if cfg.binary else "real-valued"
     console.print(f"training the {kind} network of genotype {geno.digest()[:8]} on {cfg.data} -> {out}")
     try:

@@ -200,6 +200,14 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     parity["tvm_run"] = ("ran under qemu-aarch64 (emulated)" if why == "qemu" else "ran") if ok else f"skipped: {why}"
     times["parity"] = time.perf_counter() - t0
     progress("parity", 1, 1)
+    accuracy = None
+    if weights is not None and dataset is not None:  # trained weights: top-1 of the compiled network, whole test split
+        t0 = time.perf_counter()
+        progress("accuracy", 0, 1)
+        tvm_fn = tvm_runner(built.lib_path, tgt, imp.output_shape) if ok and why != "qemu" else None
+        accuracy = test_accuracy(model.SerializeToString(), tvm_fn, dataset, norm)
+        times["accuracy"] = time.perf_counter() - t0
+        progress("accuracy", 1, 1)
     lat, lat_src = _expected_latency(tgt, genotype, space, binary)
     manifest = {
         "schema": SCHEMA, "name": name, "binary": binary,
@@ -214,6 +222,7 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
         "files": {"onnx": file_record(out, "model.onnx"), "lib": file_record(out, "model.so")},
         "onnx_weight_bytes": _weight_bytes(model),
         "parity": parity,
+        "accuracy": accuracy,
         "expected_latency_ms": lat, "expected_latency_source": lat_src,
         "compile_s": {k: round(v, 3) for k, v in times.items()},
         "layers": [vars(layer) for layer in imp.layers],
@@ -230,6 +239,21 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
 def _probe_symbols(layers) -> list[tuple[str, str]]:
     """(PrimFunc symbol, binary conv node) of the kernel that reads each binary conv's input first."""
     return [(lay.funcs[0]["name"], lay.name) for lay in layers if lay.op == "BinaryConv2d" and lay.funcs]
+
+
+def test_accuracy(onnx_bytes: bytes, tvm_fn, dataset, norm: dict) -> dict:
+    """Top-1 accuracy in [0, 1] of the compiled network on the whole test split of `dataset`, run by
+    ONNX Runtime and (tvm_fn given) by the TVM library: {"dataset", "split", "n", "ort", "tvm"}."""
+    from dcpnas.compiler.parity import run_ort
+
+    x, y = dataset.tensors("test", norm["mean"], norm["std"])
+    x, y = x.numpy(), y.numpy()
+    with torch_threads(1):
+        ort_top1 = run_ort(onnx_bytes, x).argmax(1)
+    tvm_top1 = tvm_fn(x).argmax(1) if tvm_fn is not None else None
+    return {"dataset": dataset.name, "split": "test", "n": int(len(y)),
+            "ort": float((ort_top1 == y).mean()),
+            "tvm": None if tvm_top1 is None else float((tvm_top1 == y).mean())}
 
 
 def _parity_inputs(dataset, norm, shape, n: int, data: str) -> tuple[np.ndarray, str]:

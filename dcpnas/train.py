@@ -164,6 +164,18 @@ def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes
     return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels, config.reductions)
 
 
+def run_folder(genotype_file: str | Path, binary: bool = True) -> Path:
+    """Where `dcpnas train GENOTYPE_FILE` writes by default, so that compile finds the weights of the
+    same run: the genotype's folder / train (1-bit) or train-float (the real-valued twin)."""
+    return Path(genotype_file).parent / ("train" if binary else "train-float")
+
+
+def trained_weights(genotype_file: str | Path, binary: bool = True) -> Path | None:
+    """model.pt of the finished training run of this genotype file (see run_folder), or None."""
+    p = run_folder(genotype_file, binary) / "model.pt"
+    return p if p.is_file() else None
+
+
 @dataclass
 class TrainResult:
     """test_accuracy in [0, 1] of the final network; seconds: training wall time (summed over resumes)."""
@@ -390,4 +402,4 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss",
-           "augment_batch", "cosine_lr", "eval_space", "EVAL_CELLS", "EVAL_CHANNELS"]
+           "augment_batch", "cosine_lr", "eval_space", "run_folder", "trained_weights", "EVAL_CELLS", "EVAL_CHANNELS"]
