@@ -17,10 +17,16 @@ venv: $(STAMP)
 system-deps:
 	bash scripts/install_system_deps.sh
 
+# The main job (README): search -> train -> compile (trained weights, accuracy as compiled) -> bench ->
+# summary (runs/demo/summary.json). Every step resumes or rebuilds, so `make demo` can be rerun.
+# Training: configs/demo.toml (the 1-bit recipe sized for the embedded data on 2 CPU cores).
+DEMO_TARGET ?= x86-avx512
 demo: venv
-	$(VENV)/bin/dcpnas search --target x86-avx512 -o runs/demo
-	$(VENV)/bin/dcpnas compile runs/demo/genotype.json --target x86-avx512 -o build/demo-x86-avx512
-	$(VENV)/bin/dcpnas bench build/demo-x86-avx512
+	$(VENV)/bin/dcpnas search --target $(DEMO_TARGET) -o runs/demo --resume
+	$(VENV)/bin/dcpnas train runs/demo/genotype.json --config configs/demo.toml --threads 1 --resume --no-progress
+	$(VENV)/bin/dcpnas compile runs/demo/genotype.json -o build/demo-$(DEMO_TARGET) --quiet
+	$(VENV)/bin/dcpnas bench build/demo-$(DEMO_TARGET) --no-layers
+	$(VENV)/bin/dcpnas report runs/demo --build build/demo-$(DEMO_TARGET)
 
 # aarch64 TVM runtime + qemu harness for the `arm` tests (cached; the tests skip with a reason without it)
 arm-runtime: venv system-deps

@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-COMMANDS = ("search", "train", "compile", "bench", "targets", "lut", "tune")
+COMMANDS = ("search", "train", "compile", "bench", "report", "targets", "lut", "tune")
 
 for _name in COMMANDS:
     importlib.import_module(f"dcpnas.cli.{_name}").register(app)

@@ -205,7 +205,7 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
         t0 = time.perf_counter()
         progress("accuracy", 0, 1)
         tvm_fn = tvm_runner(built.lib_path, tgt, imp.output_shape) if ok and why != "qemu" else None
-        accuracy = test_accuracy(model.SerializeToString(), tvm_fn, dataset, norm)
+        accuracy = compiled_accuracy(model.SerializeToString(), tvm_fn, dataset, norm)
         times["accuracy"] = time.perf_counter() - t0
         progress("accuracy", 1, 1)
     lat, lat_src = _expected_latency(tgt, genotype, space, binary)
@@ -241,7 +241,7 @@ def _probe_symbols(layers) -> list[tuple[str, str]]:
     return [(lay.funcs[0]["name"], lay.name) for lay in layers if lay.op == "BinaryConv2d" and lay.funcs]
 
 
-def test_accuracy(onnx_bytes: bytes, tvm_fn, dataset, norm: dict) -> dict:
+def compiled_accuracy(onnx_bytes: bytes, tvm_fn, dataset, norm: dict) -> dict:
     """Top-1 accuracy in [0, 1] of the compiled network on the whole test split of `dataset`, run by
     ONNX Runtime and (tvm_fn given) by the TVM library: {"dataset", "split", "n", "ort", "tvm"}."""
     from dcpnas.compiler.parity import run_ort

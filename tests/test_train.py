@@ -248,3 +248,55 @@ def test_cli_train(tmp_path):
     assert r.exit_code == 1 and "missing field 'normal'" in r.output
     r = CliRunner().invoke(app, ["train", "DDPNAS_MCN_2", "--float", "--teacher", str(out / "model.pt")])
     assert r.exit_code == 1 and "--teacher" in r.output
+
+
+def test_reductions_placement_and_number_checks(tmp_path):
+    from dcpnas.model import Network, cell_plan
+    from dcpnas.train import eval_space
+
+    cfg = TrainConfig.from_dict({"cells": 4, "reductions": [2, 0]})
+    assert cfg.reductions == (0, 2)
+    sp = eval_space(DDPNAS_MCN_2, cfg, (1, 28, 28), 10)
+    assert sp.reductions == (0, 2) and [p.H for p in cell_plan(sp)] == [28, 14, 14, 7]
+    assert Network(DDPNAS_MCN_2, sp, binary=True)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in ([4], [0, 0], []):
+        with pytest.raises(ConfigError, match="reductions"):
+            TrainConfig(cells=4, reductions=tuple(bad))
+    f = tmp_path / "c.toml"
+    f.write_text('reductions = "0,2"\n')
+    with pytest.raises(ConfigError, match="list of cell indices"):
+        TrainConfig.from_toml(f)
+    for key in ("lr", "temperature", "weight_decay"):
+        with pytest.raises(ConfigError, match="finite"):
+            TrainConfig(**{key: float("nan")})
+    with pytest.raises(ConfigError, match="finite"):
+        TrainConfig(lr=float("inf"))
+
+
+def test_shipped_recipes_parse_and_build(tmp_path):
+    from pathlib import Path
+
+    from dcpnas.model import Network
+    from dcpnas.train import eval_space
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    demo = TrainConfig.from_toml(root / "demo.toml")
+    assert demo.binary and demo.policy == "authors" and demo.data == "embedded"
+    sp = eval_space(DDPNAS_MCN_2, demo, (1, 28, 28), 10)
+    assert Network(DDPNAS_MCN_2, sp, binary=True)(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    cifar = TrainConfig.from_toml(root / "cifar10-darts.toml")
+    sp = eval_space(DDPNAS_MCN_2, cifar, (3, 32, 32), 10)
+    assert (sp.cells, sp.channels, sp.reductions, cifar.device) == (20, 36, (6, 13), "cuda")
+
+
+def test_run_folder_is_where_compile_looks(tmp_path):
+    from dcpnas.train import run_folder, trained_weights
+
+    g = tmp_path / "demo" / "genotype.json"
+    assert run_folder(g) == tmp_path / "demo" / "train"
+    assert run_folder(g, binary=False) == tmp_path / "demo" / "train-float"
+    assert trained_weights(g) is None
+    (tmp_path / "demo" / "train").mkdir(parents=True)
+    (tmp_path / "demo" / "train" / "model.pt").write_bytes(b"x")
+    assert trained_weights(g) == tmp_path / "demo" / "train" / "model.pt"
