@@ -113,25 +113,33 @@ def _sizes(geo: ConvGeometry):
     return geo.n * oh * ow, oh, ow, kw, kwords, -(-kwords // MMA_K_WORDS)
 
 
-def a_index(geo: ConvGeometry, row, kk, ops):
-    """(valid, (n, q, yy, xx)): the packed-input word kk of GEMM row `row` (indices clamped in range)."""
-    m, oh, ow, kw, kwords, _ = _sizes(geo)
-    (sh, sw), (dh, dw) = geo.attrs.strides, geo.attrs.dilations
-    valid = ops.both(row < m, kk < kwords)
-    r, k = ops.min(row, m - 1), ops.min(kk, kwords - 1)
-    tap, q = k // geo.qg, k % geo.qg
+def a_row_offset(geo: ConvGeometry, row, ops):
+    """(valid, offset): the flat index in P of GEMM row `row`'s first tap word (clamped in range). P's index
+    of word kk of that row is this + a_k_offset(kk): the row and K parts separate, so the row part is
+    computed once per kernel and the K part once per step."""
+    m, oh, ow, _, _, _ = _sizes(geo)
+    _, cq, hp, wp = geo.packed_shape
+    (sh, sw) = geo.attrs.strides
+    r = ops.min(row, m - 1)
     x, y, n = r % ow, (r // ow) % oh, r // (ow * oh)
-    return valid, (n, q, y * sh + (tap // kw) * dh, x * sw + (tap % kw) * dw)
+    return row < m, (n * cq * hp + y * sh) * wp + x * sw
 
 
-def b_index(geo: ConvGeometry, col, kk, ops):
-    """(valid, (0, ry, rx, q, col)): weight word kk of GEMM column `col` (indices clamped in range)."""
+def a_k_offset(geo: ConvGeometry, kk, ops):
+    """(valid, offset): the flat index in P of K word kk (tap ry, rx; word q) relative to a row's offset."""
     _, _, _, kw, kwords, _ = _sizes(geo)
-    kh = geo.attrs.kernel_shape[0]
-    valid = ops.both(col < geo.cog, kk < kwords)
-    c, k = ops.min(col, geo.cog - 1), ops.min(kk, kwords - 1)
+    _, _, hp, wp = geo.packed_shape
+    dh, dw = geo.attrs.dilations
+    k = ops.min(kk, kwords - 1)
     tap, q = k // geo.qg, k % geo.qg
-    return valid, (0, ops.min(tap // kw, kh - 1), tap % kw, q, c)
+    return kk < kwords, (q * hp + (tap // kw) * dh) * wp + (tap % kw) * dw
+
+
+def b_offset(geo: ConvGeometry, col, kk, ops):
+    """(valid, offset): the flat index in Wt [1, kh, kw, Qg, Cog] of weight word kk of GEMM column `col`
+    (K order (ry, rx, q) is Wt's, so the word is kk * Cog + col)."""
+    _, _, _, _, kwords, _ = _sizes(geo)
+    return ops.both(col < geo.cog, kk < kwords), ops.min(kk, kwords - 1) * geo.cog + ops.min(col, geo.cog - 1)
 
 
 def a_frag(row0, lane, step, i):
@@ -176,21 +184,18 @@ def make_bmma_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
     _, g, cog, _, _ = geo.out5_shape
     kh, kw = geo.attrs.kernel_shape
 
-    def a_word(P, row, kk):
-        valid, idx = a_index(geo, row, kk, ops)
-        return ops.select(valid, P[idx], T.uint32(0))
+    def row_part(bx, by, warp, mt, lane, h):  # h: A registers i with i % 2 == h (rows g, g + 8)
+        r, _ = a_frag(tile_origin(tiles, bx, by, warp, mt, 0)[0], lane, 0, h)
+        return a_row_offset(geo, r, ops)
 
-    def b_word(W, col, kk):
-        valid, idx = b_index(geo, col, kk, ops)
-        return ops.select(valid, W[idx], T.uint32(0))
+    def k_part(lane, s, h):  # h: A registers i with i // 2 == h (words t, t + 4)
+        _, kk = a_frag(0, lane, s, 2 * h)
+        return a_k_offset(geo, kk, ops)
 
-    def a_load(P, bx, by, warp, mt, lane, s, i):
-        r, kk = a_frag(tile_origin(tiles, bx, by, warp, mt, 0)[0], lane, s, i)
-        return a_word(P, r, kk)
-
-    def b_load(W, bx, by, warp, nt, lane, s, i):
+    def b_load(Wf, bx, by, warp, nt, lane, s, i):
         c, kk = b_frag(tile_origin(tiles, bx, by, warp, 0, nt)[1], lane, s, i)
-        return b_word(W, c, kk)
+        valid, off = b_offset(geo, c, kk, ops)
+        return ops.select(valid, Wf[off], T.uint32(0))
 
     def inside(bx, by, warp, mt, nt, lane, i):
         r, c = c_frag(*tile_origin(tiles, bx, by, warp, mt, nt), lane, i)
@@ -220,24 +225,40 @@ def make_bmma_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
         by = T.launch_thread("blockIdx.y", gy)
         warp = T.launch_thread("threadIdx.y", wm_)
         lane = T.launch_thread("threadIdx.x", 32)
+        Pf = T.decl_buffer((int(np.prod(geo.packed_shape)),), "uint32", data=P.data)
+        Wf = T.decl_buffer((kh * kw * geo.qg * cog,), "uint32", data=Wt.data)
         af = T.decl_buffer((mt_ * 4,), "uint32", scope="local")
         bf = T.decl_buffer((nt_ * 2,), "uint32", scope="local")
         ones = T.decl_buffer((2,), "uint32", scope="local")
         acc = T.decl_buffer((mt_ * nt_ * 4,), "int32", scope="local")
         pa = T.decl_buffer((n_pa,), "int32", scope="local")
+        roff = T.decl_buffer((mt_ * 2,), "int32", scope="local")
+        rok = T.decl_buffer((mt_ * 2,), "bool", scope="local")
+        koff = T.decl_buffer((2,), "int32", scope="local")
+        kok = T.decl_buffer((2,), "bool", scope="local")
         for i in T.unroll(mt_ * nt_ * 4):
             acc[i] = 0
         for i in T.unroll(n_pa):
             pa[i] = 0
         for i in T.unroll(2):
             ones[i] = T.uint32(0xFFFFFFFF)
+        for mt in T.unroll(mt_):
+            for h in T.unroll(2):
+                ok_r, off_r = T.meta_var(row_part(bx, by, warp, mt, lane, h))
+                rok[mt * 2 + h] = ok_r
+                roff[mt * 2 + h] = off_r
         for s in T.serial(steps):
+            for h in T.unroll(2):
+                ok_k, off_k = T.meta_var(k_part(lane, s, h))
+                kok[h] = ok_k
+                koff[h] = off_k
             for mt in T.unroll(mt_):
                 for i in T.unroll(4):
-                    af[mt * 4 + i] = a_load(P, bx, by, warp, mt, lane, s, i)
+                    af[mt * 4 + i] = T.if_then_else(rok[mt * 2 + i % 2] and kok[i // 2],
+                                                    Pf[roff[mt * 2 + i % 2] + koff[i // 2]], T.uint32(0))
             for nt in T.unroll(nt_):
                 for i in T.unroll(2):
-                    bf[nt * 2 + i] = b_load(Wt, bx, by, warp, nt, lane, s, i)
+                    bf[nt * 2 + i] = b_load(Wf, bx, by, warp, nt, lane, s, i)
             for mt in T.unroll(mt_):
                 for nt in T.unroll(nt_):
                     T.evaluate(T.ptx_legacy.mma("m16n8k256", "row", "col", "int1", "int1", "int32", af.data, mt * 4,
@@ -295,6 +316,7 @@ def model_conv(geo: ConvGeometry, op: str, P, Wt, corr, ycls, xcls, scale, bias,
     lane = np.arange(32)
     ones = np.full((32, 2), 0xFFFFFFFF, np.uint32)
     gx, gy = grid(geo, tiles)
+    pf, wf = np.ascontiguousarray(P).reshape(-1), np.ascontiguousarray(Wt).reshape(-1)
     for bx in range(gx):
         for by in range(gy):
             for warp in range(tiles.wm):
@@ -306,13 +328,14 @@ def model_conv(geo: ConvGeometry, op: str, P, Wt, corr, ycls, xcls, scale, bias,
                     for mt in range(tiles.mt):
                         for i in range(4):
                             r, kk = a_frag(tile_origin(tiles, bx, by, warp, mt, 0)[0], lane, s, i)
-                            valid, idx = a_index(geo, r, kk, _NpOps)
-                            af[mt, :, i] = np.where(valid, P[idx], 0)
+                            ok_r, off_r = a_row_offset(geo, r, _NpOps)
+                            ok_k, off_k = a_k_offset(geo, kk, _NpOps)
+                            af[mt, :, i] = np.where(ok_r & ok_k, pf[off_r + off_k], 0)
                     for nt in range(tiles.nt):
                         for i in range(2):
                             c, kk = b_frag(tile_origin(tiles, bx, by, warp, 0, nt)[1], lane, s, i)
-                            valid, idx = b_index(geo, c, kk, _NpOps)
-                            bf[nt, :, i] = np.where(valid, Wt[idx], 0)
+                            valid, off = b_offset(geo, c, kk, _NpOps)
+                            bf[nt, :, i] = np.where(valid, wf[off], 0)
                     for mt in range(tiles.mt):
                         for nt in range(tiles.nt):
                             acc[mt, nt] = mma_model(af[mt], bf[nt], acc[mt, nt], op)
