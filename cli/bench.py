@@ -1,4 +1,5 @@
-"""`dcpnas bench DIR`: 1-bit vs float twin (TVM) vs float on ONNX Runtime, end to end and per layer."""
+"""`dcpnas bench [DIR]`: 1-bit TVM vs the float network (OpenVINO, ONNX Runtime, TVM twin) and vs the 1-bit network
+on OpenVINO, end to end (interleaved rounds in one process) and per layer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, handle_errors, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, rich_progress
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +22,8 @@ def _ms(v) -> str:
 
 @handle_errors
 def bench_cmd(
-    build_dir: Path = typer.Argument(..., help="A build folder of `dcpnas compile` (with manifest.json)."),
+    build_dir: Optional[Path] = typer.Argument(None, help="A build folder of `dcpnas compile` (with manifest.json) "
+                                                        "[default: the newest 1-bit build under ./build]."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (time on a board)."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
@@ -35,12 +37,18 @@ def bench_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go [default: DIR]."),
     json_out: bool = typer.Option(False, "--json", help="Print the DESIGN.md JSON summary on stdout."),
 ) -> None:
-    """Time a compiled 1-bit network against its float twin and ONNX Runtime; write bench.json and bench.png."""
+    """Time a compiled 1-bit network against the float network (OpenVINO, ONNX Runtime, TVM twin) and the
+    1-bit network on OpenVINO, side by side; write bench.json and bench.png."""
     from dcpnas.compiler.artifact import Artifact
     from dcpnas.targets import get_target
     from dcpnas.targets.bench import bench, json_summary, write_outputs
     from dcpnas.targets.profiler import Profiler
 
+    if build_dir is None:
+        from dcpnas.targets.bench import newest_build
+
+        build_dir = newest_build(Path("build"))
+        err_console.print(f"benching the newest build: {build_dir}")
     art = Artifact.load(build_dir, verify_hashes=False)
     target = get_target(target_file or art.manifest["target"]["name"], threads=threads)
     prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat,
@@ -48,6 +56,8 @@ def bench_cmd(
     with rich_progress(enabled=True) as progress:
         report = bench(build_dir, prof, per_layer=not no_layers, emulated=emulated, progress=progress)
     js, png = write_outputs(report, out or build_dir)
+    for w in report["warnings"]:
+        err_console.print(f"[bold red]WARNING: {w}[/]")
     if json_out:
         typer.echo(json.dumps(json_summary(report)))
         return

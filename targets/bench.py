@@ -50,6 +50,24 @@ def group_of(layer_name: str) -> str:
     return f"{m.group(1)}.glue" if m else layer_name
 
 
+def newest_build(root: Path) -> Path:
+    """The 1-bit build folder under `root` whose manifest.json is newest; ArtifactError when none."""
+    import json
+
+    found = []
+    for mf in Path(root).glob("*/manifest.json"):
+        if mf.parent.name.startswith("."):
+            continue  # a compile in progress
+        try:
+            if json.loads(mf.read_text()).get("binary"):
+                found.append((mf.stat().st_mtime, mf.parent))
+        except (OSError, ValueError):
+            continue
+    if not found:
+        raise ArtifactError(f"no 1-bit build under {root}/; run `dcpnas compile GENOTYPE --target T` or name a build folder")
+    return max(found)[1]
+
+
 # ---- float twin ------------------------------------------------------------------------------------
 def float_twin_onnx(model):
     """The float twin of a 1-bit ONNX model: dcpnas::BinaryConv2d(X, W bits, scale[, bias]) -> Conv with

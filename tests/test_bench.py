@@ -2,6 +2,7 @@
 network (locally, through a loopback RPC tracker, and with an unreachable tracker)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -162,3 +163,39 @@ def test_bench_through_loopback_rpc(tiny_build):
     assert r["device"] == f"rpc dcpnas-bench-test@{addr}" and r["threads"] == 2
     assert r["binary_ms"] > 0 and r["float_tvm_ms"] > 0 and r["float_ort_ms"] is None
     assert all(row["binary_ms"] is None or row["binary_ms"] > 0 for row in r["layers"])
+
+
+def test_newest_build(tmp_path):
+    from dcpnas.errors import ArtifactError
+    from dcpnas.targets.bench import newest_build
+
+    with pytest.raises(ArtifactError, match="no 1-bit build under"):
+        newest_build(tmp_path)
+    for i, (name, binary) in enumerate([("a", True), ("b", True), ("c-float", False), (".tmp-d", True)]):
+        (tmp_path / name).mkdir()
+        mf = tmp_path / name / "manifest.json"
+        mf.write_text(json.dumps({"binary": binary}))
+        os.utime(mf, (1000 + i, 1000 + i))
+    assert newest_build(tmp_path) == tmp_path / "b"
+
+
+@pytest.mark.tvm
+def test_bench_warns_on_failed_parity(tiny_build, tmp_path):
+    import shutil
+
+    from dcpnas.targets.bench import bench
+
+    copy = tmp_path / "tiny-x86-avx512"
+    shutil.copytree(tiny_build, copy, ignore=shutil.ignore_patterns("out", "bench.*"))
+    mf = copy / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["parity"]["passed"] = False
+    mf.write_text(json.dumps(m))
+    r = bench(copy, _fast_profiler(), per_layer=False, ort=False)
+    assert r["parity_passed"] is False and "PARITY FAILED" in r["warnings"][0]
+    app = cli_app()
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["bench", str(copy), "--json", "--repeat", "3", "--no-layers"])
+    assert res.exit_code == 0 and "PARITY FAILED" in res.stderr
+    json.loads(res.stdout)  # stdout: the JSON alone
