@@ -53,6 +53,8 @@ def compile_cmd(
     policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy for fresh weights: book | authors."),
     cells: Optional[int] = typer.Option(None, "--cells", help="Cells of a fresh network \\[default: the train default]."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of a fresh network \\[default: the train default]."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W of a fresh network's input when no "
+                                              "dataset fixes it (e.g. 3,224,224); BatchNorm calibrated on random images."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
@@ -77,9 +79,21 @@ def compile_cmd(
     if weights is None and is_genotype:
         console.print("[yellow]no --weights given: compiling freshly initialised weights "
                       "(BatchNorm calibrated on the training images); accuracy is meaningless[/]")
+    shape = None
+    if input_shape is not None:
+        from dcpnas.errors import ConfigError
+
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ConfigError(f"--input-shape must be C,H,W with positive integers (e.g. 3,32,32), got {input_shape!r}")
+        if weights is not None:
+            raise ConfigError("--input-shape is for a fresh network; a trained model.pt fixes its own input shape")
     with rich_progress(not quiet) as progress:
         art = compile_genotype(input, target, out, weights=weights, float_=float_, data=data,
-                               parity_inputs=parity_inputs, policy=policy, cells=cells, channels=channels,
+                               parity_inputs=parity_inputs, policy=policy, cells=cells, channels=channels, input_shape=shape,
                                progress=progress)
     m = art.manifest
     p = m["parity"]

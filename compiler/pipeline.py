@@ -60,8 +60,9 @@ def _weight_bytes(model) -> dict:
     return out
 
 
-def _network(source: Path, weights, float_: bool, data: str, policy: str | None, cells, channels):
-    """-> (module, space, genotype, normalization, dataset, weights label)."""
+def _network(source: Path, weights, float_: bool, data: str, policy: str | None, cells, channels, input_shape=None):
+    """-> (module, space, genotype, normalization, dataset, weights label). input_shape (C, H, W): a
+    fresh network for images no dataset has (BatchNorm calibrated on random normal images; dataset None)."""
     import torch
 
     from dcpnas.data import load_dataset
@@ -83,6 +84,13 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
                                  strict=False)
             net = twin.eval()
         label = str(weights)
+    elif input_shape is not None and tuple(input_shape) != tuple(dataset.input_shape):
+        space = default_eval_space(tuple(input_shape), dataset.num_classes, policy or "book", cells, channels)
+        torch.manual_seed(0)
+        net = Network(genotype, space, binary=not float_)
+        with torch_threads(1):
+            calibrate_batchnorm(net, torch.randn(32, *space.input_shape), batches=4, batch_size=8)
+        return net.eval(), space, genotype, None, None, "fresh (BatchNorm calibrated on random normal images)"
     else:
         space = default_eval_space(dataset.input_shape, dataset.num_classes, policy or "book", cells, channels)
         torch.manual_seed(0)
@@ -134,7 +142,8 @@ def compile_genotype(source, target, out_dir=None, *, float_: bool = False, **kw
 
 def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False, data: str = "embedded",
                   parity_inputs: int = 16, policy: str | None = None, cells: int | None = None,
-                  channels: int | None = None, progress: ProgressFn | None = None, check: bool = True):
+                  channels: int | None = None, progress: ProgressFn | None = None, check: bool = True,
+                  input_shape: tuple[int, int, int] | None = None):
     """compile_genotype's work, into the (temporary) folder out_dir."""
     import onnx
     import tvm
@@ -167,7 +176,8 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
         label = "onnx"
         binary = any(n.domain == "dcpnas" for n in model.graph.node)
     else:
-        net, space, genotype, norm, dataset, label = _network(source, weights, float_, data, policy, cells, channels)
+        net, space, genotype, norm, dataset, label = _network(source, weights, float_, data, policy, cells, channels,
+                                                                  None if weights is not None else input_shape)
         binary = not float_
     times["network"] = time.perf_counter() - t0
     progress("network", 1, 1)
