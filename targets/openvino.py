@@ -16,9 +16,9 @@ found on OpenVINO 2026.4's CPU plugin (tests/test_openvino.py checks each case a
   - otherwise (the depthwise convs: opset1 BinaryConvolution has no groups): a GroupConvolution of
     sign(x) as +-1 floats with +-1 float weights and zero padding: integer sums, exact in float32;
   - then the per-channel scale and bias.
-A whole network is compiled with BinaryConvolution first and checked against ONNX Runtime; where
-the plugin refuses or miscomputes it (seen: its fusions around Concat), every binary conv runs as
-a float conv of +-1 values and Compiled.kernels says so.
+A whole network is compiled with BinaryConvolution first and checked against ONNX Runtime; should
+the plugin refuse or miscompute it, every binary conv runs as a float conv of +-1 values instead
+and Compiled.kernels says so (a safety net: the networks of tests/test_openvino.py do not need it).
 openvino is a dependency of the package but optional at runtime: OpenVINOMissing says how to get it.
 """
 
@@ -77,10 +77,43 @@ def border_correction(signs: np.ndarray, in_hw: tuple[int, int], strides, pads, 
     return (pad_value * y).numpy().astype(np.float32)
 
 
-def _convert_binary_conv(ctx, binary_kernels: bool) -> list:
+def binary_conv(x, signs: np.ndarray, scale: np.ndarray, bias, in_hw, strides, pads, dilations, group: int,
+                binary_kernels: bool = True):
+    """OpenVINO nodes of Y = scale * sum_valid_taps sign(x) * signs + bias (see the module doc).
+    x: an ov Output [N, C_in, H, W] (H, W = in_hw); signs: +-1 [C_out, C_in/group, kH, kW];
+    pads [top, left, bottom, right]. Returns the ov node of Y."""
     import openvino as ov
     from openvino import opset1 as o1
 
+    strides, dil, pads = list(strides), list(dilations), list(pads)
+    cin_g = signs.shape[1]
+    cin, k = cin_g * group, list(signs.shape[2:])
+    begin, end = pads[:2], pads[2:]
+    if group == 1 and binary_kernels and cin % 8 == 0:  # the plugin (2026.4) miscomputes other channel counts
+        # an OpenVINO-owned buffer: a Tensor over a numpy array shares that array's memory, which
+        # is freed when the array goes (Constant(t) keeps the Tensor's buffer, not the array)
+        t = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
+        t.data[:] = np.packbits((signs.reshape(-1) > 0).astype(np.uint8), bitorder="little")
+        # the plugin binarises its float input itself as x > 0; sign(0) is +1 here: shift by the
+        # smallest normal float32, which leaves every normal x unchanged (only denormals in
+        # (-2^-126, 0) would differ, and the CPU flushes those to 0 anyway)
+        xs = o1.add(x, o1.constant(np.float32(np.finfo(np.float32).tiny)))
+        y = o1.binary_convolution(xs, ov.op.Constant(t), strides, begin, end, dil, "xnor-popcount", 1.0)
+        if any(pads):
+            y = o1.subtract(y, o1.constant(border_correction(signs, tuple(in_hw), strides, pads, dil, 1.0)))
+    else:  # +-1 values in a float (group) conv with zero padding: integer sums, exact in float32
+        cout = signs.shape[0]
+        xb = o1.select(o1.greater_equal(x, o1.constant(np.float32(0))), o1.constant(np.float32(1)),
+                       o1.constant(np.float32(-1)))
+        wg = signs.astype(np.float32).reshape(group, cout // group, cin_g, *k)
+        y = o1.group_convolution(xb, o1.constant(wg), strides, begin, end, dil)
+    y = o1.multiply(y, o1.constant(np.asarray(scale, np.float32).reshape(1, -1, 1, 1)))
+    if bias is not None:
+        y = o1.add(y, o1.constant(np.asarray(bias, np.float32).reshape(1, -1, 1, 1)))
+    return y
+
+
+def _convert_binary_conv(ctx, binary_kernels: bool) -> list:
     def ints(name, default):
         return [int(v) for v in ctx.get_attribute(name)] if ctx.has_attribute(name) else list(default)
 
@@ -102,30 +135,11 @@ def _convert_binary_conv(ctx, binary_kernels: bool) -> list:
     signs = unpack_signs(bits, cin_g)
     if list(signs.shape[2:]) != k:
         raise DcpnasError(f"dcpnas::BinaryConv2d: weights of kernel {list(signs.shape[2:])}, attribute kernel_shape {k}")
-    begin, end = pads[:2], pads[2:]
-    if group == 1 and binary_kernels and cin % 8 == 0:  # the plugin (2026.4) miscomputes other channel counts
-        packed = np.packbits((signs.reshape(-1) > 0).astype(np.uint8), bitorder="little")
-        t = ov.Tensor(packed, ov.Shape(list(signs.shape)), ov.Type.u1)
-        # the plugin binarises its float input itself as x > 0; sign(0) is +1 here: shift by the
-        # smallest normal float32, which leaves every normal x unchanged (only denormals in
-        # (-2^-126, 0) would differ, and the CPU flushes those to 0 anyway)
-        xs = o1.add(x, o1.constant(np.float32(np.finfo(np.float32).tiny)))
-        y = o1.binary_convolution(xs, ov.op.Constant(t), strides, begin, end, dil, "xnor-popcount", 1.0)
-        if any(pads):
-            shape = x.get_partial_shape()
-            if shape.is_dynamic:
-                raise DcpnasError("dcpnas::BinaryConv2d in OpenVINO needs a static input shape (padding correction)")
-            hw = (shape[2].get_length(), shape[3].get_length())
-            y = o1.subtract(y, o1.constant(border_correction(signs, hw, strides, pads, dil, 1.0)))
-    else:  # +-1 values in a float (group) conv with zero padding: integer sums, exact in float32
-        cout = signs.shape[0]
-        xb = o1.select(o1.greater_equal(x, o1.constant(np.float32(0))), o1.constant(np.float32(1)),
-                       o1.constant(np.float32(-1)))
-        wg = signs.astype(np.float32).reshape(group, cout // group, cin_g, *k)
-        y = o1.group_convolution(xb, o1.constant(wg), strides, begin, end, dil)
-    y = o1.multiply(y, o1.constant(scale.reshape(1, -1, 1, 1)))
-    if bias is not None:
-        y = o1.add(y, o1.constant(bias.reshape(1, -1, 1, 1)))
+    shape = x.get_partial_shape()
+    if shape.is_dynamic:
+        raise DcpnasError("dcpnas::BinaryConv2d in OpenVINO needs a static input shape")
+    hw = (shape[2].get_length(), shape[3].get_length())
+    y = binary_conv(x, signs, scale, bias, hw, strides, pads, dil, group, binary_kernels)
     return [y.output(0)]
 
 
@@ -179,9 +193,8 @@ def compile_onnx(onnx_model, threads: int, precision: str | None = "f32", rtol: 
 
     A 1-bit model gets BinaryConvolution for its dense binary convs, checked against ONNX Runtime
     (the model-local function) on one random input: max |diff| <= rtol * max |reference|. Where the
-    CPU plugin (2026.4) refuses that graph ("unsupported reorder case" to u1) or computes it wrong
-    (seen after its fusions around Concat), every binary conv becomes a float conv of +-1 values
-    instead (exact integer sums), and `kernels` says why."""
+    CPU plugin refuses that graph or computes it wrong, every binary conv becomes a float conv of
+    +-1 values instead (exact integer sums), and `kernels` says why."""
     import onnx
 
     _require()
