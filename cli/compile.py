@@ -81,8 +81,6 @@ def compile_cmd(
                       "(BatchNorm calibrated on the training images); accuracy is meaningless[/]")
     shape = None
     if input_shape is not None:
-        from dcpnas.errors import ConfigError
-
         try:
             shape = tuple(int(v) for v in input_shape.split(","))
         except ValueError:
