@@ -84,6 +84,8 @@ def bench_cmd(
                       f"{report['openvino_binary_kernels']}")
     if report.get("lut_predicted_ms") is not None:
         console.print(f"LUT ({report['lut']}) predicts {report['lut_predicted_ms']:.4f} ms end to end")
+    elif report.get("lut"):
+        console.print(f"LUT: {report['lut']}")
     if report.get("breakdown_ms"):
         b = report["breakdown_ms"]
         console.print(f"where the 1-bit time goes: binary conv layers {b['binary_conv_layers']:.4f} ms, other layers "

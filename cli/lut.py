@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, handle_errors, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, rich_progress
 
 lut_app = typer.Typer(help="Latency lookup tables: build (measure or model), show, check against end-to-end timings.",
                       no_args_is_help=True)
@@ -85,6 +85,11 @@ def build_cmd(
                         progress=progress, refine=refine)
     console.print(f"[green]{lut.method}[/] LUT of {t.name} on {lut.device}, {lut.threads} threads: "
                   f"{len(lut.entries)} entries -> {path}")
+    if lut.measurement:
+        ms = lut.measurement
+        console.print(f"stability: median IQR/median of the ops {ms.get('median_rel_iqr')}, reference kernel "
+                      f"{ms.get('reference_key')} {ms.get('reference_ms')} ms (IQR/median per chunk up to "
+                      f"{ms.get('reference_rel_iqr_max')}), {ms.get('retimed')} ops timed again")
 
 
 @lut_app.command("show")
@@ -129,7 +134,7 @@ def check_cmd(
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself, not a tracker."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the LUT's; another is refused]."),
     fit_glue: bool = typer.Option(False, "--fit-glue", help="Fit the per-cell glue and save it into the LUT."),
     seed: int = typer.Option(0, "--seed"),
     cells: int = typer.Option(5, "--cells"), channels: int = typer.Option(8, "--channels"),
@@ -147,12 +152,15 @@ def check_cmd(
     from dcpnas.targets.check import check_lut
     from dcpnas.targets.profiler import Profiler
 
-    t = get_target(target, threads=threads)
-    lut = t.load_lut()
+    lut = get_target(target).load_lut()
+    if threads is not None:
+        lut.check_threads(threads, "a check")
+    t = get_target(target, threads=lut.threads)  # the LUT's thread count: predictions hold for it only
     space = _spaces([cells], [channels], input_shape, policy, False)[0]
-    prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
+    prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=lut.threads, repeat=repeat,
+                    min_repeat_ms=min_repeat_ms, statistic=statistic)
     if lut.method == "measured" and lut.statistic != statistic:
-        console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
+        err_console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
     with rich_progress() as progress:
         report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress, build_dir=build_dir)
     if fit_glue:

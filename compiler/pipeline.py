@@ -293,6 +293,6 @@ def _expected_latency(tgt, genotype, space, binary: bool) -> tuple[Any, str]:
         from dcpnas.latency import genotype_latency
 
         lut = tgt.load_lut()
-        return round(genotype_latency(genotype, space, lut), 6), f"lut {tgt.name} ({getattr(lut, 'method', '?')})"
+        return round(genotype_latency(genotype, space, lut), 6), f"lut {tgt.name} ({getattr(lut, 'method', '?')}, {lut.threads} threads)"
     except DcpnasError as e:
         return None, f"unavailable: {e}"

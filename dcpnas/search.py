@@ -101,7 +101,8 @@ def _resolve_table(config: SearchConfig, table) -> tuple[LatencyLookup | None, d
 
     target = get_target(config.target)
     table = target.load_lut()
-    info.update(target=target.name, lut_method=getattr(table, "method", None), lut_device=getattr(table, "device", None))
+    info.update(target=target.name, lut_method=getattr(table, "method", None), lut_device=getattr(table, "device", None),
+                lut_threads=getattr(table, "threads", None))  # the expected latency holds at this thread count
     return table, info
 
 

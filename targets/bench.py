@@ -257,8 +257,9 @@ def group_keys(model, space) -> dict[str, str | None]:
     return keys
 
 
-def _lut_column(art, target, model) -> tuple[dict, dict]:
-    """({group: predicted ms or None}, info about the LUT)."""
+def _lut_column(art, target, model, threads: int) -> tuple[dict, dict]:
+    """({group: predicted ms or None}, info about the LUT); no predictions from a LUT measured at
+    another thread count than this bench's."""
     from dcpnas.space import SearchSpace
 
     if not art.manifest.get("space"):
@@ -267,6 +268,9 @@ def _lut_column(art, target, model) -> tuple[dict, dict]:
         lut = target.load_lut()
     except DcpnasError as e:
         return {}, {"lut": f"unavailable: {e}"}
+    if lut.threads != threads:
+        return {}, {"lut": f"not shown: the {lut.method} LUT holds {lut.threads}-thread figures, this bench ran "
+                           f"{threads} threads (bench with --threads {lut.threads} to compare)"}
     space = SearchSpace.from_dict(art.manifest["space"])
     pred = {}
     for g, key in group_keys(model, space).items():
@@ -342,7 +346,7 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
             progress("bench", 4, steps)
         threads = s.threads
     model = onnx.load(str(art.onnx_path))
-    lut_pred, lut_info = _lut_column(art, target, model)
+    lut_pred, lut_info = _lut_column(art, target, model, threads)
     layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"])
     binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
     ms = {k: t.median_ms for k, t in timings.items()}

@@ -6,11 +6,15 @@
      "entries": {"sep_conv_3x3|8|8|28|28|1": {"mean_ms": 0.05, "std_ms": 0.001, "count": 50, ...}},
      "glue": {"per_cell_ms": 0.01, ...}            # optional, see `query`
      "costmodel": {"coef": {...}, "source": "..."} # optional: fitted cost-model coefficients
+     "measurement": {"reference_key", "reference_ms", "median_rel_iqr", ...}  # optional: how stable (measure.py)
      "notes": "..."}
 
 `mean_ms` holds the figure the search uses: for measured tables the `statistic` of the timing
-repeats (median; or min on a shared, loaded CPU, where contention only ever adds time) less the
-VM's call overhead; `std_ms` the spread; `count` the number of repeats.
+rounds (median; or min on a shared, loaded CPU, where contention only ever adds time), calibrated
+by a reference kernel timed in the same rounds, less the VM's call overhead; `std_ms` the spread;
+`count` the number of rounds. `threads` is the thread count the figures hold for: `dcpnas lut
+check` runs at it (and refuses another), `dcpnas bench` shows the LUT column only at it, and a
+search records it with the expected latency.
 `emulated` tables (timed under qemu) prove a path works and are never shipped as a target's LUT.
 """
 
@@ -57,6 +61,7 @@ class LatencyTable:
     costmodel: dict = field(default_factory=dict)
     notes: str = ""
     statistic: str = "median"
+    measurement: dict = field(default_factory=dict)
     path: Path | None = None
 
     # ---- lookups -------------------------------------------------------------------------------
@@ -77,6 +82,14 @@ class LatencyTable:
             elif op == "stem":
                 ms += float(self.glue.get("call_overhead_ms", 0.0))
         return ms
+
+    def check_threads(self, threads: int, what: str) -> None:
+        """LutError unless this table was measured with `threads` threads (what: the command that asks)."""
+        if int(threads) != self.threads:
+            where = f" ({self.path})" if self.path else ""
+            raise LutError(f"the {self.target} LUT{where} holds {self.threads}-thread figures; {what} at {threads} "
+                           f"threads would not compare with them: use --threads {self.threads}, or build a LUT "
+                           f"at {threads} (`dcpnas lut build --target {self.target} --threads {threads} -o FILE`)")
 
     def raw(self, key: str) -> float:
         """The op's own latency in ms, without glue."""
@@ -99,6 +112,8 @@ class LatencyTable:
             d["glue"] = self.glue
         if self.costmodel:
             d["costmodel"] = self.costmodel
+        if self.measurement:
+            d["measurement"] = self.measurement
         if self.notes:
             d["notes"] = self.notes
         return d
@@ -121,7 +136,7 @@ class LatencyTable:
                    entries={k: dict(v) for k, v in d["entries"].items()}, tvm_version=d.get("tvm_version", ""),
                    created=d.get("created", ""), glue=dict(d.get("glue", {})),
                    costmodel=dict(d.get("costmodel", {})), notes=d.get("notes", ""),
-                   statistic=d.get("statistic", "median"), path=path)
+                   statistic=d.get("statistic", "median"), measurement=dict(d.get("measurement", {})), path=path)
 
     @classmethod
     def load(cls, path: str | Path, expect_target: str | None = None) -> "LatencyTable":

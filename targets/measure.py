@@ -3,10 +3,11 @@
 A LUT entry is the op as the compiler lowers it: for each OpKey the op is built as a small torch
 module (the same classes the network uses, binary, eval mode), exported and compiled through the
 project pipeline for the target (`compile_fn`, default dcpnas.compiler), and its Relax VM `main`
-timed with the Profiler. The VM's fixed cost of one call (measured on an identity module of the
-smallest shape, `call_overhead_ms`) is subtracted, since a network pays it once and not per op:
+timed with the Profiler in interleaved rounds beside a reference kernel, each sample calibrated by
+its round's reference time (build_lut). The VM's fixed cost of one call (measured on an identity
+module of the smallest shape, `call_overhead_ms`) is subtracted, since a network pays it once:
 
-    entry.mean_ms = stat(op) - call_overhead_ms   (>= 0);  entry.median_ms = median(op), entry.min_ms
+    entry.mean_ms = stat(calibrated samples) - call_overhead_ms   (>= 0)
     (stat: the Profiler's statistic, `median`, or `min` on a shared host where contention only adds time)
 
 What the op sums still miss (the node adds and concat of each cell, VM dispatch between ops) is
@@ -61,66 +62,97 @@ def op_module(key: str):
 
 
 def default_compile_fn() -> CompileFn:
-    """The project's pipeline: dcpnas.compiler's own module builder when it has one, else the same
-    steps spelled out here (export_onnx's graph -> import_onnx -> tvm.compile -> export_library)."""
-    try:
-        from dcpnas.compiler.build import build_module_library  # H3's builder, when present
+    """The project's pipeline: torch module -> dcpnas ONNX -> Relax with the project's kernels ->
+    library (dcpnas.compiler.build.build_module_library)."""
+    from dcpnas.compiler.build import build_module_library
 
-        return build_module_library
-    except ImportError:
-        return compile_module_library
-
-
-def compile_module_library(module, input_shape: tuple, target: Target, out_dir: Path) -> Path:
-    """Export `module` to ONNX (dcpnas schema), import it to Relax with the project's kernels and
-    schedules, build for `target` and export a shared library (cross-compiled for aarch64)."""
-    import tvm
-
-    from dcpnas.compiler.export import build_onnx
-    from dcpnas.compiler.onnx_import import import_onnx
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    imported = import_onnx(build_onnx(module, input_shape), target.tvm, schedule=target.arch != "cuda")
-    ex = tvm.compile(imported.mod, target=target.tvm_target())
-    path = out_dir / "lib.so"
-    if target.cross_compiler:
-        from tvm.support import cc
-
-        ex.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
-    else:
-        ex.export_library(str(path))
-    return path
+    return build_module_library
 
 
 @dataclass
 class OpTimer:
-    """Compiles and times single ops for one target with one profiler session."""
+    """Compiles single ops for one target and loads them into one profiler session."""
 
     target: Target
     profiler: Profiler
     compile_fn: CompileFn
     workdir: Path
 
-    def time_key(self, session, key: str):
+    def sampler(self, session, key: str):
+        """A Sampler (profiler.interleaved_samples) of the compiled op of `key`."""
         module, shape = op_module(key)
         out = self.workdir / key.replace("|", "_").replace(":", "-")
         lib = self.compile_fn(module, shape, self.target, out)
         x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-        return session.time_vm(session.load(lib), [x])
+        return session.vm_sampler(session.load(lib), [x])
+
+
+# the reference kernel timed in every round of a LUT build: a mid-size op of every search space;
+# its time per round tracks the host's load, and each op's sample is divided by that round's load
+REFERENCE_KEY = "sep_conv_3x3|8|8|16|16|1"
+OVERHEAD = "__call_overhead__"
+REFERENCE = "__reference__"
+CHUNK = 24            # ops compiled, then timed together (interleaved) and saved: the unit of resumption
+RETIME_REL_IQR = 0.2  # an op whose calibrated samples spread more than this (IQR / median) is timed again
+
+
+def calibrated(samples: dict[str, list[float]], ref: str = REFERENCE) -> dict[str, np.ndarray]:
+    """Samples (s per run, one per round) divided by the round's load factor: the reference kernel's
+    sample of that round over the reference's median. A load burst that slows every kernel of a
+    round alike cancels; what remains is each op's time at the reference's median load."""
+    r = np.asarray(samples[ref], float)
+    load = r / np.median(r)
+    return {k: np.asarray(v, float) / load for k, v in samples.items()}
+
+
+def _figure(v: np.ndarray, stat: str) -> float:
+    return float(np.min(v) if stat == "min" else np.median(v))
+
+
+def _rel_iqr(v: np.ndarray) -> float:
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return float((q3 - q1) / med) if med > 0 else 0.0
+
+
+def time_chunk(samplers: dict, profiler: Profiler, rounds: int) -> tuple[dict[str, np.ndarray], dict, int]:
+    """Interleaved rounds of `samplers` (REFERENCE among them), calibrated; ops whose calibrated
+    spread exceeds RETIME_REL_IQR get a second set of rounds (with the reference) and keep all their
+    samples. Returns ({name: calibrated seconds per run}, {name: raw samples}, ops re-timed)."""
+    from dcpnas.targets.profiler import interleaved_samples
+
+    raw, number = interleaved_samples(samplers, warmup=profiler.warmup, rounds=rounds,
+                                      min_repeat_ms=profiler.min_repeat_ms)
+    cal = calibrated(raw)
+    noisy = [k for k in samplers if k != REFERENCE and _rel_iqr(cal[k]) > RETIME_REL_IQR]
+    if noisy:
+        again, _ = interleaved_samples({k: samplers[k] for k in noisy + [REFERENCE]}, warmup=1, rounds=rounds,
+                                       min_repeat_ms=profiler.min_repeat_ms, number=number)
+        cal2 = calibrated(again)
+        for k in noisy:
+            raw[k] = list(raw[k]) + list(again[k])
+            cal[k] = np.concatenate([cal[k], cal2[k]])
+        raw[REFERENCE] = list(raw[REFERENCE]) + list(again[REFERENCE])
+    return cal, raw, len(noisy)
 
 
 def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: Profiler,
               compile_fn: CompileFn | None = None, resume: bool = True, method: str = "measured",
               progress: ProgressFn = no_progress, workdir: str | Path | None = None,
               refine: bool = False) -> LatencyTable:
-    """Measure every key into the LUT at `path`, saving (atomically) after each entry.
+    """Measure every key into the LUT at `path`, saving (atomically) after each chunk of CHUNK ops.
 
-    resume: keep entries of an existing measured LUT at `path` for the same target and thread count
-    (a modeled one is replaced). method: "measured", or "emulated" for a board emulated by qemu.
-    The entry figure is profiler.statistic (median, or min on a loaded host) minus the call overhead.
-    refine (statistic `min` only): time the entries already there again and keep the lower figure;
-    passes spread over time beat bursts of load from other processes on a shared host."""
+    Measurement that holds on a shared host: the ops of a chunk are compiled first, then timed side
+    by side in `profiler.repeat` interleaved rounds together with a reference kernel (REFERENCE_KEY)
+    (and, once, the VM's call overhead: an identity module); every sample is calibrated by its
+    round's reference time (`calibrated`); ops whose calibrated samples still spread more than
+    RETIME_REL_IQR are timed again. entry.mean_ms = stat(calibrated) - call overhead (stat: the
+    profiler's statistic, median or min); entry.rel_iqr says how stable the op was, and
+    LatencyTable.measurement how stable the whole build was (the reference's own spread).
+
+    resume: keep entries of an existing measured LUT at `path` for the same target, thread count and
+    statistic (a modeled one is replaced). method: "measured", or "emulated" for a board emulated by
+    qemu. refine (statistic `min` only): time the entries already there again and keep the lower
+    figure; passes spread over time beat bursts of load from other processes on a shared host."""
     if refine and profiler.statistic != "min":
         raise LutError("refining passes keep the lower figure: use them with statistic 'min'")
     compile_fn = compile_fn or default_compile_fn()
@@ -139,43 +171,65 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
                            tvm_version=_tvm_version(), created=utc_now())
     lut.path = path
     todo = [k for k in dict.fromkeys(keys) if refine or k not in lut.entries]
+    stat = profiler.statistic
+    lut.statistic = stat
+    m = dict(lut.measurement) if lut.measurement.get("reference_key") == REFERENCE_KEY else {}
+    m.update(reference_key=REFERENCE_KEY, rounds=profiler.repeat, statistic=stat,
+             method="interleaved rounds per chunk of ops, each sample calibrated by the reference kernel of its "
+                    f"round; ops with calibrated IQR/median > {RETIME_REL_IQR} timed again")
     with tempfile.TemporaryDirectory(prefix="dcpnas-lut-", dir=workdir) as tmp:
         timer = OpTimer(target, profiler, compile_fn, Path(tmp))
         with profiler.session() as sess:
             lut.device = profiler.device_name
             if sess.threads != profiler.threads:
                 lut.notes = f"runtime reported {sess.threads} threads (asked {profiler.threads})"
-            stat = profiler.statistic
-            lut.statistic = stat
-            try:
-                base = timer.time_key(sess, IDENTITY_KEY).value(stat)
-            except CompileError:
-                base = timer.time_key(sess, BASELINE_FALLBACK_KEY).value(stat)
-                lut.glue["call_overhead_key"] = BASELINE_FALLBACK_KEY
-            if refine and "call_overhead_ms" in lut.glue:
-                base = min(base, float(lut.glue["call_overhead_ms"]))
-            lut.glue["call_overhead_ms"] = round(base, 6)
+            ref = timer.sampler(sess, REFERENCE_KEY)
+            if refine or "call_overhead_ms" not in lut.glue:
+                try:
+                    overhead = timer.sampler(sess, IDENTITY_KEY)
+                except CompileError:
+                    overhead = timer.sampler(sess, BASELINE_FALLBACK_KEY)
+                    lut.glue["call_overhead_key"] = BASELINE_FALLBACK_KEY
+                cal, _, _ = time_chunk({OVERHEAD: overhead, REFERENCE: ref}, profiler, profiler.repeat)
+                base = _figure(cal[OVERHEAD], stat) * 1e3
+                if refine and "call_overhead_ms" in lut.glue:
+                    base = min(base, float(lut.glue["call_overhead_ms"]))
+                lut.glue["call_overhead_ms"] = round(base, 6)
+            base = float(lut.glue["call_overhead_ms"])
             done = len(keys) - len(todo)
             progress("lut build", done, len(keys))
-            for key in todo:
+            retimed = int(m.get("retimed", 0))
+            for c0 in range(0, len(todo), CHUNK):
+                chunk = todo[c0:c0 + CHUNK]
                 t0 = time.monotonic()
-                r = timer.time_key(sess, key)
-                new = {"mean_ms": round(max(0.0, r.value(stat) - base), 6),
-                       "std_ms": round(r.std_ms, 6), "count": r.count, "median_ms": round(r.median_ms, 6),
-                       "min_ms": round(r.min_ms, 6), "iqr_ms": round(r.iqr_ms, 6), "number": r.number, "passes": 1}
-                old_e = lut.entries.get(key)
-                if old_e is not None:  # refining: keep the lower figure, count the passes
-                    passes = int(old_e.get("passes", 1)) + 1
-                    if old_e["min_ms"] <= new["min_ms"]:
-                        new = dict(old_e)
-                    new["passes"] = passes
-                    new["mean_ms"] = round(max(0.0, new["min_ms"] - base), 6)
-                lut.entries[key] = new
+                samplers = {k: timer.sampler(sess, k) for k in chunk}
+                samplers[REFERENCE] = ref
+                cal, raw, n_re = time_chunk(samplers, profiler, profiler.repeat)
+                retimed += n_re
+                ref_ms = np.asarray(raw[REFERENCE]) * 1e3
+                spread = float((np.percentile(ref_ms, 75) - np.percentile(ref_ms, 25)) / np.median(ref_ms))
+                for k in chunk:
+                    v_ms, r_ms = cal[k] * 1e3, np.asarray(raw[k]) * 1e3
+                    new = {"mean_ms": round(max(0.0, _figure(v_ms, stat) - base), 6),
+                           "std_ms": round(float(v_ms.std()), 6), "count": int(len(v_ms)),
+                           "median_ms": round(float(np.median(r_ms)), 6), "min_ms": round(float(r_ms.min()), 6),
+                           "calibrated_ms": round(_figure(v_ms, stat), 6), "rel_iqr": round(_rel_iqr(v_ms), 4),
+                           "passes": 1}
+                    old_e = lut.entries.get(k)
+                    if refine and old_e is not None:  # keep the lower figure, count the passes
+                        passes = int(old_e.get("passes", 1)) + 1
+                        if old_e["mean_ms"] <= new["mean_ms"]:
+                            new = dict(old_e)
+                        new["passes"] = passes
+                    lut.entries[k] = new
+                m.update(reference_ms=round(float(np.median(ref_ms)), 6), retimed=retimed,
+                         reference_rel_iqr_max=round(max(spread, float(m.get("reference_rel_iqr_max", 0.0))), 4),
+                         median_rel_iqr=round(float(np.median([e.get("rel_iqr", 0.0) for e in lut.entries.values()])), 4))
+                lut.measurement = m
                 lut.created = utc_now()
                 lut.save(path)
-                done += 1
-                progress("lut build", done, len(keys), key=key.split("|")[0], ms=r.median_ms,
-                         s=time.monotonic() - t0)
+                done += len(chunk)
+                progress("lut build", done, len(keys), ref_ms=float(np.median(ref_ms)), s=time.monotonic() - t0)
     if method == "measured":
         _attach_costmodel_fit(lut)
         lut.save(path)

@@ -288,27 +288,38 @@ def python_sampler(fn: Callable[[], object]) -> Sampler:
     return sample
 
 
-def interleaved(samplers: dict[str, Sampler], *, warmup: int = 3, rounds: int = 15, min_repeat_ms: float = 20.0,
-                pause_s: float = 0.002) -> dict[str, Timing]:
+def interleaved_samples(samplers: dict[str, Sampler], *, warmup: int = 3, rounds: int = 15,
+                        min_repeat_ms: float = 20.0, pause_s: float = 0.002,
+                        number: dict[str, int] | None = None) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Time peers side by side: after warm-up, each round takes one sample (about min_repeat_ms long)
     of every peer in turn, the order rotating by one each round, with a short pause between samples
     (TVM's idle workers spin for a while after a call; the pause keeps them off the next peer). A
-    load swing on a shared host then hits every peer alike, and ratios of the medians hold where
-    absolute times do not. Returns {name: Timing} over the `rounds` samples."""
+    load swing on a shared host then hits every peer alike, and ratios hold where absolute times do
+    not. Returns ({name: [seconds per run, one per round]}, {name: runs per sample}); `number`
+    fixes the runs per sample (else calibrated here)."""
     names = list(samplers)
-    number = {}
+    number = dict(number or {})
     for n in names:
         f = samplers[n]
         f(max(1, warmup))
-        one = min(f(1) for _ in range(3))
-        number[n] = int(max(1, min(10000, round(min_repeat_ms / 1e3 / max(one, 1e-7)))))
+        if n not in number:
+            one = min(f(1) for _ in range(3))
+            number[n] = int(max(1, min(10000, round(min_repeat_ms / 1e3 / max(one, 1e-7)))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for i in range(len(names)):
             n = names[(i + r) % len(names)]
             time.sleep(pause_s)
             samples[n].append(samplers[n](number[n]))
-    return {n: Timing.from_samples(samples[n], number[n]) for n in names}
+    return samples, number
+
+
+def interleaved(samplers: dict[str, Sampler], *, warmup: int = 3, rounds: int = 15, min_repeat_ms: float = 20.0,
+                pause_s: float = 0.002) -> dict[str, Timing]:
+    """interleaved_samples summarised: {name: Timing} over the `rounds` samples of each peer."""
+    samples, number = interleaved_samples(samplers, warmup=warmup, rounds=rounds, min_repeat_ms=min_repeat_ms,
+                                          pause_s=pause_s)
+    return {n: Timing.from_samples(v, number[n]) for n, v in samples.items()}
 
 
 def find_function_owner(mod, name: str):

@@ -198,7 +198,7 @@ def _handmade_compile_fn(calls):
         from tvm import relax, te
 
         calls.append(shape)
-        if len(calls) == 3 and getattr(compile_fn, "fail_third", False):
+        if len(calls) == getattr(compile_fn, "fail_at", None):
             raise RuntimeError("compiler crashed")
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType(shape, "float32"))
@@ -213,28 +213,48 @@ def _handmade_compile_fn(calls):
 
 
 @pytest.mark.tvm
-def test_build_lut_resumes_and_saves_each_entry(tmp_path):
+def test_build_lut_resumes_and_saves_each_chunk(tmp_path, monkeypatch):
+    from dcpnas.targets import measure
     from dcpnas.targets.measure import build_lut
     from dcpnas.targets.profiler import Profiler
 
+    monkeypatch.setattr(measure, "CHUNK", 1)
     target = get_target("x86-avx512")
     prof = Profiler(target, repeat=3, min_repeat_ms=1, warmup=1)
     keys = ["pre_conv1x1|24|8|28|28|1", "max_pool_3x3|8|8|28|28|1", "stem|1|24|28|28|1"]
     calls, path = [], tmp_path / "lut.json"
     fn = _handmade_compile_fn(calls)
-    fn.fail_third = True  # identity baseline, key 1, then a crash on key 2
+    fn.fail_at = 4  # reference kernel, identity (call overhead), key 0, then a crash on key 1
     with pytest.raises(RuntimeError, match="compiler crashed"):
         build_lut(target, keys, path, prof, compile_fn=fn)
     part = LatencyTable.load(path)
     assert list(part.entries) == keys[:1] and part.method == "measured" and part.threads == 2
-    fn.fail_third = False
+    assert part.measurement["reference_key"] == measure.REFERENCE_KEY and part.measurement["reference_ms"] > 0
+    fn.fail_at = None
     calls.clear()
     lut = build_lut(target, keys, path, prof, compile_fn=fn)
-    assert len(calls) == 1 + 2  # baseline + the two keys not measured before
+    assert len(calls) == 1 + 2  # the reference kernel + the two keys not measured before
     assert list(lut.entries) == keys and lut.glue["call_overhead_ms"] > 0
     e = lut.entries[keys[1]]
-    assert e["count"] == 3 and e["median_ms"] >= e["mean_ms"] >= 0
+    assert e["count"] >= 3 and e["calibrated_ms"] >= e["mean_ms"] >= 0 and e["rel_iqr"] >= 0
     assert LatencyTable.load(path).entries == lut.entries
+
+
+def test_calibration_cancels_a_load_burst():
+    from dcpnas.targets.measure import REFERENCE, calibrated
+
+    # round 2 runs everything at half speed (a neighbour's burst): calibrated, the op is steady
+    raw = {REFERENCE: [1.0, 1.0, 2.0, 1.0], "op": [3.0, 3.0, 6.0, 3.0]}
+    cal = calibrated(raw)
+    np.testing.assert_allclose(cal["op"], [3.0, 3.0, 3.0, 3.0])
+    np.testing.assert_allclose(cal[REFERENCE], [1.0, 1.0, 1.0, 1.0])
+
+
+def test_lut_threads_must_match():
+    lut = LatencyTable.from_dict(good())
+    lut.check_threads(2, "a check")
+    with pytest.raises(LutError, match="holds 2-thread figures; a check at 1 threads.*--threads 2"):
+        lut.check_threads(1, "a check")
 
 
 @pytest.mark.tvm
@@ -275,3 +295,20 @@ def test_check_lut_reports_and_fits_glue():
     assert lut.glue["per_cell_ms"] == pytest.approx(r["glue_per_cell_ms"], abs=1e-6) and r["mape_loo"] >= 0
     for row in r["rows"]:
         assert row["predicted_ms"] == pytest.approx(row["raw_predicted_ms"] + 3 * r["glue_per_cell_ms"])
+
+
+@pytest.mark.tvm
+def test_lut_check_cli_json_alone_on_stdout_and_threads():
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    lut = get_target("x86-avx512").load_lut()
+    args = ["lut", "check", "--target", "x86-avx512", "--n", "1", "--cells", "3", "--channels", "2",
+            "--input-shape", "1,8,8", "--repeat", "3", "--min-repeat-ms", "1", "--json"]
+    res = CliRunner().invoke(app, args + ["--statistic", "median" if lut.statistic == "min" else "min"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # the JSON alone: the statistic warning went to stderr
+    assert out["n"] == 1 and out["threads"] == lut.threads and "warning" in res.stderr
+    bad = CliRunner().invoke(app, args + ["--threads", str(lut.threads + 1)])
+    assert bad.exit_code == 1 and f"holds {lut.threads}-thread figures" in bad.stderr
