@@ -71,7 +71,10 @@ def newest_build(root: Path) -> Path:
 # ---- float twin ------------------------------------------------------------------------------------
 def float_twin_onnx(model):
     """The float twin of a 1-bit ONNX model: dcpnas::BinaryConv2d(X, W bits, scale[, bias]) -> Conv with
-    weights scale * sign(w) (and the bias). Same graph, same node names, no custom domain."""
+    weights scale * sign(w) (and the bias) on the same real-valued X. Same graph, same node names, no
+    custom domain. Where export folded BatchNorm + sign into a threshold (`Sub(x, t)`), the twin's conv
+    sees x - t: a float network of the same shape and cost, not the BatchNorm'd values (a `dcpnas
+    compile --float` sibling build, preferred by `float_twin`, has the real BatchNorms)."""
     import onnx
     from onnx import helper, numpy_helper
 

@@ -25,12 +25,14 @@ def test_group_of(name, group):
 
 
 def test_float_twin_onnx_is_the_real_valued_network():
-    """The twin replaces each BinaryConv2d by a float Conv with scale * sign(w) on real inputs."""
+    """The twin replaces each BinaryConv2d(X, W, scale) by a float Conv(X, scale * sign(W)) on the same
+    real-valued input (export's BN+sign threshold `Sub` stays: a float network of the same shape)."""
     import onnxruntime as ort
     import torch
     import torch.nn.functional as F
+    from onnx import numpy_helper
 
-    from dcpnas.compiler.export import build_onnx
+    from dcpnas.compiler.export import build_onnx, unpack_sign_bits
     from dcpnas.operations import ConvUnit
 
     torch.manual_seed(0)
@@ -40,13 +42,27 @@ def test_float_twin_onnx_is_the_real_valued_network():
         for bn in (m.bn_in, m.bn_out):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
-    twin = float_twin_onnx(build_onnx(m, (1, 5, 9, 9)))
+    model = build_onnx(m, (1, 5, 9, 9))
+    twin = float_twin_onnx(model)
     assert not any(n.domain == "dcpnas" for n in twin.graph.node) and not twin.functions
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (bc,) = [n for n in model.graph.node if n.op_type == "BinaryConv2d"]
+    (conv,) = [n for n in twin.graph.node if n.name == bc.name]
+    assert conv.op_type == "Conv" and conv.input[0] == bc.input[0]
+    w = unpack_sign_bits(inits[bc.input[1]], 5) * inits[bc.input[2]].reshape(-1, 1, 1, 1)
+    np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in twin.graph.initializer
+                                                             if t.name == conv.input[1])), w)
+    # the twin computes the rest of the graph unchanged: run it up to the conv's input and after it
     x = torch.randn(1, 5, 9, 9)
     got = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    pre = [n for n in model.graph.node if bc.input[0] in n.output]
+    xin = x
+    if pre and pre[0].op_type == "Sub":  # export folded bn_in + sign into a threshold
+        xin = x - torch.from_numpy(inits[pre[0].input[1]])
+    else:
+        xin = m.bn_in(x)
     with torch.no_grad():
-        w = torch.where(m.conv.weight >= 0, 1.0, -1.0) * m.conv.scale.view(-1, 1, 1, 1)
-        ref = m.act(m.bn_out(F.conv2d(m.bn_in(x), w, stride=2, padding=1)))
+        ref = m.act(m.bn_out(F.conv2d(xin, torch.from_numpy(w), stride=2, padding=1)))
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
