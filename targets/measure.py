@@ -7,7 +7,7 @@ timed with the Profiler in interleaved rounds beside a reference kernel, each sa
 its round's reference time (build_lut). The VM's fixed cost of one call (measured on an identity
 module of the smallest shape, `call_overhead_ms`) is subtracted, since a network pays it once:
 
-    entry.mean_ms = stat(calibrated samples) - call_overhead_ms   (>= 0)
+    entry.mean_ms = median(calibrated samples) (or min(raw samples)) - call_overhead_ms   (>= 0)
     (stat: the Profiler's statistic, `median`, or `min` on a shared host where contention only adds time)
 
 What the op sums still miss (the node adds and concat of each cell, VM dispatch between ops) is
@@ -105,8 +105,10 @@ def calibrated(samples: dict[str, list[float]], ref: str = REFERENCE) -> dict[st
     return {k: np.asarray(v, float) / load for k, v in samples.items()}
 
 
-def _figure(v: np.ndarray, stat: str) -> float:
-    return float(np.min(v) if stat == "min" else np.median(v))
+def _figure(cal: np.ndarray, raw: np.ndarray, stat: str) -> float:
+    """`median`: the median of the calibrated samples; `min`: the lowest raw sample (contention only
+    adds time; dividing by a round's load factor could take a sample below the op's true time)."""
+    return float(np.min(raw) if stat == "min" else np.median(cal))
 
 
 def _rel_iqr(v: np.ndarray) -> float:
@@ -145,8 +147,9 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
     by side in `profiler.repeat` interleaved rounds together with a reference kernel (REFERENCE_KEY)
     (and, once, the VM's call overhead: an identity module); every sample is calibrated by its
     round's reference time (`calibrated`); ops whose calibrated samples still spread more than
-    RETIME_REL_IQR are timed again. entry.mean_ms = stat(calibrated) - call overhead (stat: the
-    profiler's statistic, median or min); entry.rel_iqr says how stable the op was, and
+    RETIME_REL_IQR are timed again. entry.mean_ms = figure - call overhead, the figure being the
+    median of the calibrated samples (statistic `median`) or the lowest raw sample (`min`);
+    entry.calibrated_ms the calibrated median, entry.rel_iqr how stable the op was, and
     LatencyTable.measurement how stable the whole build was (the reference's own spread).
 
     resume: keep entries of an existing measured LUT at `path` for the same target, thread count and
@@ -190,8 +193,8 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
                 except CompileError:
                     overhead = timer.sampler(sess, BASELINE_FALLBACK_KEY)
                     lut.glue["call_overhead_key"] = BASELINE_FALLBACK_KEY
-                cal, _, _ = time_chunk({OVERHEAD: overhead, REFERENCE: ref}, profiler, profiler.repeat)
-                base = _figure(cal[OVERHEAD], stat) * 1e3
+                cal, raw, _ = time_chunk({OVERHEAD: overhead, REFERENCE: ref}, profiler, profiler.repeat)
+                base = _figure(cal[OVERHEAD], np.asarray(raw[OVERHEAD]), stat) * 1e3
                 if refine and "call_overhead_ms" in lut.glue:
                     base = min(base, float(lut.glue["call_overhead_ms"]))
                 lut.glue["call_overhead_ms"] = round(base, 6)
@@ -210,10 +213,10 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
                 spread = float((np.percentile(ref_ms, 75) - np.percentile(ref_ms, 25)) / np.median(ref_ms))
                 for k in chunk:
                     v_ms, r_ms = cal[k] * 1e3, np.asarray(raw[k]) * 1e3
-                    new = {"mean_ms": round(max(0.0, _figure(v_ms, stat) - base), 6),
+                    new = {"mean_ms": round(max(0.0, _figure(v_ms, r_ms, stat) - base), 6),
                            "std_ms": round(float(v_ms.std()), 6), "count": int(len(v_ms)),
                            "median_ms": round(float(np.median(r_ms)), 6), "min_ms": round(float(r_ms.min()), 6),
-                           "calibrated_ms": round(_figure(v_ms, stat), 6), "rel_iqr": round(_rel_iqr(v_ms), 4),
+                           "calibrated_ms": round(float(np.median(v_ms)), 6), "rel_iqr": round(_rel_iqr(v_ms), 4),
                            "passes": 1}
                     old_e = lut.entries.get(k)
                     if refine and old_e is not None:  # keep the lower figure, count the passes
