@@ -202,3 +202,27 @@ def test_module_constants_through_the_model():
     plain = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs)
     torch_ref = cc.sign_conv_reference(x, wb, ep["scale"], ep["bias"], 64, {"stride": 1, "padding": 1}, "cpu")
     np.testing.assert_allclose(torch_ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
+
+
+def test_goal_evaluation():
+    """cuda_check's verdict on issue 15's goal reads only batch-16 3x3 MMA rows of >= 128 channels."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+
+    def row(name, batch, c_in, k, kernel, speedup, ms):
+        return {"name": name, "batch": batch, "c_in": c_in, "k": k, "kernel": kernel, "speedup_vs_fp16": speedup,
+                "binary_ms": ms}
+
+    rows = [row("a", 16, 128, 3, "bmma", 2.5, 1.0), row("b", 16, 256, 3, "bmma", 2.1, 1.0),
+            row("a", 16, 128, 3, "xnor", 0.4, 4.0), row("c", 16, 64, 3, "bmma", 1.0, 1.0),
+            row("d", 16, 256, 1, "bmma", 1.0, 1.0), row("a", 1, 128, 3, "bmma", 0.5, 1.0)]
+    goal = cc.b1_goal(rows, [{"channels": 64, "speedup_vs_float": 2.9}])
+    assert goal["batch16_3x3_ge128_min_speedup_vs_fp16"] == 2.1 and goal["batch16_goal_met"]
+    assert not goal["net64_goal_met"] and goal["bmma_speedup_vs_popcount"] == {"a-b16": 4.0}
+    rows[1]["speedup_vs_fp16"] = 1.9
+    assert not cc.b1_goal(rows, [])["batch16_goal_met"]
