@@ -116,23 +116,37 @@ def run_row(args, row: str, geno) -> None:
     print(f"{row}: test accuracy {res.test_accuracy:.4f}, {res.seconds:.0f} s", flush=True)
 
 
-def measure_latency(args, row: str, geno, target: str) -> dict:
-    """Compile the trained row for `target` (trained weights) and time it end to end with `dcpnas bench`'s
-    profiler (1-bit and its float twin, both through TVM, in one session)."""
-    from dcpnas.compiler.pipeline import compile_genotype
+def measure_latency(args, policy: str, geno, target: str) -> dict:
+    """Compile the recipe's 1-bit network with `policy` for `target` and time it end to end with `dcpnas
+    bench`'s profiler (1-bit and its float twin through TVM, interleaved). Latency does not depend on the
+    weight values, so the network is the row's architecture with fresh weights (BatchNorm calibrated)."""
+    import torch
+
+    from dcpnas.checkpoint import save_model
+    from dcpnas.compiler.pipeline import calibrate_batchnorm, compile_genotype
+    from dcpnas.data import load_dataset
+    from dcpnas.model import Network
     from dcpnas.targets import get_target
     from dcpnas.targets.bench import bench
     from dcpnas.targets.profiler import Profiler
+    from dcpnas.train import eval_space
 
-    run = args.runs / row
-    genotype_file = run / "genotype.json"
-    geno.save(genotype_file)
-    art = compile_genotype(genotype_file, target, args.runs / "builds" / f"{row}-{target}",
-                           weights=run / "model.pt", data=args.data, parity_inputs=16)
+    data = load_dataset("embedded")
+    cfg = row_config(args, "authors").__class__(**{**row_config(args, "authors").to_dict(), "policy": policy})
+    space = eval_space(geno, cfg, data.input_shape, data.num_classes)
+    torch.manual_seed(0)
+    net = Network(geno, space, binary=True)
+    norm = data.normalization()
+    calibrate_batchnorm(net, data.tensors("train")[0])
+    folder = args.runs / "latency" / policy
+    save_model(folder / "model.pt", net, norm, {"purpose": "latency only: fresh weights"})
+    geno.save(folder / "genotype.json")
+    art = compile_genotype(folder / "genotype.json", target, folder / f"build-{target}", weights=folder / "model.pt",
+                           parity_inputs=16)
     rep = bench(art.path, Profiler(get_target(target)), per_layer=False, ort=False)
-    return {"target": target, "latency_ms": rep["binary_ms"], "iqr_ms": rep["binary_iqr_ms"],
+    return {"target": target, "policy": policy, "binary_ms": rep["binary_ms"], "binary_iqr_ms": rep["binary_iqr_ms"],
             "float_tvm_ms": rep["float_tvm_ms"], "speedup_vs_float_tvm": rep["speedup_vs_float_tvm"],
-            "parity_top1_agreement": art.manifest["parity"]["top1_agreement"]}
+            "parity_passed": art.manifest["parity"]["passed"], "space": space.to_dict()}
 
 
 def report(args) -> dict:
@@ -141,25 +155,31 @@ def report(args) -> dict:
 
     runs = {}
     for row in ROWS:
-        f = args.runs / row / "train.json"
+        f, m = args.runs / row / "train.json", args.runs / row / "metrics.jsonl"
         if f.is_file():
-            runs[row] = json.loads(f.read_text())
+            runs[row] = {**json.loads(f.read_text()), "finished": True}
+        elif m.is_file() and m.read_text().strip():  # a row still training: its finished epochs so far
+            hist = [json.loads(line) for line in m.read_text().splitlines() if line.strip()]
+            cfg = row_config(args, row)
+            runs[row] = {"test_accuracy": hist[-1]["test_accuracy"], "seconds": hist[-1]["seconds"],
+                         "config": cfg.to_dict(), "dataset": None, "n_train": cfg.train_subset, "n_test": None,
+                         "space": None, "history": hist, "finished": False}
     lat = {}
     lat_file = args.out / "latency.json"
     if lat_file.is_file():
-        lat = json.loads(lat_file.read_text()).get("rows", {})
-    flt = runs.get("float")
+        lat = json.loads(lat_file.read_text()).get("policies", {})
+    flt = runs.get("float") if runs.get("float", {}).get("finished") else None
     rows = []
     for name, r in runs.items():
         binary, policy, kd = ROWS[name]
         rows.append({
-            "row": name, "binary": binary, "policy": policy if binary else None, "distilled": kd,
+            "row": name, "finished": r["finished"], "epochs_done": len(r["history"]), "binary": binary, "policy": policy if binary else None, "distilled": kd,
             "test_accuracy": r["test_accuracy"], "train_s": r["seconds"], "epochs": r["config"]["epochs"],
             "dataset": r["dataset"], "n_train": r["n_train"], "n_test": r["n_test"], "space": r["space"],
             "epoch_test_accuracy": [h["test_accuracy"] for h in r["history"]],
-            "latency": lat.get(name),
+            "latency": lat.get(policy) if binary else None,
         })
-    best = max((r for r in rows if r["binary"]), key=lambda r: r["test_accuracy"], default=None)
+    best = max((r for r in rows if r["binary"] and r["finished"]), key=lambda r: r["test_accuracy"], default=None)
     summary = {
         "schema": SCHEMA,
         "dataset": (best or (rows[0] if rows else {})).get("dataset"),
@@ -175,13 +195,14 @@ def report(args) -> dict:
         "rows": rows,
     }
     write_json(args.out / "accuracy.json", summary)
-    lines = ["| row | 1-bit | policy | distilled | epochs | test accuracy % | train s | latency ms |",
+    lines = ["| row | 1-bit | policy | distilled | epochs done | test accuracy % | train s | 1-bit latency ms (TVM) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         la = r["latency"]
-        lat_s = f"{la['latency_ms']:.3f} ({la['target']})" if la else "-"
+        lat_s = f"{la['binary_ms']:.4f} ({la['target']}; float twin {la['float_tvm_ms']:.4f})" if la else "-"
         lines.append(f"| {r['row']} | {'yes' if r['binary'] else 'no'} | {r['policy'] or '-'} | "
-                     f"{'yes' if r['distilled'] else 'no'} | {r['epochs']} | {100 * r['test_accuracy']:.2f} | "
+                     f"{'yes' if r['distilled'] else 'no'} | {r['epochs_done']} of {r['epochs']}"
+                     f"{'' if r['finished'] else ' (running)'} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['train_s']:.0f} | {lat_s} |")
     atomic_write_text(args.out / "accuracy.md",
                       f"Dataset {summary['dataset']}, genotype {args.genotype}; command:\n\n    "
@@ -206,15 +227,14 @@ def main(argv=None) -> int:
         for row in args.rows:
             run_row(args, row, geno)
             report(args)
-        if args.latency:
-            from dcpnas.io import write_json
+    if args.latency:
+        from dcpnas.io import write_json
 
-            lat_file = args.out / "latency.json"
-            lat = json.loads(lat_file.read_text()) if lat_file.is_file() else {"rows": {}}
-            for row in args.rows:
-                if ROWS[row][0] and (args.runs / row / "model.pt").is_file():
-                    lat["rows"][row] = measure_latency(args, row, geno, args.latency)
-                    write_json(lat_file, lat)
+        lat_file = args.out / "latency.json"
+        lat = json.loads(lat_file.read_text()) if lat_file.is_file() else {"policies": {}}
+        for policy in ("authors", "book"):
+            lat["policies"][policy] = measure_latency(args, policy, geno, args.latency)
+            write_json(lat_file, {"schema": SCHEMA + "-latency", "command": " ".join(sys.argv), **lat})
     s = report(args)
     print(f"wrote {args.out / 'accuracy.json'}: 1-bit {s['binary_test_accuracy']}, float {s['float_test_accuracy']}")
     return 0

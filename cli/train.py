@@ -30,7 +30,8 @@ def train_cmd(
     genotype: str = typer.Argument(..., help="genotype.json, a file with a DARTS Genotype(...) string, or DDPNAS_MCN_2."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder \\[default: beside a genotype file, its folder/train (or train-float), where `dcpnas compile` looks; runs/train-<hash> (or train-<hash>-float) for a built-in]."),
     float_net: bool = typer.Option(False, "--float", help="Train the real-valued twin (a teacher for --teacher)."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="model.pt of the real-valued network of the same genotype: KL loss to its softmax."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="model.pt of the real-valued network of the same genotype: KL loss to its softmax \\[default: GENOTYPE's folder/train-float/model.pt when `dcpnas train --float` wrote it]."),
+    no_teacher: bool = typer.Option(False, "--no-teacher", help="Labels as targets even where a trained float twin exists."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (split between the two stages of a 1-bit run)."),
     cells: Optional[int] = typer.Option(None, "--cells", help="Cells of the evaluation network."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of the first cell."),
@@ -70,6 +71,14 @@ def train_cmd(
     cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides, "options")
     if teacher is not None and not cfg.binary:
         raise ConfigError("--teacher distils into the 1-bit network; drop --float or --teacher")
+    if teacher is not None and no_teacher:
+        raise ConfigError("--teacher and --no-teacher contradict each other; give one")
+    if teacher is None and cfg.binary and not no_teacher and Path(genotype).is_file():
+        from dcpnas.train import trained_weights
+
+        teacher = trained_weights(genotype, binary=False)
+        if teacher is not None:
+            console.print(f"teacher {teacher} (the float twin of this run; --teacher or --no-teacher override)")
     table = None
     if target is not None:  # load the LUT first so that a bad target fails before training
         from dcpnas.targets import get_target

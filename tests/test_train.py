@@ -300,3 +300,27 @@ def test_run_folder_is_where_compile_looks(tmp_path):
     (tmp_path / "demo" / "train").mkdir(parents=True)
     (tmp_path / "demo" / "train" / "model.pt").write_bytes(b"x")
     assert trained_weights(g) == tmp_path / "demo" / "train" / "model.pt"
+
+
+def test_cli_train_writes_beside_the_genotype_and_finds_the_teacher(tmp_path):
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    g = DDPNAS_MCN_2.save(tmp_path / "run" / "genotype.json")
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("[train]\ntrain_subset = 40\ntest_subset = 20\nbatch_size = 20\nepochs = 1\ncells = 3\n"
+                   "channels = 4\nreductions = [0, 2]\n")
+    base = ["train", str(g), "--config", str(cfg), "--no-progress", "--threads", "1"]
+    r = CliRunner().invoke(app, base + ["--float"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "train-float" / "model.pt").is_file()
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "run" / "train" / "train.json").read_text())
+    assert rec["teacher"] == str(tmp_path / "run" / "train-float" / "model.pt") and "teacher" in r.output
+    assert rec["space"]["reductions"] == [0, 2]
+    r = CliRunner().invoke(app, base + ["--no-teacher", "-o", str(tmp_path / "plain")])
+    assert r.exit_code == 0 and json.loads((tmp_path / "plain" / "train.json").read_text())["teacher"] is None
+    r = CliRunner().invoke(app, base + ["--reductions", "0,x"])
+    assert r.exit_code == 1 and "--reductions" in r.output
