@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--latency", default=None, metavar="TARGET",
                     help="compile each finished 1-bit row for TARGET and time it (after training)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished rows")
+    ap.add_argument("--throughput", action="store_true",
+                    help="time training throughput of network/format/batch choices side by side (throughput.json)")
     args = ap.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     bad = [r for r in rows if r not in ROWS]
@@ -149,6 +151,66 @@ def measure_latency(args, policy: str, geno, target: str) -> dict:
             "parity_passed": art.manifest["parity"]["passed"], "space": space.to_dict()}
 
 
+THROUGHPUT_PEERS = [  # (label, cells, channels, reductions, policy, binary, batch, channels_last)
+    ("6x8 DARTS reductions, book (old default)", 6, 8, None, "book", True, 128, True),
+    ("6x8 DARTS reductions, authors", 6, 8, None, "authors", True, 128, True),
+    ("4x8 reductions 0,2, authors", 4, 8, (0, 2), "authors", True, 128, True),
+    ("4x8 reductions 0,2, authors, contiguous", 4, 8, (0, 2), "authors", True, 128, False),
+    ("4x8 reductions 0,2, authors, batch 64", 4, 8, (0, 2), "authors", True, 64, True),
+    ("4x8 reductions 0,2, authors, batch 256", 4, 8, (0, 2), "authors", True, 256, True),
+    ("4x8 reductions 0,2, book", 4, 8, (0, 2), "book", True, 128, True),
+    ("4x8 reductions 0,2, float", 4, 8, (0, 2), None, False, 128, True),
+]
+
+
+def throughput(args, geno, rounds: int = 3, steps: int = 2) -> dict:
+    """Training images/s (forward + backward + AdamW step, 1-bit stage 2) of each THROUGHPUT_PEERS entry,
+    timed side by side in interleaved rounds in this one process (median over rounds), and the ratio
+    to the first entry. Written to OUT/throughput.json."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from dcpnas.binary import set_binary_weights
+    from dcpnas.io import write_json
+    from dcpnas.model import Network
+    from dcpnas.train import default_eval_space
+
+    peers = []
+    for label, cells, ch, red, policy, binary, bs, cl in THROUGHPUT_PEERS:
+        torch.manual_seed(0)
+        net = Network(geno, default_eval_space(cells=cells, channels=ch, policy=policy or "authors",
+                                               reductions=red), binary=binary)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        net = net.to(memory_format=fmt).train()
+        if binary:
+            set_binary_weights(net, True)
+        x = torch.randn(bs, 1, 28, 28).contiguous(memory_format=fmt)
+        y = torch.randint(0, 10, (bs,))
+        peers.append((label, net, torch.optim.AdamW(net.parameters(), 1e-3), x, y))
+    rates: dict[str, list[float]] = {p[0]: [] for p in peers}
+    for r in range(rounds + 1):  # round 0 warms up
+        for label, net, opt, x, y in peers:
+            t = time.perf_counter()
+            for _ in range(steps):
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if r:
+                rates[label].append(steps * len(y) / (time.perf_counter() - t))
+        print(f"throughput round {r}/{rounds}", flush=True)
+    base = statistics.median(rates[peers[0][0]])
+    rows = [{"peer": label, "images_per_s": statistics.median(v), "ratio_to_first": statistics.median(v) / base,
+             "rounds": v} for label, v in rates.items()]
+    out = {"schema": SCHEMA + "-throughput", "command": " ".join(sys.argv), "machine": _machine(),
+           "threads": torch.get_num_threads(), "note": "shared machine: compare ratios, not absolute rates",
+           "rows": rows}
+    write_json(args.out / "throughput.json", out)
+    return out
+
+
 def report(args) -> dict:
     """Rebuild accuracy.json / accuracy.md from every finished row under RUNS."""
     from dcpnas.io import atomic_write_text, write_json
@@ -223,6 +285,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     geno = load_genotype(args.genotype)
+    if args.throughput:
+        for r in throughput(args, geno)["rows"]:
+            print(f"{r['peer']:45s} {r['images_per_s']:7.1f} img/s  {r['ratio_to_first']:.2f}x", flush=True)
     if not args.report_only:
         for row in args.rows:
             run_row(args, row, geno)
