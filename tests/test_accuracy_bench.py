@@ -1,0 +1,56 @@
+"""benchmarks/accuracy.py: rows train and resume through dcpnas.train, the report joins finished and running
+rows, a distilled row uses the float row as its teacher."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def acc():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_rows_train_report_and_skip(acc, tmp_path, monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["-o", str(out), "--runs", str(runs), "--data", "embedded", "--train-subset", "40", "--test-subset",
+            "20", "--cells", "3", "--channels", "4", "--float-epochs", "1", "--binary-epochs", "1",
+            "--batch-size", "20", "--rows", "authors-kd"]
+    with pytest.raises(SystemExit, match="float row"):
+        acc.main(argv)
+    # a row still training shows up as running, with its finished epochs
+    (runs / "book").mkdir(parents=True)
+    (runs / "book" / "metrics.jsonl").write_text(json.dumps({"test_accuracy": 0.25, "seconds": 3.0}) + "\n")
+    argv[-1] = "float,authors-kd"
+    assert acc.main(argv) == 0
+    rep = json.loads((out / "accuracy.json").read_text())
+    rows = {r["row"]: r for r in rep["rows"]}
+    assert set(rows) == {"float", "authors-kd", "book"}
+    assert rows["book"]["finished"] is False and rows["book"]["epochs_done"] == 1
+    train_kd = json.loads((runs / "authors-kd" / "train.json").read_text())
+    assert train_kd["teacher"] == str(runs / "float" / "model.pt") and train_kd["space"]["policy"] == "authors"
+    assert train_kd["space"]["reductions"] == [0, 2] and train_kd["n_train"] == 40
+    assert rep["binary_row"] == "authors-kd" and rep["binary_test_accuracy"] == train_kd["test_accuracy"]
+    assert rep["float_test_accuracy"] == rows["float"]["test_accuracy"] and rep["dataset"] == "fashion-mnist-subset"
+    assert rep["train_s"] == pytest.approx(rows["authors-kd"]["train_s"] + rows["float"]["train_s"])
+    table = (out / "accuracy.md").read_text()
+    assert "| authors-kd | yes | authors | yes | 1 of 1 |" in table and "(running)" in table
+    # a second run skips finished rows
+    before = (runs / "float" / "model.pt").stat().st_mtime_ns
+    acc.main(argv)
+    assert (runs / "float" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_unknown_row_is_refused(acc, tmp_path):
+    with pytest.raises(SystemExit):
+        acc.parse_args(["--rows", "float,mine"])
