@@ -98,13 +98,17 @@ class Lowering:
                 raise CompileError(f"{act.name}: PRelu slope must be per channel")
         lay = self._layer(conv, conv.op_type, [pre, post, act, res])
         last = (res or act or post or conv).output[0]
+        residual = None
+        if res is not None:
+            other = res.input[1] if res.input[0] == (act or post or conv).output[0] else res.input[0]
+            residual = self._arg(env, other)
         if conv.op_type == "BinaryConv2d":
             from dcpnas.compiler.kernels import BinaryConvAttrs, emit_binary_conv2d
 
             attrs = BinaryConvAttrs(k, strides, pads, dil, group, int(a["channels_in"]))
             y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
-                                   prelu=slope)
-            lay.funcs.extend(_calls_back(bb, y, x))
+                                   prelu=slope, residual=residual)
+            lay.funcs.extend(_calls_back(bb, y, [x] if residual is None else [x, residual]))
             return {last: y}
         args = [x, relax.const(w.astype(np.float32))]
         if in_s is not None:
@@ -114,9 +118,8 @@ class Lowering:
             args += [relax.const(scale), relax.const(bias)]
         if slope is not None:
             args.append(relax.const(slope))
-        if res is not None:
-            other = res.input[1] if res.input[0] == (act or post or conv).output[0] else res.input[0]
-            args.append(self._arg(env, other))
+        if residual is not None:
+            args.append(residual)
         f = fs.conv2d_nchw(_shape(x), w.shape, strides=strides, pads=pads, dilations=dil, group=group,
                            name=_func_name(lay.name), cpu=self.cpu, in_affine=in_s is not None, bias=fuse_bias,
                            prelu=slope is not None, residual=res is not None)
@@ -241,12 +244,13 @@ class Lowering:
         return self._call(bb, lay, f, [x], tuple(out))
 
 
-def _calls_back(bb, out, stop) -> list[dict]:
-    """The call_tir bindings that produced `out` from `stop` (walking bindings backwards), in call order."""
+def _calls_back(bb, out, stop: list) -> list[dict]:
+    """The call_tir bindings that produced `out` from the expressions `stop` (walking bindings backwards),
+    in call order."""
     calls, todo, seen = [], [out], set()
     while todo:
         v = todo.pop()
-        if not isinstance(v, relax.Var) or v.same_as(stop) or v.name in seen:
+        if not isinstance(v, relax.Var) or any(v.same_as(s) for s in stop) or v.name in seen:
             continue
         seen.add(v.name)
         val = bb.lookup_binding(v)

@@ -75,8 +75,9 @@ def check_supported(model: onnx.ModelProto) -> None:
 class _Fuser:
     """Finds BN -> conv -> BN -> PRelu (-> Add) chains whose intermediates have one consumer."""
 
-    def __init__(self, graph, consts):
+    def __init__(self, graph, consts, binary_residual: bool = False):
         self.consts = consts
+        self.binary_residual = binary_residual  # binary conv kernels with a residual epilogue (CPU)
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list] = {}
         for n in graph.node:
@@ -106,7 +107,8 @@ class _Fuser:
         if nxt is not None and nxt.op_type == "PRelu" and self.const_inputs(nxt):
             act, nxt = nxt, self.only_consumer(nxt.output[0])
         last = (act or post or conv).output[0]
-        if conv.op_type == "Conv" and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
+        fusable = conv.op_type == "Conv" or self.binary_residual
+        if fusable and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
             other = nxt.input[1] if nxt.input[0] == last else nxt.input[0]
             src = self.producer.get(other)
             # the other addend must exist when the conv runs (emission follows graph order)
@@ -156,7 +158,9 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
     if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise CompileError(f"input {inp.name!r} must be float32")
     low = lowering.Lowering(target, consts, schedule=schedule)
-    fuser = _Fuser(g, consts)
+    from dcpnas.compiler.kernels import family
+
+    fuser = _Fuser(g, consts, binary_residual=family(target) != "cuda")
     absorbed: set[int] = set()
     plans = {}
     for n in g.node:

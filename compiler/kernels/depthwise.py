@@ -6,12 +6,12 @@ the popcount conv cost twice the float depthwise conv. Here instead (one PrimFun
   sgn  [N, C, Hp, Wp] float32: +1 / -1 = sign(x*in_scale + in_shift) inside, 0 on the zero border
        (computed per task into a local buffer: the rows of one task's channels, never a tensor in memory)
   acc  [N, Co, OH, OW] = sum_{rc < Cg, taps} sgn[g(co)*Cg + rc] * Wpm[co, rc, ry, rx]  (Wpm: float32 ±1)
-  out  = scale * acc + bias, then PReLU                                          (same epilogue as binconv)
+  out  = scale * acc + bias, then PReLU, then + res (residual add)              (same epilogue as binconv)
 
 Sums of at most kh*kw*Cg terms of ±1 are exact in float32 (< 2^24), so the result equals the XNOR kernel
 and binary_conv2d_reference bit for bit (same epilogue expression). PrimFunc parameters:
 (x [N,C,H,W], [in_scale [C], in_shift [C]], Wpm [Co,Cg,kh,kw], scale [Co], bias [Co], [slope [Co]],
-out [N,Co,OH,OW]) (NCHW out: no reshape call in the Relax graph).
+[res [N,Co,OH,OW]], out [N,Co,OH,OW]) (NCHW out: no reshape call in the Relax graph).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def vector_plan(ow: int, lanes: int) -> tuple[int, int]:
     return ji, -(-ow // ji) * ji
 
 
-def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None = None) -> tvm.tirx.PrimFunc:
+def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None = None,
+                  residual: bool = False) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out".
     owp: columns computed per output row (>= OW; the extra ones read zero signs and are not stored)."""
     n, co_, (oh, ow) = geo.n, geo.c_out, geo.out_hw
@@ -88,10 +89,13 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None 
         o = scale[c] * acc[i, c, y, xx] + bias[c]
         if slope is not None:
             o = tvm.tirx.Select(o >= 0, o, o * slope[c])
+        if res is not None:
+            o = o + res[i, c, y, xx]
         return o
 
+    res = te.placeholder((n, co_, oh, ow), "float32", "res") if residual else None
     out = te.compute((n, co_, oh, ow), epilogue, name="pmconv_out")
-    args += [wpm, scale, bias] + ([slope] if prelu else []) + [out]
+    args += [wpm, scale, bias] + ([slope] if prelu else []) + ([res] if residual else []) + [out]
     return te.create_prim_func(args)
 
 
@@ -164,10 +168,11 @@ def schedule_pm1_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int =
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
-def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True):
+def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
+             residual: bool = False):
     """The ±1 conv PrimFunc, scheduled for `target` (attr tir.is_scheduled) unless schedule=False."""
     if family(target) == "cuda":
-        f = make_pm1_func(geo, affine, prelu)
+        f = make_pm1_func(geo, affine, prelu, residual=residual)
         if not schedule:
             return f
         with as_target(target):
@@ -176,7 +181,7 @@ def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, sched
     # padded rows pay off when the sign plane has a border anyway; a 1x1 conv measured 2x slower with them
     kh, kw = geo.attrs.kernel_shape
     owp = vector_plan(geo.out_hw[1], cpu.lanes)[1] if kh * kw > 1 or any(geo.attrs.pads) else None
-    f = make_pm1_func(geo, affine, prelu, owp)
+    f = make_pm1_func(geo, affine, prelu, owp, residual)
     return schedule_pm1_cpu(f, geo, cpu) if schedule else f
 
 

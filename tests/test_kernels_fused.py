@@ -1,0 +1,57 @@
+"""Fused binary conv epilogues (compiler/kernels): the residual add inside the XNOR-popcount conv and the
++-1 kernel, exact against the numpy reference (binary_conv2d_reference, then + res)."""
+
+import numpy as np
+import pytest
+
+from dcpnas.compiler.kernels import BinaryConvAttrs, binary_conv2d_reference, emit_binary_conv2d, pack_weights
+
+X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
+X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+
+pytestmark = pytest.mark.tvm
+
+# (C_in, C_out, spatial, kernel, group): depthwise 3x3 and small 1x1 (+-1 kernel), dense 1x1 and 3x3 (XNOR)
+CASES = [(16, 16, 14, 3, 16), (8, 8, 28, 1, 1), (32, 32, 14, 1, 1), (64, 64, 7, 3, 1)]
+
+
+def _run(case, target, seed=0):
+    import tvm
+    from tvm import relax
+
+    c, co, h, k, g = case
+    attrs = BinaryConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), g, c)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, c, h, h)).astype(np.float32)
+    res = rng.standard_normal((1, co, h, h)).astype(np.float32)
+    wb = pack_weights(rng.standard_normal((co, c // g, k, k)))
+    scale = rng.uniform(0.5, 2, co).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    slope = rng.uniform(-0.3, 0.3, co).astype(np.float32)
+    shift = rng.standard_normal(c).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    rv = relax.Var("r", relax.TensorType(res.shape, "float32"))
+    with bb.function("main", [xv, rv]):
+        with bb.dataflow():
+            y = emit_binary_conv2d(bb, xv, wb, scale, bias, attrs, target, in_scale=np.ones(c, np.float32),
+                                   in_shift=shift, prelu=slope, residual=rv)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = bb.get()
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(target)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cpu()), tvm.runtime.tensor(res, tvm.cpu())).numpy()
+    want = binary_conv2d_reference(x, wb, scale, bias, attrs, in_shift=shift, prelu=slope) + res
+    return got, want, [gv.name_hint for gv in mod.functions if gv.name_hint != "main"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "c{}co{}h{}k{}g{}".format(*c))
+def test_residual_in_the_epilogue(case):
+    got, want, funcs = _run(case, X86)
+    assert len([f for f in funcs if "conv" in f]) == 1  # no separate add
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_residual_in_the_byte_kernel():
+    got, want, _ = _run(CASES[3], X86_AVX2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
