@@ -6,8 +6,9 @@ type of dcpnas.operations / dcpnas.model has one emitter, an unknown type raises
 Mapping (all tensors NCHW float32, modules in eval mode: BatchNorm uses its running statistics):
 - BinaryConv2d with binary activations -> `dcpnas::BinaryConv2d(X, W, scale)`: W = sign bits packed
   LSB-first along input channels (bit 1 = -1), scale = beta. Inside a ConvUnit, the BatchNorm before
-  the conv and the sign become one per-channel threshold (sign_threshold): `Sub(x, t)` feeds the op, and
-  the weight bits of channels whose BN slope is negative are flipped. The BatchNorm after the conv and
+  the conv and the sign become one per-channel threshold (sign_threshold): `Sub(x, t)` then `Mul(., gain)`
+  (gain = |BN slope| > 0: it never changes a sign, the importer drops it, float twins keep the BN) feed
+  the op, and the weight bits of channels whose BN slope is negative are flipped. The BatchNorm after the conv and
   the PReLU stay standard nodes (the importer fuses them into the kernel).
 - BinaryConv2d with real activations (policy `authors`: depthwise, preprocessing, FactorizedReduce)
   -> a standard float `Conv` with weights beta * sign(w) (the frozen BinaryConv2d always binarises X).
@@ -47,9 +48,10 @@ def unpack_sign_bits(packed: np.ndarray, channels: int) -> np.ndarray:
     return (1 - 2 * bits.astype(np.float32)).astype(np.float32)
 
 
-def sign_threshold(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+def sign_threshold(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BatchNorm (eval) followed by sign, as one per-channel threshold: sign(bn(x))[c] = s[c] * sign(x[c] - t[c])
-    with s = -1 where the BN's slope is negative. -> (t float32 [C], negative bool [C]).
+    with s = -1 where the BN's slope a is negative. -> (t float32 [C], negative bool [C], gain float32 [C]):
+    bn(x) = s * gain * (x - t) (gain = |a|, 1 where a = 0), which the export keeps (Mul) for the float twin.
 
     Computed once here, in float64, rounded to float32: export (a `Sub` before the binary conv, weight
     bits of negative channels flipped), the PyTorch reference (parity.folded_signs) and TVM then compare
@@ -67,7 +69,8 @@ def sign_threshold(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     t = np.where(g == 0, np.where(b >= 0, -np.inf, np.inf), t)
     if not np.all(np.isfinite(t) | (g == 0)):
         raise CompileError("BatchNorm2d statistics are not finite: cannot fold them into a sign threshold")
-    return t.astype(np.float32), g < 0
+    gain = np.where(g == 0, 1.0, np.abs(g) / sd)
+    return t.astype(np.float32), g < 0, gain.astype(np.float32)
 
 
 def flip_input_channels(w: np.ndarray, negative: np.ndarray, groups: int) -> np.ndarray:
@@ -236,9 +239,11 @@ class _Graph:
 
         names = ("bn_in", "conv", "bn_out", "act")
         if type(m.conv) is BinaryConv2d and m.conv.binary_act and m.conv.binary_weight:
-            # BN -> sign folded into one threshold: Sub(x, t), weight signs of negative-slope channels flipped
-            t, neg = sign_threshold(m.bn_in)
+            # BN -> sign folded into one threshold: Sub(x, t), weight signs of negative-slope channels flipped;
+            # the positive gain |a| (Mul) never changes a sign (kernels skip it) but keeps the BN for float twins
+            t, neg, gain = sign_threshold(m.bn_in)
             x = self.node("Sub", [x, self.init(f"{p}.threshold", t.reshape(-1, 1, 1))], f"{p}.threshold")
+            x = self.node("Mul", [x, self.init(f"{p}.gain", gain.reshape(-1, 1, 1))], f"{p}.gain")
             x = self.binary_conv(m.conv, x, f"{p}.conv", negative=neg)
             names = ("bn_out", "act")
         for name in names:

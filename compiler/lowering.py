@@ -63,7 +63,7 @@ class Lowering:
         return lay
 
     # ---- convolutions (with fused BN / PReLU / residual)
-    def conv(self, bb, env, conv, pre, post, act, res):
+    def conv(self, bb, env, conv, pre, post, act, res, gain=None):
         a = _attrs(conv)
         x = self._arg(env, (pre or conv).input[0])
         k = tuple(a.get("kernel_shape", self._c(conv.input[1]).shape[2:]))
@@ -96,7 +96,7 @@ class Lowering:
             slope = np.broadcast_to(slope, (co,)).astype(np.float32) if slope.size in (1, co) else None
             if slope is None:
                 raise CompileError(f"{act.name}: PRelu slope must be per channel")
-        lay = self._layer(conv, conv.op_type, [pre, post, act, res])
+        lay = self._layer(conv, conv.op_type, [pre, gain, post, act, res])
         last = (res or act or post or conv).output[0]
         residual = None
         if res is not None:

@@ -93,13 +93,29 @@ class _Fuser:
     def const_inputs(self, node, first=1):
         return all(i in self.consts for i in node.input[first:] if i)
 
+    def gain_before(self, conv):
+        """The export's Mul(Sub(x, t), gain > 0) before a binary conv: (Sub, Mul), else (None, None).
+        A positive per-channel gain never changes the sign the conv takes, so the kernel skips it."""
+        mul = self.producer.get(conv.input[0])
+        if conv.op_type != "BinaryConv2d" or mul is None or mul.op_type != "Mul" or len(mul.input) != 2 \
+                or mul.input[1] not in self.consts or self.only_consumer(mul.output[0]) is not conv:
+            return None, None
+        gain = self.consts[mul.input[1]]
+        sub = self.producer.get(mul.input[0])
+        if gain is None or gain.ndim > 3 or any(d != 1 for d in gain.shape[1:]) or not np.all(gain > 0) \
+                or not np.all(np.isfinite(gain)) or sub is None or sub.op_type != "Sub" \
+                or self.only_consumer(sub.output[0]) is not mul:
+            return None, None
+        return sub, mul
+
     def plan(self, conv):
-        pre = self.producer.get(conv.input[0])
+        sub, gain = self.gain_before(conv)
+        pre = sub or self.producer.get(conv.input[0])
         # a BN, or (binary convs) the export's sign threshold Sub(x, t), becomes the conv's input affine
         pre_ok = pre is not None and (pre.op_type == "BatchNormalization" or (
             pre.op_type == "Sub" and conv.op_type == "BinaryConv2d" and len(pre.input) == 2))
-        if not (pre_ok and self.const_inputs(pre) and self.only_consumer(pre.output[0]) is conv):
-            pre = None
+        if not (pre_ok and self.const_inputs(pre) and self.only_consumer(pre.output[0]) is (gain or conv)):
+            pre = gain = None
         post, act, res = None, None, None
         nxt = self.only_consumer(conv.output[0])
         if nxt is not None and nxt.op_type == "BatchNormalization" and self.const_inputs(nxt):
@@ -114,7 +130,7 @@ class _Fuser:
             # the other addend must exist when the conv runs (emission follows graph order)
             if other not in self.consts and other != last and (src is None or self.order[id(src)] < self.order[id(conv)]):
                 res = nxt
-        return pre, post, act, res
+        return pre, post, act, res, gain
 
 
 def bn_affine(consts, node) -> tuple[np.ndarray, np.ndarray]:

@@ -71,6 +71,10 @@ def probes(model) -> list[Probe]:
         if n.domain != "dcpnas" or n.op_type != "BinaryConv2d":
             continue
         pre = producer.get(n.input[0])
+        if pre is not None and pre.op_type == "Mul" and pre.input[1] in consts \
+                and np.all(consts[pre.input[1]] > 0):  # the export's positive gain: no effect on signs
+            below = producer.get(pre.input[0])
+            pre = below if below is not None and below.op_type == "Sub" else pre
         if pre is not None and pre.op_type in ("Sub", "BatchNormalization") and all(
                 i in consts for i in pre.input[1:] if i):
             a, b = bn_affine(consts, pre)
@@ -103,7 +107,7 @@ def folded_signs(module, names: set[str]):
                 and m.conv.binary_weight):
             continue
         name = f"{path}.conv"
-        t, neg = sign_threshold(m.bn_in)
+        t, neg, _gain = sign_threshold(m.bn_in)
         tt = torch.from_numpy(t).view(1, -1, 1, 1)
         s = torch.from_numpy(np.where(neg, -1.0, 1.0).astype(np.float32)).view(1, -1, 1, 1)
 

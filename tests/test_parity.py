@@ -49,12 +49,16 @@ def test_threshold_is_the_batchnorm_sign():
         bn.weight.copy_(torch.tensor([1.0, -2.0, 0.0, 0.0, 0.5, -0.1]))
         bn.bias.copy_(torch.tensor([0.1, 0.3, 0.2, -0.2, -1.0, 0.0]))
     x = torch.randn(4, 6, 5, 5)
-    t, neg = sign_threshold(bn)
+    t, neg, gain = sign_threshold(bn)
     want = torch.where(bn(x) >= 0, 1.0, -1.0).numpy()
     got = np.where(x.numpy() >= t.reshape(1, -1, 1, 1), 1.0, -1.0) * np.where(neg, -1, 1).reshape(1, -1, 1, 1)
     far = np.abs(x.numpy() - t.reshape(1, -1, 1, 1)) > 1e-4  # exact ties may differ by definition
     np.testing.assert_array_equal(got[far], want[far])
     assert t[2] == -np.inf and t[3] == np.inf and neg.tolist() == [False, True, False, False, False, True]
+    s = np.where(neg, -1.0, 1.0).reshape(1, -1, 1, 1)  # bn(x) = s * gain * (x - t) where the slope is not 0
+    live = [0, 1, 4, 5]
+    np.testing.assert_allclose((s * gain.reshape(1, -1, 1, 1) * (x.numpy() - t.reshape(1, -1, 1, 1)))[:, live],
+                               bn(x).detach().numpy()[:, live], rtol=1e-5, atol=1e-5)
 
 
 def test_flipped_channels_in_grouped_weights():
@@ -75,6 +79,12 @@ def test_folded_export_runs_like_folded_torch(net, images):
     ps = probes(model)
     assert ps and all(p.a.tolist() == [1.0] * len(p.a) for p in ps)  # every threshold is a Sub
     assert sum(n.op_type == "Sub" for n in model.graph.node) == len(ps)
+    from dcpnas.compiler.onnx_import import import_onnx
+    imp = import_onnx(model, {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2})
+    nodes = {n for lay in imp.layers for n in lay.nodes}
+    assert all(n.name in nodes for n in model.graph.node if n.op_type in ("Sub", "Mul") and "threshold" in n.name
+               or n.name.endswith(".gain"))  # the threshold and the gain are fused into the binary kernels
+    assert not any(lay.op in ("Sub", "Mul") for lay in imp.layers if lay.name.endswith((".threshold", ".gain")))
     assert not any(n.op_type == "BatchNormalization" and
                    any(c.input[0] == n.output[0] for c in model.graph.node if c.op_type == "BinaryConv2d")
                    for n in model.graph.node)
@@ -154,3 +164,19 @@ def test_convunit_probe_names_match_export(net):
     units = [p for p, m in net.named_modules() if isinstance(m, ConvUnit) and m.conv.binary_act]
     model = build_onnx(net, (1, 1, 28, 28))
     assert sorted(f"{u}.conv" for u in units) == sorted(p.name for p in probes(model))
+
+
+@pytest.mark.slow
+@pytest.mark.tvm
+def test_whole_network_parity_at_8x32(tmp_path):
+    """DDPNAS_MCN_2 at 8 cells x 32 channels (the deploy size of issue 11): the fused build passes the
+    traced criterion against PyTorch for ORT and TVM, and its residual adds live in the conv kernels."""
+    from dcpnas.compiler.pipeline import compile_genotype
+
+    g = DDPNAS_MCN_2.save(tmp_path / "genotype.json")
+    art = compile_genotype(g, "x86-avx512", tmp_path / "b", cells=8, channels=32, parity_inputs=6)
+    p = art.manifest["parity"]
+    assert p["passed"] and p["criterion"] == "traced" and p["tvm_run"] == "ran"
+    assert p["binary_layers"] == 126 and p["tvm"]["max_abs_diff_after_flips"] <= 1e-4 * p["reference_max_abs"]
+    layers = art.manifest["layers"]
+    assert sum(lay["op"] == "Add" for lay in layers) == 32  # 46 residual adds fused, 32 cell-node adds left
