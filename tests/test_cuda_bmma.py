@@ -105,12 +105,11 @@ def _source(target, case, rng, mma=None):
     return m, x, wb, ep, attrs, m.executable.mod.imports[0].inspect_source("cuda")
 
 
-def _bmma_sass(target, mma, tmp_path):
-    """-> (the set of BMMA ops in nvcc's SASS, BMMAs per b1 mma.sync of nvcc's PTX, the SASS)."""
+def _bmma_sass(target, src, tmp_path, mma):
+    """-> (the set of BMMA ops in nvcc's SASS of `src`, BMMAs per b1 mma.sync of nvcc's PTX, the SASS).
+    src: a conv of 9 taps x 4 words = 36 K words, i.e. 5 K steps."""
     from dcpnas.compiler.cuda_host import compile_cuda, sass
 
-    case = (16, 128, 14, 128, 3, 1, 1)  # 9 taps x 4 words = 36 words: 5 K steps
-    *_, src = _source(target, case, np.random.default_rng(5), mma=mma)
     steps = 5
     ptx = compile_cuda(src, target["arch"], tmp_path / f"{mma}.ptx", "ptx").read_text()
     n_mma = len(re.findall(r"mma\.sync\.aligned\.m16n8k256\.row\.col\.s32\.b1\.b1\.s32\.\w+\.popc", ptx))
@@ -134,10 +133,11 @@ def test_sass_has_native_bmma(target, op, tmp_path):
         pytest.skip("needs nvcc (CUDA 13 toolkit) and nvdisasm (pip install nvidia-cuda-nvdisasm)")
     *_, src = _source(target, (16, 128, 14, 128, 3, 1, 1), np.random.default_rng(5))
     assert set(re.findall(r"b1\.s32\.(\w+)\.popc", src)) == {op}  # the compiler's choice for this layer
-    ops, per_mma, text = _bmma_sass(target, op, tmp_path)
+    ops, per_mma, text = _bmma_sass(target, src, tmp_path, op)
     assert (ops, per_mma) == ({op.upper()}, 1) and "mma_bit_internal" not in text
     if target is SM90:
-        ops, _, text = _bmma_sass(SM90, "xor", tmp_path)
+        *_, xor_src = _source(SM90, (1, 128, 14, 128, 3, 1, 1), np.random.default_rng(5), mma="xor")
+        ops, _, text = _bmma_sass(SM90, xor_src, tmp_path, "xor")
         assert ops == {"AND"} and "mma_bit_internal_xor" in text
 
 
