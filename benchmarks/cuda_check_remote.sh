@@ -8,7 +8,8 @@
 # Writes OUT_DIR/cuda_check.json (all kernels, networks), OUT_DIR/cuda_b1.json (the b1 tensor-core convs vs the
 # popcount kernels, cuDNN fp16/fp32 and an int8 GEMM at batch 1/16/64; commit as benchmarks/results/cuda_b1.json)
 # and OUT_DIR/cuda_check.log. One GPU call, prepared here:
-#   .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90   (~4 min, 2 cores)
+#   .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90   (~12 min on 2 busy
+#     cores, 38 MB; build/tvm-runtime 17 MB: carry both and .whl to the GPU machine)
 #   .venv/bin/python benchmarks/cuda_check.py runtime-pkg build/tvm-runtime
 #   .venv/bin/pip download --no-deps -d .whl apache-tvm-ffi==0.1.14.post1   (for the GPU machine's Python)
 set -euo pipefail
