@@ -143,9 +143,11 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     return _finish(sch.mod["main"], name, True)
 
 
-def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name, cpu) -> tirx.PrimFunc:
+def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name, cpu,
+                residual: bool = False) -> tirx.PrimFunc:
     """Max or average pool, NCHW. Average divides by the number of taps inside the image unless
-    count_include_pad (then by kh*kw). Max pads with -inf."""
+    count_include_pad (then by kh*kw). Max pads with -inf. residual: PrimFunc (x, res, out) adding
+    res [N, C, OH, OW] to the pooled value (an Add after the pool, fused)."""
     N, C, H, W = (int(v) for v in x_shape)
     (KH, KW), (sh, sw), (pt, pl, pb, pr) = kernel, strides, pads
     OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1
@@ -157,8 +159,10 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
     red = te.max if kind == "max" else te.sum
     acc = te.compute((N, C, OH, OW), lambda n, c, i, j: red(src[n, c, i * sh + ry, j * sw + rx], axis=[ry, rx]),
                      name="pool")
+    res = te.placeholder((N, C, OH, OW), "float32", "res") if residual else None
     if kind == "max":
-        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j], name="out")
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] + res[n, c, i, j] if residual
+                         else acc[n, c, i, j], name="out")
     else:
         def cnt(i, j):
             if count_include_pad:
@@ -167,8 +171,9 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
             hy = tirx.min(y0 + KH, H) - tirx.max(y0, 0)
             wx = tirx.min(x0 + KW, W) - tirx.max(x0, 0)
             return (hy * wx).astype("float32")
-        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] / cnt(i, j), name="out")
-    func = te.create_prim_func([x, out])
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] / cnt(i, j) + res[n, c, i, j]
+                         if residual else acc[n, c, i, j] / cnt(i, j), name="out")
+    func = te.create_prim_func([x] + ([res] if residual else []) + [out])
     if cpu is None:
         return _finish(func, name, False)
     sch = Schedule(tvm.IRModule({"main": func}))

@@ -96,19 +96,20 @@ class Lowering:
             slope = np.broadcast_to(slope, (co,)).astype(np.float32) if slope.size in (1, co) else None
             if slope is None:
                 raise CompileError(f"{act.name}: PRelu slope must be per channel")
-        lay = self._layer(conv, conv.op_type, [pre, gain, post, act, res])
-        last = (res or act or post or conv).output[0]
-        residual = None
-        if res is not None:
-            other = res.input[1] if res.input[0] == (act or post or conv).output[0] else res.input[0]
-            residual = self._arg(env, other)
+        res = tuple(res or ())
+        lay = self._layer(conv, conv.op_type, [pre, gain, post, act, *res])
+        last = (act or post or conv).output[0]
+        residual = []  # the other addend of each fused Add, in graph order
+        for add in res:
+            residual.append(self._arg(env, add.input[1] if add.input[0] == last else add.input[0]))
+            last = add.output[0]
         if conv.op_type == "BinaryConv2d":
             from dcpnas.compiler.kernels import BinaryConvAttrs, emit_binary_conv2d
 
             attrs = BinaryConvAttrs(k, strides, pads, dil, group, int(a["channels_in"]))
             y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
                                    prelu=slope, residual=residual)
-            lay.funcs.extend(_calls_back(bb, y, [x] if residual is None else [x, residual]))
+            lay.funcs.extend(_calls_back(bb, y, [x] + residual))
             return {last: y}
         args = [x, relax.const(w.astype(np.float32))]
         if in_s is not None:
@@ -118,18 +119,19 @@ class Lowering:
             args += [relax.const(scale), relax.const(bias)]
         if slope is not None:
             args.append(relax.const(slope))
-        if residual is not None:
-            args.append(residual)
+        if residual:
+            args.append(residual[0])
         f = fs.conv2d_nchw(_shape(x), w.shape, strides=strides, pads=pads, dilations=dil, group=group,
                            name=_func_name(lay.name), cpu=self.cpu, in_affine=in_s is not None, bias=fuse_bias,
-                           prelu=slope is not None, residual=res is not None)
+                           prelu=slope is not None, residual=bool(residual))
         n, _, h, wd = _shape(x)
         oh = (h + pads[0] + pads[2] - dil[0] * (k[0] - 1) - 1) // strides[0] + 1
         ow = (wd + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
         return {last: self._call(bb, lay, f, args, (n, co, oh, ow))}
 
     # ---- every other op
-    def node(self, bb, env, n):
+    def node(self, bb, env, n, residual=None):
+        """Lower node n; residual: an Add fused after a pool (pool + add in one kernel)."""
         op, a = n.op_type, _attrs(n)
         if op == "Identity":
             return {n.output[0]: self._arg(env, n.input[0])}
@@ -139,7 +141,7 @@ class Lowering:
             ax = int(a.get("axis", 1)) % len(s)
             shape = (int(np.prod(s[:ax])), int(np.prod(s[ax:])))
             return {n.output[0]: bb.emit(relax.op.reshape(x, shape))}
-        lay = self._layer(n, op)
+        lay = self._layer(n, op, [residual])
         name = _func_name(lay.name)
         if op == "BatchNormalization":
             x = self._arg(env, n.input[0])
@@ -165,7 +167,10 @@ class Lowering:
             out = (shapes[0][0], sum(s[1] for s in shapes), shapes[0][2], shapes[0][3])
             return {n.output[0]: self._call(bb, lay, f, xs, out)}
         if op in ("MaxPool", "AveragePool"):
-            return {n.output[0]: self._pool(bb, env, n, a, lay, name)}
+            if residual is None:
+                return {n.output[0]: self._pool(bb, env, n, a, lay, name)}
+            other = residual.input[1] if residual.input[0] == n.output[0] else residual.input[0]
+            return {residual.output[0]: self._pool(bb, env, n, a, lay, name, self._arg(env, other))}
         if op == "GlobalAveragePool":
             x = self._arg(env, n.input[0])
             s = _shape(x)
@@ -211,7 +216,7 @@ class Lowering:
         f = fs.elementwise([sa, sb], fn, out, name=name, cpu=self.cpu)
         return self._call(bb, lay, f, [xa, xb], out)
 
-    def _pool(self, bb, env, n, a, lay, name):
+    def _pool(self, bb, env, n, a, lay, name, residual=None):
         x = self._arg(env, n.input[0])
         if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))) \
                 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -220,11 +225,15 @@ class Lowering:
         st = tuple(a.get("strides", (1, 1)))
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
         kind = "max" if n.op_type == "MaxPool" else "avg"
-        f = fs.pool2d_nchw(_shape(x), kind=kind, kernel=k, strides=st, pads=pads,
-                           count_include_pad=bool(a.get("count_include_pad", 0)), name=name, cpu=self.cpu)
         N, C, H, W = _shape(x)
         out = (N, C, (H + pads[0] + pads[2] - k[0]) // st[0] + 1, (W + pads[1] + pads[3] - k[1]) // st[1] + 1)
-        return self._call(bb, lay, f, [x], out)
+        if residual is not None and _shape(residual) != out:
+            raise CompileError(f"{n.name}: the Add after this pool needs an addend of shape {list(out)}, "
+                               f"got {list(_shape(residual))}")
+        f = fs.pool2d_nchw(_shape(x), kind=kind, kernel=k, strides=st, pads=pads,
+                           count_include_pad=bool(a.get("count_include_pad", 0)), name=name, cpu=self.cpu,
+                           residual=residual is not None)
+        return self._call(bb, lay, f, [x] + ([residual] if residual is not None else []), out)
 
     def _slice(self, bb, env, n, lay, name):
         x = self._arg(env, n.input[0])

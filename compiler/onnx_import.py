@@ -85,6 +85,7 @@ class _Fuser:
                 self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in graph.output}
         self.order = {id(n): k for k, n in enumerate(graph.node)}
+        self.taken: set[int] = set()  # Adds already fused into a kernel
 
     def only_consumer(self, tensor):
         c = self.consumers.get(tensor, [])
@@ -123,14 +124,28 @@ class _Fuser:
         if nxt is not None and nxt.op_type == "PRelu" and self.const_inputs(nxt):
             act, nxt = nxt, self.only_consumer(nxt.output[0])
         last = (act or post or conv).output[0]
-        fusable = conv.op_type == "Conv" or self.binary_residual
-        if fusable and nxt is not None and nxt.op_type == "Add" and len(nxt.input) == 2:
-            other = nxt.input[1] if nxt.input[0] == last else nxt.input[0]
-            src = self.producer.get(other)
-            # the other addend must exist when the conv runs (emission follows graph order)
-            if other not in self.consts and other != last and (src is None or self.order[id(src)] < self.order[id(conv)]):
-                res = nxt
-        return pre, post, act, res, gain
+        # residual adds: one after a float conv, up to two after a binary conv (CPU kernels)
+        res = []
+        for _ in range(1 if conv.op_type == "Conv" else 2 if self.binary_residual else 0):
+            add = self.add_after(last, conv)
+            if add is None:
+                break
+            res.append(add)
+            last = add.output[0]
+        return pre, post, act, tuple(res) or None, gain
+
+    def add_after(self, last: str, node):
+        """The Add that alone consumes `last` when its other addend exists before `node` is emitted
+        (emission follows graph order) and no other plan took it; else None."""
+        nxt = self.only_consumer(last)
+        if nxt is None or nxt.op_type != "Add" or len(nxt.input) != 2 or id(nxt) in self.taken:
+            return None
+        other = nxt.input[1] if nxt.input[0] == last else nxt.input[0]
+        src = self.producer.get(other)
+        if other in self.consts or other == last or (src is not None and self.order[id(src)] >= self.order[id(node)]):
+            return None
+        self.taken.add(id(nxt))
+        return nxt
 
 
 def bn_affine(consts, node) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +198,13 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
         if n.op_type in ("Conv", "BinaryConv2d"):
             plan = fuser.plan(n)
             plans[id(n)] = plan
-            absorbed.update(id(m) for m in plan if m is not None)
+            absorbed.update(id(m) for m in plan[:3] + plan[4:] if m is not None)
+            absorbed.update(id(m) for m in plan[3] or ())
+        elif n.op_type in ("MaxPool", "AveragePool") and fuser.binary_residual:
+            add = fuser.add_after(n.output[0], n)  # pool + add in one kernel
+            if add is not None:
+                plans[id(n)] = add
+                absorbed.add(id(add))
     bb = relax.BlockBuilder()
     x = relax.Var(inp.name, relax.TensorType(in_shape, "float32"))
     env = {inp.name: x}
@@ -193,7 +214,9 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
                 if id(n) in absorbed or n.op_type == "Constant":
                     continue
                 plan = plans.get(id(n))
-                if plan is not None:
+                if plan is not None and n.op_type in ("MaxPool", "AveragePool"):
+                    outs = low.node(bb, env, n, residual=plan)
+                elif plan is not None:
                     outs = low.conv(bb, env, n, *plan)
                 else:
                     outs = low.node(bb, env, n)

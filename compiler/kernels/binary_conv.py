@@ -4,7 +4,7 @@ pack:  float32 x [N, C, H, W] (+ optional per-channel affine in_scale/in_shift, 
        sign) -> uint32 P [N, G*Qg, Hp, Wp], zero border words.            block "pack"
 conv:  P, Wt, corr, ycls, xcls, scale, bias[, slope][, res] -> float32 [N, G, Cog, OH, OW] (= NCHW memory):
        v = kh*kw*Cg - 2 * sum_{taps, words} popcount(P ^ Wt) - corr  (exact integer, block "popc"),
-       y = scale * v + bias, then PReLU(slope) if given, then + res (a residual add, [N, G, Cog, OH, OW])
+       y = scale * v + bias, then PReLU(slope) if given, then + res... (residual adds, [N, G, Cog, OH, OW])
                                                                          (block "binconv_out")
 """
 
@@ -108,7 +108,7 @@ def pack_compute(x: te.Tensor, geo: ConvGeometry, in_scale: te.Tensor | None = N
 
 def conv_compute(p: te.Tensor, wt: te.Tensor, corr: te.Tensor, ycls: te.Tensor, xcls: te.Tensor,
                  scale: te.Tensor, bias: te.Tensor, slope: te.Tensor | None, geo: ConvGeometry,
-                 res: te.Tensor | None = None) -> te.Tensor:
+                 res: tuple[te.Tensor, ...] = ()) -> te.Tensor:
     """Exact XNOR-popcount conv with border correction and the fused float epilogue (shapes: module doc)."""
     n, g, cog, oh, ow = geo.out5_shape
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
@@ -130,8 +130,8 @@ def conv_compute(p: te.Tensor, wt: te.Tensor, corr: te.Tensor, ycls: te.Tensor, 
         o = scale[gi, c] * v.astype("float32") + bias[gi, c]
         if slope is not None:
             o = tvm.tirx.Select(o >= 0, o, o * slope[gi, c])
-        if res is not None:
-            o = o + res[i, gi, c, y, xx]
+        for r in res:  # in graph order: (o + r0) + r1 rounds as the unfused adds do
+            o = o + r[i, gi, c, y, xx]
         return o
 
     return te.compute((n, g, cog, oh, ow), epilogue, name="binconv_out")
@@ -180,8 +180,8 @@ def make_pack_func(geo: ConvGeometry, affine: bool) -> tvm.tirx.PrimFunc:
 
 
 def make_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool,
-                   residual: bool = False) -> tvm.tirx.PrimFunc:
-    """PrimFunc (P, Wt, corr, ycls, xcls, scale, bias[, slope][, res], out5)."""
+                   residual: int = 0) -> tvm.tirx.PrimFunc:
+    """PrimFunc (P, Wt, corr, ycls, xcls, scale, bias[, slope][, res0, res1...], out5) with `residual` addends."""
     n, g, cog, oh, ow = geo.out5_shape
     kh, kw = geo.attrs.kernel_shape
     p = te.placeholder(geo.packed_shape, geo.word_dtype, "P")
@@ -192,7 +192,7 @@ def make_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool,
     scale = te.placeholder((g, cog), "float32", "scale")
     bias = te.placeholder((g, cog), "float32", "bias")
     slope = te.placeholder((g, cog), "float32", "slope") if prelu else None
-    res = te.placeholder(geo.out5_shape, "float32", "res") if residual else None
+    res = tuple(te.placeholder(geo.out5_shape, "float32", f"res{k}") for k in range(int(residual)))
     out = conv_compute(p, wt, corr, ycls, xcls, scale, bias, slope, geo, res)
-    args = [p, wt, corr, ycls, xcls, scale, bias] + ([slope] if prelu else []) + ([res] if residual else []) + [out]
+    args = [p, wt, corr, ycls, xcls, scale, bias] + ([slope] if prelu else []) + list(res) + [out]
     return te.create_prim_func(args)

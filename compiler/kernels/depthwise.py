@@ -11,7 +11,7 @@ the popcount conv cost twice the float depthwise conv. Here instead (one PrimFun
 Sums of at most kh*kw*Cg terms of ±1 are exact in float32 (< 2^24), so the result equals the XNOR kernel
 and binary_conv2d_reference bit for bit (same epilogue expression). PrimFunc parameters:
 (x [N,C,H,W], [in_scale [C], in_shift [C]], Wpm [Co,Cg,kh,kw], scale [Co], bias [Co], [slope [Co]],
-[res [N,Co,OH,OW]], out [N,Co,OH,OW]) (NCHW out: no reshape call in the Relax graph).
+[res0, res1... [N,Co,OH,OW]], out [N,Co,OH,OW]) (NCHW out: no reshape call in the Relax graph).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def vector_plan(ow: int, lanes: int) -> tuple[int, int]:
 
 
 def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None = None,
-                  residual: bool = False) -> tvm.tirx.PrimFunc:
+                  residual: int = 0) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out".
     owp: columns computed per output row (>= OW; the extra ones read zero signs and are not stored)."""
     n, co_, (oh, ow) = geo.n, geo.c_out, geo.out_hw
@@ -89,13 +89,13 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None 
         o = scale[c] * acc[i, c, y, xx] + bias[c]
         if slope is not None:
             o = tvm.tirx.Select(o >= 0, o, o * slope[c])
-        if res is not None:
-            o = o + res[i, c, y, xx]
+        for r in res:
+            o = o + r[i, c, y, xx]
         return o
 
-    res = te.placeholder((n, co_, oh, ow), "float32", "res") if residual else None
+    res = tuple(te.placeholder((n, co_, oh, ow), "float32", f"res{k}") for k in range(int(residual)))
     out = te.compute((n, co_, oh, ow), epilogue, name="pmconv_out")
-    args += [wpm, scale, bias] + ([slope] if prelu else []) + ([res] if residual else []) + [out]
+    args += [wpm, scale, bias] + ([slope] if prelu else []) + list(res) + [out]
     return te.create_prim_func(args)
 
 
@@ -169,7 +169,7 @@ def schedule_pm1_cuda(func: tvm.tirx.PrimFunc, geo: ConvGeometry, threads: int =
 
 
 def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
-             residual: bool = False):
+             residual: int = 0):
     """The ±1 conv PrimFunc, scheduled for `target` (attr tir.is_scheduled) unless schedule=False."""
     if family(target) == "cuda":
         f = make_pm1_func(geo, affine, prelu, residual=residual)

@@ -21,11 +21,11 @@ from .targets import as_target, cpu_params, family, word_bits
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
-                 records: dict | None = None, residual: bool = False):
+                 records: dict | None = None, residual: int = 0):
     """-> (pack PrimFunc, conv PrimFunc), scheduled for `target` (attr tir.is_scheduled) unless schedule=False.
 
     pack: (x, [in_scale, in_shift,] P); conv: (P, Wt, corr, ycls, xcls, scale, bias, [slope,] [res,] out5).
-    residual (CPU only): the conv adds res [N, G, Cog, OH, OW] in its epilogue.
+    residual (CPU only): the number of addends res [N, G, Cog, OH, OW] the conv adds in its epilogue.
     records: tuned tiles (tuning.load_records); None: the committed records of this target, if any.
     """
     rows, cols = border_classes(geo.attrs, geo.h, geo.w)
@@ -105,15 +105,15 @@ def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[n
 
 def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray, scale: np.ndarray,
                        bias: np.ndarray | None, attrs: BinaryConvAttrs, target: Any, *, in_scale=None,
-                       in_shift=None, prelu=None, residual: relax.Expr | None = None) -> relax.Expr:
+                       in_shift=None, prelu=None, residual=()) -> relax.Expr:
     """Emit sign+pack and the XNOR-popcount conv (fused epilogue) as call_tir; float32 NCHW in and out.
     Convs with one input channel per group (depthwise) or small 1x1 convs (depthwise.use_pm1_kernel)
     become instead one exact ±1 arithmetic kernel with the sign fused into its loads (depthwise.py).
 
     x: a float32 [N, C_in, H, W] Relax expression of static shape; w_bits: schema uint8 weights;
     scale, bias, prelu (PReLU slopes): [C_out]; in_scale, in_shift: [C_in] affine applied before the sign
-    (the folded BatchNorm), both or neither; residual: a float32 [N, C_out, OH, OW] expression added in
-    the epilogue (after the PReLU; CPU targets). Returns the [N, C_out, OH, OW] float32 expression.
+    (the folded BatchNorm), both or neither; residual: float32 [N, C_out, OH, OW] expressions added in
+    the epilogue in order (after the PReLU; CPU targets). Returns the [N, C_out, OH, OW] float32 expression.
     """
     shape = x.ty.shape if hasattr(x, "ty") else x.struct_info.shape
     try:
@@ -121,15 +121,17 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
     except Exception:
         raise CompileError(f"binary conv: input shape must be static, got {shape}") from None
     geo = geometry(x_shape, w_bits, attrs, target)
-    if residual is not None and [int(s) for s in residual.ty.shape] != list(geo.out_shape):
-        raise CompileError(f"binary conv: residual of shape {list(residual.ty.shape)}, output {list(geo.out_shape)}")
+    residual = [residual] if isinstance(residual, relax.Expr) else list(residual or ())
+    for r in residual:
+        if [int(s) for s in r.ty.shape] != list(geo.out_shape):
+            raise CompileError(f"binary conv: residual of shape {list(r.ty.shape)}, output {list(geo.out_shape)}")
     if (in_scale is None) != (in_shift is None):
         in_scale = _vec(in_scale, geo.c_in, "in_scale", 1.0)
         in_shift = _vec(in_shift, geo.c_in, "in_shift", 0.0)
     affine = in_scale is not None
     if use_pm1_kernel(geo):
         return _emit_pm1(bb, x, geo, w_bits, scale, bias, target, in_scale, in_shift, prelu, residual)
-    pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None, residual=residual is not None)
+    pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None, residual=len(residual))
     # no global_symbol: the Relax build names each PrimFunc after its (unique) GlobalVar
     gv_pack = bb.add_func(pack_f.without_attr("global_symbol"), "dcpnas_binary_pack")
     gv_conv = bb.add_func(conv_f.without_attr("global_symbol"), "dcpnas_binary_conv")
@@ -138,17 +140,17 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray
         pack_args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
     p = bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape, geo.word_dtype)))
     consts = [relax.const(c) for c in conv_constants(geo, w_bits, scale, bias, prelu)]
-    if residual is not None:  # NCHW and [N, G, Cog, OH, OW] share one memory layout: a view
-        consts.append(bb.emit(relax.op.reshape(residual, geo.out5_shape)))
+    for r in residual:  # NCHW and [N, G, Cog, OH, OW] share one memory layout: a view
+        consts.append(bb.emit(relax.op.reshape(r, geo.out5_shape)))
     y5 = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(geo.out5_shape, "float32")))
     return bb.emit(relax.op.reshape(y5, geo.out_shape))
 
 
 def _emit_pm1(bb, x, geo: ConvGeometry, w_bits, scale, bias, target, in_scale, in_shift, prelu,
-              residual=None) -> relax.Expr:
+              residual=()) -> relax.Expr:
     """The ±1 arithmetic lowering (depthwise.py): one call_tir, no packing pass."""
     affine = in_scale is not None
-    f = pm1_func(geo, target, affine=affine, prelu=prelu is not None, residual=residual is not None)
+    f = pm1_func(geo, target, affine=affine, prelu=prelu is not None, residual=len(residual))
     gv = bb.add_func(f.without_attr("global_symbol"), "dcpnas_binary_pm1conv")
     args = [x]
     if affine:
@@ -157,6 +159,5 @@ def _emit_pm1(bb, x, geo: ConvGeometry, w_bits, scale, bias, target, in_scale, i
              relax.const(_vec(bias, geo.c_out, "bias", 0.0))]
     if prelu is not None:
         args.append(relax.const(_vec(prelu, geo.c_out, "prelu")))
-    if residual is not None:
-        args.append(residual)
+    args.extend(residual)
     return bb.emit(relax.call_tir(gv, args, relax.TensorType(geo.out_shape, "float32")))
