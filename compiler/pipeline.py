@@ -236,6 +236,7 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
         "expected_latency_ms": lat, "expected_latency_source": lat_src,
         "compile_s": {k: round(v, 3) for k, v in times.items()},
         "layers": [vars(layer) for layer in imp.layers],
+        "op_keys": _op_keys(genotype, space),
     }
     art = Artifact(out, manifest)
     art.save()
@@ -284,6 +285,15 @@ def _parity_inputs(dataset, norm, shape, n: int, data: str) -> tuple[np.ndarray,
         return rng.standard_normal((n,) + tuple(shape[1:])).astype(np.float32), "random normal (no matching dataset)"
     x, _ = dataset.tensors("test", norm["mean"], norm["std"])
     return x[:n].numpy().astype(np.float32), f"{dataset.name} test[:{n}]"
+
+
+def _op_keys(genotype, space):
+    """{layer group: OpKey} of a genotype build (dcpnas.latency.network_keys), None for an .onnx input."""
+    if genotype is None or space is None:
+        return None
+    from dcpnas.latency import network_keys
+
+    return network_keys(genotype, space)
 
 
 def _expected_latency(tgt, genotype, space, binary: bool) -> tuple[Any, str]:

@@ -34,6 +34,21 @@ def op_key(op: str, cin: int, cout: int, h: int, w: int, stride: int, policy: st
     return f"{name}|{cin}|{cout}|{h}|{w}|{stride}"
 
 
+def parse_key(key: str) -> tuple[str, str, int, int, int, int, int]:
+    """'sep_conv_3x3:authors|8|8|28|28|1' -> (op, policy, cin, cout, h, w, stride); LutError when malformed."""
+    from dcpnas.errors import LutError
+
+    parts = key.split("|")
+    if len(parts) != 6:
+        raise LutError(f"bad OpKey {key!r}: expected '<op>|cin|cout|h|w|stride'")
+    name, policy = (parts[0].split(":", 1) + ["book"])[:2]
+    try:
+        cin, cout, h, w, stride = (int(p) for p in parts[1:])
+    except ValueError:
+        raise LutError(f"bad OpKey {key!r}: cin, cout, h, w, stride must be integers") from None
+    return name, policy, cin, cout, h, w, stride
+
+
 def fixed_keys(space: SearchSpace) -> list[str]:
     """Keys of the stem, every preprocessing conv and the classifier, in network order."""
     plans = cell_plan(space)
@@ -91,17 +106,26 @@ def expected_latency(space: SearchSpace, table: LatencyLookup, alpha_normal: tor
     return total
 
 
-def genotype_latency(genotype: Genotype, space: SearchSpace, table: LatencyLookup) -> float:
-    """Predicted latency in ms of the discrete network of `genotype` built on `space`."""
+def network_keys(genotype: Genotype, space: SearchSpace) -> dict[str, str | None]:
+    """The OpKey of every op of the discrete network of `genotype` on `space`, by the network's layer
+    group names (model.Network's module paths): 'stem', 'cells.i.pre0', 'cells.i.pre1', 'cells.i.ops.k'
+    (k: the genotype's k-th edge of that cell; None for `none`) and 'classifier'. `dcpnas compile`
+    records it in the manifest (`op_keys`), so `dcpnas bench` puts each layer beside its LUT entry."""
+    fixed = fixed_keys(space)
+    keys: dict[str, str | None] = {"stem": fixed[0]}
     index = {e: n for n, e in enumerate(edge_index(space.steps))}
-    total = fixed_latency(space, table)
-    keys = edge_keys(space)
-    for p, cell in zip(cell_plan(space), keys):
+    for c, (p, cell) in enumerate(zip(cell_plan(space), edge_keys(space))):
+        keys[f"cells.{c}.pre0"], keys[f"cells.{c}.pre1"] = fixed[1 + 2 * c], fixed[2 + 2 * c]
         edges = genotype.reduce if p.reduction else genotype.normal
         for k, (op, i) in enumerate(edges):
-            key = cell[index[(i, k // 2 + 2)]][space.primitives.index(op)]
-            total += table.query(key)
-    return float(total)
+            keys[f"cells.{c}.ops.{k}"] = cell[index[(i, k // 2 + 2)]][space.primitives.index(op)]
+    keys["classifier"] = fixed[-1]
+    return keys
+
+
+def genotype_latency(genotype: Genotype, space: SearchSpace, table: LatencyLookup) -> float:
+    """Predicted latency in ms of the discrete network of `genotype` built on `space`."""
+    return float(sum(table.query(k) for k in network_keys(genotype, space).values() if k is not None))
 
 
 def latency_loss(loss: torch.Tensor, lat: torch.Tensor, target_ms: float, form: str = "mul",

@@ -217,56 +217,15 @@ def time_layers(sess, lib, layers: list[dict], rng) -> list[dict]:
 
 
 # ---- LUT predictions per group ---------------------------------------------------------------------
-def group_keys(model, space) -> dict[str, str | None]:
-    """OpKey of every op group of the network in ONNX `model` built on SearchSpace `space`
-    (edge ops are recognised from their node names and attributes; `none` edges map to None)."""
-    from onnx import helper
-
-    from dcpnas.latency import fixed_keys, op_key
-    from dcpnas.model import cell_plan
-
-    fixed, plans = fixed_keys(space), cell_plan(space)
-    keys: dict[str, str | None] = {"stem": fixed[0], "classifier": fixed[-1]}
-    for i in range(len(plans)):
-        keys[f"cells.{i}.pre0"], keys[f"cells.{i}.pre1"] = fixed[1 + 2 * i], fixed[2 + 2 * i]
-    groups: dict[str, list] = {}
-    for n in model.graph.node:
-        g = group_of(n.name)
-        if ".ops." in g:
-            groups.setdefault(g, []).append(n)
-    for g, nodes in groups.items():
-        plan = plans[int(g.split(".")[1])]
-        attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
-        first = next((a for n, a in zip(nodes, attrs) if n.op_type in ("Conv", "BinaryConv2d", "MaxPool", "AveragePool")), {})
-        stride = int(first.get("strides", [1])[0])
-        names = [n.name for n in nodes]
-        types = {n.op_type for n in nodes}
-        k = first.get("kernel_shape", [3])[0]
-        if any(".op.0." in s for s in names):
-            op = f"sep_conv_{k}x{k}"
-        elif any(".op.dw." in s for s in names):
-            op = f"dil_conv_{k}x{k}"
-        elif "MaxPool" in types:
-            op = "max_pool_3x3"
-        elif "AveragePool" in types:
-            op = "avg_pool_3x3"
-        elif any(".conv_1." in s for s in names):
-            op = "skip_connect"
-        else:
-            keys[g] = None  # `none` (zeros)
-            continue
-        h, w = (plan.H, plan.W) if stride == 2 or not plan.reduction else (plan.H // 2, plan.W // 2)
-        keys[g] = op_key(op, plan.C, plan.C, h, w, stride, space.policy)
-    return keys
-
-
-def _lut_column(art, target, model, threads: int) -> tuple[dict, dict]:
-    """({group: predicted ms or None}, info about the LUT); no predictions from a LUT measured at
-    another thread count than this bench's."""
+def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
+    """({group: predicted ms or None}, info about the LUT): each group's OpKey as `dcpnas compile`
+    recorded it (manifest `op_keys`); no predictions from a LUT measured at another thread count."""
     from dcpnas.space import SearchSpace
 
     if not art.manifest.get("space"):
         return {}, {"lut": "n/a: the build has no search space (compiled from an .onnx file)"}
+    if not art.manifest.get("op_keys"):
+        return {}, {"lut": "n/a: the manifest records no op keys (built by an older dcpnas: compile it again)"}
     try:
         lut = target.load_lut()
     except DcpnasError as e:
@@ -276,7 +235,7 @@ def _lut_column(art, target, model, threads: int) -> tuple[dict, dict]:
                            f"{threads} threads (bench with --threads {lut.threads} to compare)"}
     space = SearchSpace.from_dict(art.manifest["space"])
     pred = {}
-    for g, key in group_keys(model, space).items():
+    for g, key in art.manifest["op_keys"].items():
         pred[g] = None if key is None or key not in lut else lut.query(key)
     per_cell = float(lut.glue.get("per_cell_ms", 0.0))
     for i in range(space.cells):  # the glue is charged to the pre keys in query(); show it on its own row
@@ -295,8 +254,6 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
           emulated: bool = False, seed: int = 0, progress: ProgressFn = no_progress) -> dict:
     """Time the build in `build_dir` (see module docstring); returns the report (bench.json content).
     Nothing is written except the float twin's build when it must be derived."""
-    import onnx
-
     from dcpnas.compiler.artifact import Artifact
 
     art = Artifact.load(build_dir)
@@ -348,8 +305,7 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
         if per_layer:
             progress("bench", 4, steps)
         threads = s.threads
-    model = onnx.load(str(art.onnx_path))
-    lut_pred, lut_info = _lut_column(art, target, model, threads)
+    lut_pred, lut_info = _lut_column(art, target, threads)
     layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"])
     binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
     ms = {k: t.median_ms for k, t in timings.items()}

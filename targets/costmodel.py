@@ -23,24 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from dcpnas.errors import LutError
+from dcpnas.latency import parse_key  # noqa: F401  (the OpKey format lives in dcpnas.latency)
 
 FEATURES = ("kbitops", "kdwtaps", "kflops", "kelems", "kernels")
 # x86-avx512 starting point (ns per unit) from the TVM.md measurements: XNOR conv ~2.2e12 bit-ops/s,
 # fp32 conv ~4e11 FLOP/s on 2 threads, ~5e9 elements/s for fused elementwise passes, ~2 us per kernel.
 DEFAULT_COEF = {"kbitops": 0.45, "kdwtaps": 150.0, "kflops": 2.5, "kelems": 200.0, "kernels": 2000.0}
-
-
-def parse_key(key: str) -> tuple[str, str, int, int, int, int, int]:
-    """'sep_conv_3x3:authors|8|8|28|28|1' -> (op, policy, cin, cout, h, w, stride)."""
-    parts = key.split("|")
-    if len(parts) != 6:
-        raise LutError(f"bad OpKey {key!r}: expected '<op>|cin|cout|h|w|stride'")
-    name, policy = (parts[0].split(":", 1) + ["book"])[:2]
-    try:
-        cin, cout, h, w, stride = (int(p) for p in parts[1:])
-    except ValueError:
-        raise LutError(f"bad OpKey {key!r}: cin, cout, h, w, stride must be integers") from None
-    return name, policy, cin, cout, h, w, stride
 
 
 def _conv_unit(f: np.ndarray, cin, cout, h, w, k, stride, dilation, groups, binary_act) -> tuple[int, int]:

@@ -180,7 +180,7 @@ def validate(d: dict, where: str = "LUT") -> None:
         raise LutError(f"{where}: method must be one of {', '.join(METHODS)}, got {d['method']!r}")
     if not isinstance(d.get("threads"), int) or isinstance(d.get("threads"), bool) or d["threads"] < 1:
         raise LutError(f"{where}: field 'threads' must be an integer >= 1")
-    from dcpnas.targets.costmodel import parse_key
+    from dcpnas.latency import parse_key
 
     for key, e in d["entries"].items():
         parse_key(key)

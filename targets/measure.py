@@ -26,7 +26,7 @@ import numpy as np
 
 from dcpnas.errors import CompileError, DcpnasError, LutError
 from dcpnas.progress import ProgressFn, no_progress
-from dcpnas.targets.costmodel import parse_key
+from dcpnas.latency import parse_key
 from dcpnas.targets.lut import LatencyTable, utc_now
 from dcpnas.targets.profiler import Profiler
 from dcpnas.targets.registry import Target
