@@ -320,6 +320,25 @@ def sign_conv_reference(x, w_bits, scale, bias, c_in: int, conv_kw: dict, device
     return (acc * sc + bi).float().cpu().numpy()
 
 
+def _run_b1_kernel(tvm, bundle: Path, kc: dict, x: np.ndarray, ref: np.ndarray, dev):
+    """Run one b1 case's pack + conv module: -> (max |diff| vs ref, parity ok, pack ms, conv ms)."""
+    mod = tvm.runtime.load_module(str(bundle / kc["lib"]))
+    data = np.load(bundle / kc["data"])
+    consts = [data[f"arr_{i}"] for i in range(kc["n_consts"])]
+    p = tvm.runtime.tensor(np.zeros(kc["packed_shape"], kc["packed_dtype"]), dev)
+    out = tvm.runtime.tensor(np.zeros(kc["out5_shape"], np.float32), dev)
+    pack_args = [tvm.runtime.tensor(x, dev), p]
+    conv_args = [p] + [tvm.runtime.tensor(a, dev) for a in consts] + [out]
+    mod["binpack"](*pack_args)
+    mod["binconv"](*conv_args)
+    dev.sync()
+    got = out.numpy().reshape(ref.shape)
+    err = float(np.max(np.abs(got - ref)))
+    ok = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max())))
+    pack_ms, conv_ms = _tvm_ms(mod, "binpack", dev, pack_args), _tvm_ms(mod, "binconv", dev, conv_args)
+    return err, ok, pack_ms, conv_ms
+
+
 def run_b1(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
     """Parity and timings of the b1 tensor-core convs and the popcount kernels (see the module doc)."""
     import torch
@@ -344,20 +363,13 @@ def run_b1(tvm, bundle: Path, manifest: dict, dev) -> list[dict]:
         n, _, oh, ow = ref.shape
         int8 = _int8_gemm_ms(n * oh * ow, c["c_in"] * c["k"] ** 2, c["c_out"])
         for kernel, kc in c["kernels"].items():
-            mod = tvm.runtime.load_module(str(bundle / kc["lib"]))
-            data = np.load(bundle / kc["data"])
-            consts = [data[f"arr_{i}"] for i in range(kc["n_consts"])]
-            p = tvm.runtime.tensor(np.zeros(kc["packed_shape"], kc["packed_dtype"]), dev)
-            out = tvm.runtime.tensor(np.zeros(kc["out5_shape"], np.float32), dev)
-            pack_args = [tvm.runtime.tensor(x, dev), p]
-            conv_args = [p] + [tvm.runtime.tensor(a, dev) for a in consts] + [out]
-            mod["binpack"](*pack_args)
-            mod["binconv"](*conv_args)
-            dev.sync()
-            got = out.numpy().reshape(ref.shape)
-            err = float(np.max(np.abs(got - ref)))
-            ok = bool(np.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max())))
-            pack_ms, conv_ms = _tvm_ms(mod, "binpack", dev, pack_args), _tvm_ms(mod, "binconv", dev, conv_args)
+            try:
+                err, ok, pack_ms, conv_ms = _run_b1_kernel(tvm, bundle, kc, x, ref, dev)
+            except Exception as e:  # noqa: BLE001 -- a faulting kernel is a failed row, the others still run
+                rows.append({"name": c["name"], "batch": c["batch"], "c_in": c["c_in"], "k": c["k"], "kernel": kernel,
+                             "parity_ok": False, "error": f"{type(e).__name__}: {e}"[:500]})
+                print(f"  {c['name']:<12} b{c['batch']:<3} {kernel:<5} ERROR {rows[-1]['error']}", flush=True)
+                continue
             binary_ms = pack_ms + conv_ms
             row = {"name": c["name"], "batch": c["batch"], "c_in": c["c_in"], "c_out": c["c_out"], "k": c["k"],
                    "stride": c["stride"], "h": c["h"], "kernel": kernel, "mma_op": c["op"] if kernel == "bmma" else None,
@@ -378,7 +390,9 @@ def b1_goal(rows: list[dict], nets: list[dict]) -> dict:
     fp16, and the 64-channel 6-cell network >= 3x its float twin (batch 1: the networks are built at batch 1)."""
     sel = [r for r in rows if r["kernel"] == "bmma" and r["batch"] == 16 and r["k"] == 3 and r["c_in"] >= 128]
     net = [r for r in nets if r["channels"] == 64]
-    worst = min((r["speedup_vs_fp16"] for r in sel), default=None)
+    failed = any("error" in r or not r["parity_ok"] for r in sel)
+    worst = None if failed else min((r["speedup_vs_fp16"] for r in sel), default=None)
+    rows = [r for r in rows if "error" not in r]
     net_x = net[0]["speedup_vs_float"] if net else None
     bm = {(r["name"], r["batch"]): r["binary_ms"] for r in rows if r["kernel"] == "bmma"}
     pc = {(r["name"], r["batch"]): r["binary_ms"] for r in rows if r["kernel"] == "xnor"}
@@ -426,15 +440,26 @@ def run(bundle: Path, out: Path) -> int:
     info = {"gpu": torch.cuda.get_device_name(0), "compute_version": dev.compute_version,
             "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "tvm": tvm.__version__}
     print(f"GPU {info['gpu']} (sm {info['compute_version']}), torch {info['torch']}, TVM {info['tvm']} runtime")
-    convs = run_convs(tvm, bundle, manifest, dev)
-    b1 = run_b1(tvm, bundle, manifest, dev)
-    nets = run_networks(tvm, bundle, manifest, dev)
-    ok = (all(r["parity_ok"] for r in convs + b1)
-          and all(r[k]["parity_ok"] for r in nets for k in ("binary", "float")))
     out.mkdir(parents=True, exist_ok=True)
+    res = {"schema": SCHEMA + "-result", "target": manifest["target"], "device": info, "parity_ok": False,
+           "timing": "min over 5 repeats; TVM time_evaluator and CUDA events; batch as in x_shape",
+           "convs": [], "b1": [], "networks": []}
+    # the batch-1 networks and the proven kernels first, the new b1 MMA kernels last: a fault there (a CUDA
+    # error poisons the context) cannot cost the rest; results are written after every stage
+    for stage, fn in (("networks", run_networks), ("convs", run_convs), ("b1", run_b1)):
+        try:
+            res[stage] = fn(tvm, bundle, manifest, dev)
+        except Exception as e:  # noqa: BLE001 -- recorded, and the run fails below
+            res[f"{stage}_error"] = f"{type(e).__name__}: {e}"[:1000]
+            print(f"  {stage} FAILED: {res[f'{stage}_error']}", flush=True)
+        ok = (not any(k.endswith("_error") for k in res) and all(r["parity_ok"] for r in res["convs"] + res["b1"])
+              and all(r[k]["parity_ok"] for r in res["networks"] for k in ("binary", "float")))
+        res["parity_ok"] = ok
+        (out / "cuda_check.json").write_text(json.dumps(res, indent=1))
+    b1, nets = res["b1"], res["networks"]
     if b1:
         b1_res = {"schema": "dcpnas.cuda-b1/1", "target": manifest["target"], "device": info,
-                  "parity_ok": all(r["parity_ok"] for r in b1),
+                  "parity_ok": all(r["parity_ok"] for r in b1) and "b1_error" not in res,
                   "command": "benchmarks/cuda_check.py prepare BUNDLE --target " + manifest["target"]
                              + "; bash benchmarks/cuda_check_remote.sh OUT (run BUNDLE -o OUT)",
                   "timing": "min over 5 repeats (TVM time_evaluator, CUDA events); binary_ms = pack + conv; "
@@ -442,10 +467,6 @@ def run(bundle: Path, out: Path) -> int:
                   "goal": b1_goal(b1, nets), "rows": b1}
         (out / "cuda_b1.json").write_text(json.dumps(b1_res, indent=1))
         print(f"b1 goal: {json.dumps(b1_res['goal'])}; wrote {out / 'cuda_b1.json'}")
-    res = {"schema": SCHEMA + "-result", "target": manifest["target"], "device": info, "parity_ok": ok,
-           "timing": "min over 5 repeats; TVM time_evaluator and CUDA events; batch as in x_shape",
-           "convs": convs, "b1": b1, "networks": nets}
-    (out / "cuda_check.json").write_text(json.dumps(res, indent=1))
     print(f"parity {'OK' if ok else 'FAILED'}; wrote {out / 'cuda_check.json'}")
     return 0 if ok else 1
 

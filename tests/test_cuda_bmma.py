@@ -216,7 +216,7 @@ def test_goal_evaluation():
 
     def row(name, batch, c_in, k, kernel, speedup, ms):
         return {"name": name, "batch": batch, "c_in": c_in, "k": k, "kernel": kernel, "speedup_vs_fp16": speedup,
-                "binary_ms": ms}
+                "binary_ms": ms, "parity_ok": True}
 
     rows = [row("a", 16, 128, 3, "bmma", 2.5, 1.0), row("b", 16, 256, 3, "bmma", 2.1, 1.0),
             row("a", 16, 128, 3, "xnor", 0.4, 4.0), row("c", 16, 64, 3, "bmma", 1.0, 1.0),
@@ -226,3 +226,40 @@ def test_goal_evaluation():
     assert not goal["net64_goal_met"] and goal["bmma_speedup_vs_popcount"] == {"a-b16": 4.0}
     rows[1]["speedup_vs_fp16"] = 1.9
     assert not cc.b1_goal(rows, [])["batch16_goal_met"]
+    rows[1] = {"name": "b", "batch": 16, "c_in": 256, "k": 3, "kernel": "bmma", "parity_ok": False, "error": "x"}
+    rows[0]["speedup_vs_fp16"] = 9.0
+    assert cc.b1_goal(rows, [])["batch16_3x3_ge128_min_speedup_vs_fp16"] is None  # a failed kernel fails the goal
+
+
+def test_check_run_survives_a_failing_stage(tmp_path, monkeypatch):
+    """cuda_check run: a stage that raises (a faulting kernel) is recorded, the others' results are written,
+    and the run fails."""
+    import importlib.util
+    import json
+    import types
+    from pathlib import Path
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
+    cc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc)
+    dev = types.SimpleNamespace(exist=True, compute_version="9.0")
+    monkeypatch.setattr(cc, "_import_tvm_runtime", lambda: types.SimpleNamespace(cuda=lambda i: dev, __version__="x"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "fake")
+    net = {"name": "n", "cells": 6, "channels": 64, "speedup_vs_float": 3.1,
+           "binary": {"parity_ok": True}, "float": {"parity_ok": True}}
+    monkeypatch.setattr(cc, "run_networks", lambda *a: [net])
+    monkeypatch.setattr(cc, "run_convs", lambda *a: [{"name": "c", "parity_ok": True}])
+
+    def b1_fails(*a):
+        raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS")
+
+    monkeypatch.setattr(cc, "run_b1", b1_fails)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps({"target": "cuda-sm90"}))
+    assert cc.run(tmp_path / "b", tmp_path / "out") == 1
+    res = json.loads((tmp_path / "out" / "cuda_check.json").read_text())
+    assert res["networks"] == [net] and res["convs"][0]["name"] == "c" and "ILLEGAL" in res["b1_error"]
+    assert not res["parity_ok"] and not (tmp_path / "out" / "cuda_b1.json").exists()
