@@ -11,7 +11,8 @@ from dcpnas.errors import DeviceError
 from dcpnas.genotype import DDPNAS_MCN_2
 from dcpnas.space import SearchSpace
 from dcpnas.targets import get_target
-from dcpnas.targets.bench import JSON_KEYS, float_twin_onnx, group_of
+from dcpnas.compiler.twin import float_twin_onnx
+from dcpnas.targets.bench import JSON_KEYS, group_of
 from dcpnas.targets.profiler import Profiler
 
 
