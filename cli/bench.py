@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, err_console, handle_errors, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
 
 
 def register(app: typer.Typer) -> None:
@@ -40,10 +40,15 @@ def bench_cmd(
     """Time a compiled 1-bit network against the float network (OpenVINO, ONNX Runtime, TVM twin) and the
     1-bit network on OpenVINO, side by side; write bench.json and bench.png."""
     from dcpnas.compiler.artifact import Artifact
+    from dcpnas.config import MAX_THREADS
     from dcpnas.targets import get_target
     from dcpnas.targets.bench import bench, json_summary, write_outputs
     from dcpnas.targets.profiler import Profiler
 
+    require("--threads", threads, 1, MAX_THREADS)
+    require("--repeat", repeat, 1)
+    require("--warmup", warmup, 0)
+    require("--min-repeat-ms", min_repeat_ms, positive=True)
     if build_dir is None:
         from dcpnas.targets.bench import newest_build
 

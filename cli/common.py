@@ -25,7 +25,9 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except DcpnasError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Resumable as e:
             err_console.print(f"[yellow]interrupted[/yellow]: partial results are saved in {e.out_dir}; resume with:\n"
@@ -86,4 +88,26 @@ def rich_progress(enabled: bool = True) -> Iterator[Callable]:
         progress.update(tasks[phase], completed=done, total=total, metrics=text)
 
     with progress:
-        yield update
+        try:
+            yield update
+        except BaseException:
+            progress.live.transient = True  # a failed command leaves its error line, not half-drawn bars
+            raise
+
+
+def require(flag: str, value, lo=None, hi=None, *, positive: bool = False) -> None:
+    """Refuse an option value outside [lo, hi] (or <= 0 with positive; NaN and inf always) with one
+    ConfigError line naming the flag. None (an option not given) passes."""
+    import math
+
+    from dcpnas.errors import ConfigError
+
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value}")
+    if positive and not value > 0:
+        raise ConfigError(f"{flag} must be > 0, got {value}")
+    if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
+        bound = f"in {lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+        raise ConfigError(f"{flag} must be {bound}, got {value}")

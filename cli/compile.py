@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, handle_errors, rich_progress
+from dcpnas.cli.common import console, handle_errors, require, rich_progress
 
 
 def register(app: typer.Typer) -> None:
@@ -59,7 +59,12 @@ def compile_cmd(
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
     from dcpnas.compiler.build import compile_genotype
+    from dcpnas.config import MAX_CELLS, MAX_CHANNELS
     from dcpnas.errors import ConfigError
+
+    require("--parity-inputs", parity_inputs, 1, 100_000)
+    require("--cells", cells, 1, MAX_CELLS)
+    require("--channels", channels, 1, MAX_CHANNELS)
 
     is_genotype = input.suffix.lower() != ".onnx"
     if fresh and weights is not None:
@@ -76,9 +81,6 @@ def compile_cmd(
         elif run_folder(input).is_dir():
             console.print(f"[yellow]{run_folder(input)} holds no finished model.pt yet (`dcpnas train` still running "
                           f"or interrupted?)[/]")
-    if weights is None and is_genotype:
-        console.print("[yellow]no --weights given: compiling freshly initialised weights "
-                      "(BatchNorm calibrated on the training images); accuracy is meaningless[/]")
     shape = None
     if input_shape is not None:
         try:
@@ -96,6 +98,9 @@ def compile_cmd(
     m = art.manifest
     p = m["parity"]
     f = m["files"]
+    if weights is None and input.suffix.lower() != ".onnx":
+        console.print("[yellow]no --weights given: compiled freshly initialised weights "
+                      "(BatchNorm calibrated on the training images); accuracy is meaningless[/]")
     console.print(f"[green]built[/] {art.path}  ({'1-bit' if m['binary'] else 'float'}, target {m['target']['name']}, "
                   f"TVM {m['tvm_version']})")
     console.print(f"  model.onnx {f['onnx']['bytes'] / 1024:.1f} KiB, model.so {f['lib']['bytes'] / 1024:.1f} KiB; "

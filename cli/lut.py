@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, err_console, handle_errors, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
 
 lut_app = typer.Typer(help="Latency lookup tables: build (measure or model), show, check against end-to-end timings.",
                       no_args_is_help=True)
@@ -60,9 +60,17 @@ def build_cmd(
     statistic: str = STAT,
 ) -> None:
     """Measure (or model) every candidate op at every supernet position, plus stem, preprocessing, classifier."""
+    from dcpnas.config import MAX_CELLS, MAX_CHANNELS, MAX_THREADS
     from dcpnas.targets import get_target
     from dcpnas.targets.modeled import build_modeled_lut, keys_of
 
+    require("--threads", threads, 1, MAX_THREADS)
+    require("--repeat", repeat, 1)
+    require("--min-repeat-ms", min_repeat_ms, positive=True)
+    for c in cells or ():
+        require("--cells", c, 1, MAX_CELLS)
+    for c in channels or ():
+        require("--channels", c, 1, MAX_CHANNELS)
     t = get_target(target, threads=threads)
     spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)))
     if modeled:
@@ -70,11 +78,12 @@ def build_cmd(
         path = lut.save(out or t.lut_path)
         console.print(f"[yellow]modeled[/] LUT of {t.name}: {len(lut.entries)} entries ({lut.costmodel['source']}) -> {path}")
         return
+    from dcpnas.errors import ConfigError
     from dcpnas.targets.measure import build_lut
     from dcpnas.targets.profiler import Profiler
 
     if emulated and not rpc:
-        raise typer.BadParameter("--emulated describes an RPC device: give --rpc")
+        raise ConfigError("--emulated describes an RPC device: give --rpc")
     if not emulated and t.arch == "aarch64" and rpc and rpc.split(":")[0] in ("127.0.0.1", "localhost"):
         console.print("[yellow]warning[/]: an aarch64 server on this host is an emulator; add --emulated")
     path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
@@ -149,9 +158,16 @@ def check_cmd(
     """Compile N random genotypes end to end, time them, and compare with the LUT's predictions (MAPE, Spearman)."""
     from dcpnas.io import write_json
     from dcpnas.targets import get_target
+    from dcpnas.config import MAX_CELLS, MAX_CHANNELS, MAX_THREADS
     from dcpnas.targets.check import check_lut
     from dcpnas.targets.profiler import Profiler
 
+    require("--n", n, 2)  # MAPE and Spearman need two genotypes at least
+    require("--threads", threads, 1, MAX_THREADS)
+    require("--repeat", repeat, 1)
+    require("--min-repeat-ms", min_repeat_ms, positive=True)
+    require("--cells", cells, 1, MAX_CELLS)
+    require("--channels", channels, 1, MAX_CHANNELS)
     lut = get_target(target).load_lut()
     if threads is not None:
         lut.check_threads(threads, "a check")

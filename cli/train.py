@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import Resumable, console, handle_errors, rich_progress
+from dcpnas.cli.common import Resumable, console, handle_errors, require, rich_progress
 
 BUILTIN_GENOTYPES = ("DDPNAS_MCN_2",)
 
@@ -51,11 +51,14 @@ def train_cmd(
     from dcpnas.errors import ConfigError
     from dcpnas.train import TrainConfig, train
 
+    from dcpnas.config import MAX_THREADS
+
+    require("--threads", threads, 1, MAX_THREADS)
     geno = resolve_genotype(genotype)
     if threads is not None:
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(threads)
     red = None
     if reductions is not None:
         try:

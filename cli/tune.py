@@ -37,9 +37,12 @@ def tune_cmd(
     if shape:
         try:
             shapes = [tuple(int(v) for v in s.split(",")) for s in shape]
-            assert all(len(s) == 3 for s in shapes)
-        except (ValueError, AssertionError):
-            raise ConfigError(f"--shape takes K,H,C (three integers), got {shape}") from None
+        except ValueError:
+            shapes = []
+        if len(shapes) != len(shape) or not all(len(s) == 3 and 1 <= s[0] <= s[1] <= 4096 and 1 <= s[2] <= 4096
+                                                and s[0] % 2 for s in shapes):
+            raise ConfigError(f"--shape takes K,H,C (odd kernel K <= size H <= 4096, 1 <= channels C <= 4096), "
+                              f"got {', '.join(shape)}")
     entries = {}
     with rich_progress(not no_progress) as progress:
         for k, h, c in shapes:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dcpnas.binary import BinaryConv2d
+from dcpnas.config import MAX_CELLS, MAX_CHANNELS
 from dcpnas.errors import ArtifactError, ConfigError, GenotypeError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_bytes
@@ -79,6 +80,25 @@ def save_model(path: str | Path, model: Network, normalization: dict, info: dict
     return save_torch(path, model_record(model, normalization, info))
 
 
+def _check_shapes(state_dict, genotype: Genotype, space: SearchSpace, binary: bool) -> None:
+    """Raise ConfigError naming the first tensor whose name or shape does not fit the stored network
+    config: built on the meta device, so a record that claims a huge network allocates nothing."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ConfigError("state_dict must map names to tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Network(genotype, space, binary=binary).state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    extra = [k for k in state_dict if k not in expected]
+    if missing or extra:
+        raise ConfigError(f"weights do not fit the stored network config: {len(missing)} missing "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(extra)} unexpected "
+                          f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+    for k, shape in expected.items():
+        if tuple(state_dict[k].shape) != shape:
+            raise ConfigError(f"weights do not fit the stored network config: {k} has shape "
+                              f"{list(state_dict[k].shape)} in the file, the network needs {list(shape)}")
+
+
 def network_from_record(rec: dict, source: str, genotype: Genotype | None = None) -> tuple[Network, dict]:
     """Rebuild the Network of a model.pt record; see load_model."""
     if rec.get("schema") != SCHEMA:
@@ -97,8 +117,12 @@ def network_from_record(rec: dict, source: str, genotype: Genotype | None = None
         )
     try:
         space = SearchSpace.from_dict(rec["space"])
+        if space.channels > MAX_CHANNELS or space.cells > MAX_CELLS:
+            raise ConfigError(f"{space.cells} cells x {space.channels} channels is beyond the limits "
+                              f"({MAX_CELLS} x {MAX_CHANNELS})")
+        _check_shapes(rec["state_dict"], saved, space, bool(rec["binary"]))  # before allocating anything
         net = Network(saved, space, binary=bool(rec["binary"]))
-    except (ConfigError, GenotypeError) as e:
+    except (ConfigError, GenotypeError, TypeError, ValueError, KeyError) as e:
         raise ArtifactError(f"{source}: cannot rebuild the network ({e})") from None
     if not rec.get("binary_weight", True):
         for m in net.modules():

@@ -14,6 +14,7 @@ Budgets (the default is sized for a 2-core CPU: see README / the `default` entry
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from dcpnas.io import atomic_write_text, read_toml
 from dcpnas.space import POLICIES, SearchSpace
 
 MODES = ("dcp", "cp", "direct", "random")
+# Sanity limits on sizes that allocate memory or threads: far above any network this CPU/GPU pipeline is for,
+# far below a size that asks for terabytes (a 100000-channel supernet) or aborts a thread pool.
+MAX_CHANNELS = 4096
+MAX_CELLS = 64
+MAX_THREADS = 1024
 CURVATURES = ("exact", "ggn", "fisher")
 LATENCY_FORMS = ("add", "mul")
 DEVICES = ("cpu", "cuda")
@@ -86,17 +92,25 @@ class SearchConfig:
                               ("device", DEVICES), ("policy", POLICIES), ("budget", tuple(BUDGETS))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        # written as `not (x >= lo)` so that NaN fails too; floats must also be finite
         for name in ("epochs", "cells", "channels", "batch_size"):
-            if getattr(self, name) < 1:
+            if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lam", "mu", "warmup_epochs", "steps_per_epoch", "n_train", "n_eval", "image_size",
-                     "threads", "eval_batches"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.latency_ms is not None and self.latency_ms <= 0:
-            raise ConfigError(f"latency_ms must be > 0, got {self.latency_ms}")
+                     "threads", "eval_batches", "weight_decay", "arch_weight_decay", "latency_gamma",
+                     "latency_beta"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("parent_lr", "child_lr", "arch_lr", "eta", "eta_psi"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.latency_ms is not None and not (self.latency_ms > 0 and math.isfinite(self.latency_ms)):
+            raise ConfigError(f"latency_ms must be a finite number > 0, got {self.latency_ms}")
         if not 0 < self.tau <= 1:
             raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        if self.channels > MAX_CHANNELS or self.cells > MAX_CELLS or self.threads > MAX_THREADS:
+            raise ConfigError(f"cells <= {MAX_CELLS}, channels <= {MAX_CHANNELS} and threads <= {MAX_THREADS}, "
+                              f"got {self.cells}, {self.channels}, {self.threads}")
         if self.image_size and self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
 
@@ -135,14 +149,7 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "SearchConfig":
-        known = {f.name: f for f in fields(cls) if f.name != "extra"}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        kwargs = {}
-        for k, v in d.items():
-            kwargs[k] = _coerce(k, v, known[k].type, source)
-        return cls(**kwargs)
+        return config_from_dict(cls, d, source, skip=("extra",))
 
     @classmethod
     def load(cls, toml_path: str | Path | None = None, overrides: dict | None = None) -> "SearchConfig":
@@ -160,7 +167,20 @@ class SearchConfig:
         return cls.from_dict(merged, source=str(toml_path) if toml_path else "config")
 
 
-def _coerce(key: str, value, type_str, source: str):
+def config_from_dict(cls, d: dict, source: str, skip: tuple[str, ...] = ()):
+    """Build the config dataclass `cls` from a plain dict (TOML file, CLI flags): unknown keys refused,
+    each value coerced to its field's type by `coerce`. The one coercer of SearchConfig and TrainConfig."""
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**{k: coerce(k, v, known[k].type, source) for k, v in d.items()})
+
+
+def coerce(key: str, value, type_str, source: str):
+    """`value` as the type named by a dataclass annotation ("int", "float | None", "bool", "str").
+    bool: true/false (TOML) only; int: no bool, no fractional float; float: finite numbers only (NaN and
+    inf are refused here, so that no range check downstream can let them pass)."""
     t = str(type_str)
     try:
         if value is None:
@@ -170,17 +190,24 @@ def _coerce(key: str, value, type_str, source: str):
         if t.startswith("bool"):
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError(f"expected true/false, got {value!r}")
+            raise ValueError(f"expected true or false, got {value!r}")
         if t.startswith("int"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(f"expected an integer, got {value!r}")
             return int(value)
+        if t.startswith("tuple"):  # tuple[int, ...]: a list of integers
+            if isinstance(value, (str, bytes)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"expected a list of integers, got {value!r}")
+            return tuple(value)
         if t.startswith("float"):
             if isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"expected a finite number, got {value!r}")
+            return v
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
         return str(value)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConfigError(f"{source}: {key}: {e}") from None

@@ -27,9 +27,9 @@ from dcpnas.checkpoint import load_torch
 from dcpnas.config import SearchConfig
 from dcpnas.data import load_dataset
 from dcpnas.distributed import DistContext
-from dcpnas.errors import ArtifactError, ConfigError, DeviceError
+from dcpnas.errors import ArtifactError, ConfigError, DeviceError, LutError
 from dcpnas.genotype import Genotype
-from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text, write_json
+from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from dcpnas.latency import LatencyLookup, genotype_latency
 from dcpnas.parent_child import LatencyTerm, ParentChild
 from dcpnas.progress import ProgressFn, no_progress
@@ -211,6 +211,9 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
     if latency is not None and latency.target_ms is None:
         with torch.no_grad():  # T defaults to the expected latency of the initial (near-uniform) supernet
             latency.target_ms = float(latency.expected(*pc.parent.arch_parameters()))
+        if not (0 < latency.target_ms < float("inf")):
+            raise LutError(f"the latency table predicts {latency.target_ms} ms for the initial supernet (are its "
+                           f"entries all 0?); a latency term needs positive timings: rebuild it with `dcpnas lut build`")
 
     start_epoch, elapsed_before, final = 0, 0.0, {}
     if checkpoint is not None:
@@ -305,13 +308,3 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
         plot_losses(metrics_path, out_dir / "losses.png")
     return genotype
 
-
-def summarize(genotype: Genotype) -> dict:
-    """The headline numbers of a search record (for the CLI)."""
-    s = genotype.search
-    return {k: s.get(k) for k in ("val_accuracy", "parent_val_accuracy", "expected_latency_ms",
-                                  "latency_target_ms", "lut_method", "target", "time_s")}
-
-
-def write_summary(out_dir: Path, genotype: Genotype) -> Path:
-    return write_json(out_dir / "summary.json", {"schema": "dcpnas.search-summary/1", **summarize(genotype)})

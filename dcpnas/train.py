@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
+from dcpnas.config import MAX_CELLS, MAX_CHANNELS, config_from_dict
 from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, write_json
@@ -43,7 +44,8 @@ def default_eval_space(input_shape=(1, 28, 28), num_classes: int = 10, policy: s
                        reductions: tuple[int, ...] | None = None) -> SearchSpace:
     """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS;
     reductions: indices of the reduction cells, default cells//3 and 2*cells//3 as in DARTS)."""
-    return SearchSpace(cells=cells or EVAL_CELLS, channels=channels or EVAL_CHANNELS,
+    return SearchSpace(cells=EVAL_CELLS if cells is None else cells,
+                       channels=EVAL_CHANNELS if channels is None else channels,
                        input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy,
                        reductions=tuple(reductions or ()))
 
@@ -82,16 +84,22 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
+        # written as `not (x >= lo)` so that NaN fails too
+        if not self.epochs >= 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if not 0.0 <= self.stage1_fraction < 1.0:
             raise ConfigError(f"stage1_fraction must be in [0, 1), got {self.stage1_fraction}")
-        if self.batch_size < 2 or self.eval_batch_size < 1:
+        if not (self.batch_size >= 2 and self.eval_batch_size >= 1):
             raise ConfigError("batch_size must be >= 2 and eval_batch_size >= 1")
-        if not all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.temperature, self.stage1_fraction)):
-            raise ConfigError("lr, weight_decay, temperature and stage1_fraction must be finite numbers")
-        if self.lr <= 0 or self.weight_decay < 0 or self.temperature <= 0:
-            raise ConfigError("lr and temperature must be > 0, weight_decay >= 0")
+        if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf and 0 < self.temperature < math.inf):
+            raise ConfigError("lr and temperature must be finite and > 0, weight_decay finite and >= 0")
+        for name, hi in (("cells", MAX_CELLS), ("channels", MAX_CHANNELS)):
+            v = getattr(self, name)
+            if v is not None and not 1 <= v <= hi:
+                raise ConfigError(f"{name} must be in 1..{hi}, got {v}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reductions is not None:
             cells = self.cells or EVAL_CELLS
             if not self.reductions or any(not 0 <= r < cells for r in self.reductions) or \
@@ -114,36 +122,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        clean = {}
-        for k, v in d.items():
-            default = getattr(cls, k, None)
-            try:
-                if v is None:
-                    clean[k] = None
-                elif k == "reductions":
-                    if isinstance(v, (str, bytes)) or not all(isinstance(r, int) and not isinstance(r, bool)
-                                                                for r in v):
-                        raise ValueError("expected a list of cell indices")
-                    clean[k] = tuple(v)
-                elif isinstance(default, bool):
-                    if not isinstance(v, bool):
-                        raise ValueError("expected true or false")
-                    clean[k] = v
-                elif isinstance(default, float):
-                    clean[k] = float(v)
-                elif isinstance(default, int) or k in ("cells", "channels", "train_subset", "test_subset"):
-                    if isinstance(v, bool) or int(v) != v:
-                        raise ValueError("expected an integer")
-                    clean[k] = int(v)
-                else:
-                    clean[k] = str(v)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: {k} = {v!r}: {e}") from None
-        return cls(**clean)
+        return config_from_dict(cls, d, source)
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":

@@ -72,7 +72,7 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
     per_cell = float(lut.glue.get("per_cell_ms", 0.0))
     loo = None
     if fit_glue:
-        per_cell = fit_per_cell(raw, measured, cells)
+        per_cell = max(0.0, fit_per_cell(raw, measured, cells))  # glue is time added; a LUT refuses < 0
         loo_pred = []
         for i in range(len(genos)):
             keep = [j for j in range(len(genos)) if j != i]

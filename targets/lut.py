@@ -194,6 +194,5 @@ def validate(d: dict, where: str = "LUT") -> None:
     if d.get("statistic", "median") not in ("median", "min"):
         raise LutError(f"{where}: statistic must be 'median' or 'min', got {d.get('statistic')!r}")
     glue = d.get("glue", {})
-    if not isinstance(glue, dict) or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for k, v in glue.items() if k.endswith("_ms")):
-        raise LutError(f"{where}: 'glue' must be an object of finite *_ms numbers")
+    if not isinstance(glue, dict) or not all(_finite_nonneg(v) for k, v in glue.items() if k.endswith("_ms")):
+        raise LutError(f"{where}: 'glue' must be an object of finite *_ms numbers >= 0")

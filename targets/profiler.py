@@ -90,6 +90,13 @@ class Profiler:
         if rpc is None and not target.is_local:
             raise TargetError(f"target {target.name} ({target.arch}) cannot run on this machine; "
                               f"give --rpc HOST:PORT --key KEY of a tracker that serves it")
+        from dcpnas.config import MAX_THREADS
+
+        for name, v, lo in (("threads", threads, 1), ("repeat", repeat, 1), ("warmup", warmup, 0), ("number", number, 0)):
+            if v is not None and not (lo <= v <= (MAX_THREADS if name == "threads" else 10**6)):
+                raise DeviceError(f"--{name} must be in {lo}..{MAX_THREADS if name == 'threads' else 10**6}, got {v}")
+        if not 0 < min_repeat_ms < 1e6 or not 0 < timeout_s < 1e6:
+            raise DeviceError(f"--min-repeat-ms and the RPC timeout must be finite and > 0, got {min_repeat_ms}, {timeout_s}")
         self.target, self.rpc, self.key = target, rpc, key or target.rpc_key
         self.threads = threads or target.threads
         self.warmup, self.number, self.repeat, self.min_repeat_ms = warmup, number, repeat, min_repeat_ms
@@ -118,6 +125,29 @@ class Profiler:
             sess.close()
 
     # ---- RPC connection with bounded retries ----------------------------------------------------
+    def _answered(self, connect, host: str, port: int):
+        """connect() (TVM's RPC handshake, which blocks forever on a peer that accepts and never answers),
+        given timeout_s; past it, DeviceError (the blocked handshake is left to a daemon thread)."""
+        import threading
+
+        box: dict = {}
+
+        def run():
+            try:
+                box["value"] = connect()
+            except BaseException as e:  # handed to the caller's thread
+                box["error"] = e
+
+        t = threading.Thread(target=run, daemon=True, name="rpc-handshake")
+        t.start()
+        t.join(self.timeout_s)
+        if t.is_alive():
+            raise DeviceError(f"{host}:{port} accepted the connection but did not answer the TVM RPC handshake "
+                              f"within {self.timeout_s:g} s; is it a TVM RPC {'server' if self.direct else 'tracker'}?")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
     def _connect(self):
         from tvm import rpc
 
@@ -128,8 +158,8 @@ class Profiler:
                 with socket.create_connection((host, port), timeout=self.timeout_s):
                     pass  # reachable: TVM's own connect would spin on refusals for 60 s
                 if self.direct:
-                    return rpc.connect(host, port, session_timeout=0)
-                tracker = rpc.connect_tracker(host, port)
+                    return self._answered(lambda: rpc.connect(host, port, session_timeout=0), host, port)
+                tracker = self._answered(lambda: rpc.connect_tracker(host, port), host, port)
                 tracker._sock.settimeout(self.timeout_s)  # the request blocks forever without a free server
                 keys = {k for k, q in tracker.summary().get("queue_info", {}).items()}
                 servers = [s["key"].split(":", 1)[-1] for s in tracker.summary().get("server_info", [])]

@@ -154,6 +154,26 @@ def load_target_file(path: str | Path, lut_dir: Path | None = None) -> Target:
     return parse_target(read_toml(path, TargetError), source=path, lut_dir=lut_dir)
 
 
+def check_llvm_cpu(target: Target) -> None:
+    """Refuse an llvm target whose mcpu LLVM does not know for its mtriple (TVM would log an error per
+    compiled function and fall back to generic code). Imports TVM."""
+    if target.tvm.get("kind") != "llvm":
+        return
+    import tvm
+    from tvm.target import codegen
+
+    triple, cpu = target.tvm["mtriple"], target.tvm["mcpu"]
+    try:
+        known = set(codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple})))
+    except Exception as e:  # TVM raises its own error types for an unknown triple
+        raise TargetError(f"{target.source or target.name}: [tvm] mtriple {triple!r} is not known to LLVM "
+                          f"({str(e).strip().splitlines()[-1]})") from None
+    if known and cpu not in known:
+        close = sorted(k for k in known if k[:3] == cpu[:3])[:6] or sorted(known)[:6]
+        raise TargetError(f"{target.source or target.name}: [tvm] mcpu {cpu!r} is not a CPU LLVM knows for "
+                          f"{triple} (e.g. {', '.join(close)})")
+
+
 def list_targets(builtin_dir: Path = BUILTIN_DIR, lut_dir: Path = LUT_DIR) -> list[Target]:
     """The built-in targets, sorted by name."""
     targets = [load_target_file(p, lut_dir=lut_dir) for p in sorted(builtin_dir.glob("*.toml"))]
@@ -172,6 +192,7 @@ def get_target(name_or_path: str | Path | Target, threads: int | None = None) ->
         s = str(name_or_path)
         if s.endswith(".toml") or Path(s).is_file():
             target = load_target_file(s)
+            check_llvm_cpu(target)  # a user's file: the built-ins are known good (and stay TVM-free)
         else:
             known = {t.name: t for t in list_targets()}
             if s not in known:

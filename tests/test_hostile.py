@@ -8,7 +8,6 @@ import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -201,3 +200,180 @@ def test_unreadable_files_get_one_line():
         read_json("/proc/self/mem")  # exists, is a file, reading it fails (EIO)
     with pytest.raises(ConfigError, match="cannot read"):
         read_toml("/proc/self/mem", ConfigError)
+
+
+# -- hangs and crashes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_rpc_peer_that_never_answers_times_out(direct):
+    import socket
+    import time
+
+    from dcpnas.errors import DeviceError
+    from dcpnas.targets import get_target
+    from dcpnas.targets.profiler import Profiler
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)  # accepts (the kernel completes the handshake), never answers
+    port = srv.getsockname()[1]
+    try:
+        prof = Profiler(get_target("arm-a72"), rpc=f"127.0.0.1:{port}", direct=direct, timeout_s=1.0, retries=1)
+        t0 = time.perf_counter()
+        with pytest.raises(DeviceError, match="did not answer the TVM RPC handshake within 1 s"):
+            with prof.session():
+                pass
+        assert time.perf_counter() - t0 < 10
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--threads", "100000"], "--threads must be in 1..1024"),
+    (["--threads", "0"], "--threads must be in 1..1024"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--repeat", "0"], "--repeat must be >= 1"),
+    (["--min-repeat-ms", "nan"], "finite"),
+])
+def test_bench_options_refused_in_one_line(tmp_path, args, needle):
+    from dcpnas.compiler.artifact import MANIFEST
+
+    build = tmp_path / "b"
+    build.mkdir()
+    (build / MANIFEST).write_text("{}")  # the options are checked before the build folder is read
+    r, text = cli("bench", build, *args)
+    assert_one_error_line(r, text, contains=needle)
+
+
+# -- numbers: NaN, inf, zero, negative, absurd sizes -------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "--latency-ms", "nan"], "latency_ms"),
+    (["search", "--latency-ms", "inf"], "latency_ms"),
+    (["search", "--lambda", "nan"], "lam"),
+    (["search", "--mu", "-inf"], "mu"),
+    (["search", "--threads", "100000"], "threads <= 1024"),
+    (["search", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "DDPNAS_MCN_2", "--channels", "100000"], "channels must be in 1..4096"),
+    (["train", "DDPNAS_MCN_2", "--channels", "0"], "channels must be in 1..4096"),
+    (["compile", "G", "-t", "x86-avx2", "--channels", "0"], "--channels must be in 1..4096"),
+    (["compile", "G", "-t", "x86-avx2", "--channels", "100000"], "--channels must be in 1..4096"),
+    (["compile", "G", "-t", "x86-avx2", "--cells", "0"], "--cells must be in 1..64"),
+    (["compile", "G", "-t", "x86-avx2", "--parity-inputs", "0"], "--parity-inputs must be in 1..100000"),
+    (["compile", "G", "-t", "x86-avx2", "--parity-inputs", "-5"], "--parity-inputs must be in 1..100000"),
+    (["lut", "check", "-t", "x86-avx2", "--n", "0"], "--n must be >= 2"),
+    (["lut", "check", "-t", "x86-avx2", "--threads", "100000"], "--threads must be in 1..1024"),
+    (["lut", "build", "-t", "x86-avx2", "--min-repeat-ms", "nan"], "finite"),
+    (["tune", "--shape", "3,8"], "--shape takes K,H,C"),
+    (["tune", "--shape", "0,8,8"], "--shape takes K,H,C"),
+])
+def test_numbers_out_of_range_refused(tmp_path, args, needle):
+    from dcpnas.genotype import DDPNAS_MCN_2
+
+    g = DDPNAS_MCN_2.save(tmp_path / "genotype.json")
+    args = [str(g) if a == "G" else a for a in args]
+    r, text = cli(*args, "-o", tmp_path / "out") if args[0] in ("search", "train", "compile") else cli(*args)
+    assert_one_error_line(r, text, contains=needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("lam = nan", "lam: expected a finite number"),
+    ("mu = inf", "mu: expected a finite number"),
+    ("tau = nan", "tau"),
+    ("decoupled = \"maybe\"", "decoupled: expected true or false"),
+    ("epochs = 2.5", "epochs: expected an integer"),
+    ("channels = 100000", "channels <= 4096"),
+])
+def test_config_file_values(tmp_path, line, needle):
+    from dcpnas.config import SearchConfig
+    from dcpnas.errors import ConfigError
+
+    (tmp_path / "c.toml").write_text(line + "\n")
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        SearchConfig.load(tmp_path / "c.toml")
+
+
+def test_config_constructed_with_nan_fails():
+    from dcpnas.config import SearchConfig
+    from dcpnas.errors import ConfigError
+    from dcpnas.train import TrainConfig
+
+    for make in (lambda: SearchConfig(lam=float("nan")), lambda: SearchConfig(latency_ms=float("nan")),
+                 lambda: SearchConfig(arch_lr=float("inf")), lambda: TrainConfig(lr=float("nan")),
+                 lambda: TrainConfig(weight_decay=float("inf")), lambda: TrainConfig(stage1_fraction=float("nan"))):
+        with pytest.raises(ConfigError):
+            make()
+
+
+def test_checkpoint_claiming_a_huge_or_mismatched_network(tmp_path):
+    from dcpnas.checkpoint import load_model, model_record
+    from dcpnas.errors import ArtifactError
+    from dcpnas.genotype import DDPNAS_MCN_2
+    from dcpnas.model import Network
+    from dcpnas.train import default_eval_space
+
+    net = Network(DDPNAS_MCN_2, default_eval_space(cells=3, channels=4), binary=True)
+    rec = model_record(net, {"mean": [0.5], "std": [0.25]})
+    huge = dict(rec, space={**rec["space"], "channels": 10**6})
+    torch.save(huge, tmp_path / "huge.pt")
+    with pytest.raises(ArtifactError, match="beyond the limits"):
+        load_model(tmp_path / "huge.pt")
+    wrong = dict(rec, space={**rec["space"], "channels": 8})
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(ArtifactError, match=r"has shape \[.*\] in the file, the network needs \[.*\]"):
+        load_model(tmp_path / "wrong.pt")
+
+
+# -- files that validate in form but not in substance: LUTs and target files --------------------------------
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(glue={"per_cell_ms": -999.9}), "glue' must be an object of finite *_ms numbers >= 0"),
+    (lambda d: d.update(glue={"call_overhead_ms": float("nan")}), "glue"),
+])
+def test_lut_with_impossible_numbers(tmp_path, edit, needle):
+    import json
+
+    from dcpnas.errors import LutError
+    from dcpnas.targets.lut import SCHEMA, LatencyTable
+
+    d = {"schema": SCHEMA, "target": "x86-avx2", "device": "t", "threads": 1, "method": "measured",
+         "entries": {"sep_conv_3x3|8|8|28|28|1": {"mean_ms": 0.05, "std_ms": 0.0, "count": 3},
+                     "stem|1|24|28|28|1": {"mean_ms": 0.02, "std_ms": 0.0, "count": 3}}}
+    edit(d)
+    (tmp_path / "l.json").write_text(json.dumps(d))
+    with pytest.raises(LutError) as e:
+        LatencyTable.load(tmp_path / "l.json")
+    assert needle in str(e.value)
+
+
+def test_all_zero_lut_refused_by_the_search(tmp_path):
+    from dcpnas.config import SearchConfig
+    from dcpnas.errors import LutError
+    from dcpnas.search import run_search
+
+    class ZeroLut:
+        method = "measured"
+
+        def query(self, key):
+            return 0.0
+
+    with pytest.raises(LutError, match="predicts 0.0 ms for the initial supernet"):
+        run_search(SearchConfig.load(None, {"budget": "smoke"}), tmp_path / "run", table=ZeroLut())
+
+
+def test_target_file_with_an_unknown_cpu(tmp_path):
+    import tomllib
+
+    from dcpnas.targets.registry import BUILTIN_DIR
+
+    d = (BUILTIN_DIR / "x86-avx2.toml").read_text().replace('name = "x86-avx2"', 'name = "mine"')
+    mcpu = tomllib.loads(d)["tvm"]["mcpu"]
+    (tmp_path / "t.toml").write_text(d.replace(f'mcpu = "{mcpu}"', 'mcpu = "skylake-avx51"'))
+    g = tmp_path / "genotype.json"
+    from dcpnas.genotype import DDPNAS_MCN_2
+
+    DDPNAS_MCN_2.save(g)
+    r, text = cli("compile", g, "-t", tmp_path / "t.toml", "-o", tmp_path / "b")
+    assert_one_error_line(r, text, contains="[tvm] mcpu 'skylake-avx51' is not a CPU LLVM knows")
+    assert not (tmp_path / "b").exists()
