@@ -10,6 +10,7 @@ import onnx
 from tvm import relax, tirx
 
 from dcpnas.compiler import float_schedule as fs
+from dcpnas.compiler.onnx_checks import check_concat, check_gemm, check_rank, check_slice
 from dcpnas.compiler.onnx_import import Layer, _attrs, _func_name, bn_affine
 from dcpnas.errors import CompileError
 
@@ -161,6 +162,7 @@ class Lowering:
         if op == "Concat":
             xs = [self._arg(env, i) for i in n.input]
             shapes = [_shape(v) for v in xs]
+            check_concat(n, shapes, int(a.get("axis", 1)))
             if int(a.get("axis", 1)) % 4 != 1 or any(len(s) != 4 for s in shapes):
                 raise CompileError(f"{n.name}: only channel concatenation of NCHW tensors is supported")
             f = fs.concat_channels(shapes, name=name, cpu=self.cpu)
@@ -174,6 +176,7 @@ class Lowering:
         if op == "GlobalAveragePool":
             x = self._arg(env, n.input[0])
             s = _shape(x)
+            check_rank(n, s)
             f = fs.global_avg_pool(s, name=name, cpu=self.cpu)
             return {n.output[0]: self._call(bb, lay, f, [x], (s[0], s[1], 1, 1))}
         if op == "Slice":
@@ -184,6 +187,7 @@ class Lowering:
             if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or a.get("transA", 0):
                 raise CompileError(f"{n.name}: Gemm with alpha/beta != 1 or transA is not supported")
             tb = bool(a.get("transB", 0))
+            check_gemm(n, _shape(x), w.shape, tb)
             has_b = len(n.input) > 2 and bool(n.input[2])
             args = [x, relax.const(w)] + ([relax.const(self._c(n.input[2]).astype(np.float32).reshape(-1))]
                                           if has_b else [])
@@ -218,6 +222,7 @@ class Lowering:
 
     def _pool(self, bb, env, n, a, lay, name, residual=None):
         x = self._arg(env, n.input[0])
+        check_rank(n, _shape(x))
         if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))) \
                 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise CompileError(f"{n.name}: pooling with ceil_mode, dilations or auto_pad is not supported")
@@ -248,6 +253,7 @@ class Lowering:
                 raise CompileError(f"{n.name}: Slice with non-positive steps is not supported")
             r = range(s[ax])[slice(int(max(min(st, 2**62), -2**62)), int(max(min(en, 2**62), -2**62)), int(sp))]
             begin[ax], step[ax], out[ax] = r.start, r.step, len(r)
+        check_slice(n, out)
         f = fs.elementwise([s], lambda t, i: t[0][tuple(b + v * p for b, v, p in zip(begin, i, step))], out,
                            name=name, cpu=self.cpu)
         return self._call(bb, lay, f, [x], tuple(out))

@@ -170,9 +170,10 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
     (the CUDA pipeline schedules them with dlight; tests compare both)."""
     from tvm import relax
 
-    from dcpnas.compiler import lowering
+    from dcpnas.compiler import lowering, onnx_checks
 
     check_supported(model)
+    model = onnx_checks.prepare(model)  # a checked copy: unnamed nodes named, field forms normalised
     g = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for n in g.node:

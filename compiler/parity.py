@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from dcpnas.errors import ParityError
+from dcpnas.errors import CompileError, ParityError
 
 RTOL = 1e-4
 EPS_REL = 1e-5
@@ -147,7 +147,11 @@ def ort_session(onnx_bytes: bytes, threads: int = 2, extra_outputs: list[str] = 
         onnx_bytes = m.SerializeToString()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own error types (Fail, NotImplemented, InvalidGraph, ...) derive from Exception
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CompileError(f"ONNX Runtime (the parity reference) cannot run this model: {first}") from None
     inp = sess.get_inputs()[0]
     names = [sess.get_outputs()[0].name] + list(extra_outputs)
 

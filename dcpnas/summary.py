@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from dcpnas.binary import BinaryConv2d
-from dcpnas.errors import LutError
+from dcpnas.errors import ConfigError, LutError
 from dcpnas.latency import edge_keys, fixed_keys
 from dcpnas.model import Network
 from dcpnas.space import edge_index
@@ -118,7 +118,8 @@ def summarize(model: Network, table=None) -> Summary:
     n32 = sum(r.params_32bit for r in rows)
     bits = n1 + 32 * n32
     if n1 + n32 != sum(p.numel() for p in model.parameters()):  # a module outside stem/cells/classifier
-        raise RuntimeError(f"summary covers {n1 + n32} of {sum(p.numel() for p in model.parameters())} parameters")
+        raise ConfigError(f"the network has parameters outside stem, cells and classifier: the summary covers "
+                          f"{n1 + n32} of {sum(p.numel() for p in model.parameters())}")
     latency = None if table is None else sum(r.latency_ms for r in rows if r.latency_ms is not None)
     return Summary(rows, n1, n32, bits, bits / 8 / 1024, (n1 + n32) * 32 / 8 / 1024, latency, missing)
 

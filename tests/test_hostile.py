@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -377,3 +378,109 @@ def test_target_file_with_an_unknown_cpu(tmp_path):
     r, text = cli("compile", g, "-t", tmp_path / "t.toml", "-o", tmp_path / "b")
     assert_one_error_line(r, text, contains="[tvm] mcpu 'skylake-avx51' is not a CPU LLVM knows")
     assert not (tmp_path / "b").exists()
+
+
+# -- ONNX files from the field -------------------------------------------------------------------------------
+
+def _onnx(tmp_path, nodes, inputs, outputs, inits=(), opset=13, name="m.onnx", dcpnas=False) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
+    g = helper.make_graph(nodes, "g", [vi(n, s) for n, s in inputs], [vi(n, s) for n, s in outputs],
+                          [numpy_helper.from_array(np.asarray(v, np.float32) if k[0] != "i" else np.asarray(v, np.int64), k)
+                           for k, v in inits])
+    ops = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("dcpnas", 1)] if dcpnas else [])
+    m = helper.make_model(g, opset_imports=ops)
+    m.ir_version = 7
+    p = tmp_path / name
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("binconv_no_channels_in", "needs the attribute channels_in"),
+    ("maxpool_1d", "MaxPool with a 1-D kernel"),
+    ("avgpool_3d", "AveragePool with a 3-D kernel"),
+    ("empty_slice", "Slice gives an empty tensor"),
+    ("gemm_bias_column", "Gemm bias of shape [3, 1] does not match the 3 outputs"),
+    ("gemm_input_mismatch", "Gemm input of shape [1, 5] does not fit weights"),
+    ("concat_mismatch", "Concat inputs differ outside axis 1"),
+    ("clip", "unsupported ONNX op(s): Clip"),
+    ("prelu_width_slope", "broadcasts over the width"),
+    ("unnamed_concat", "Concat_0: Concat inputs differ"),
+    ("prelu_opset6", "opset-6 PRelu with a per-channel slope"),
+])
+def test_onnx_importer_cases_refused_in_one_line(tmp_path, case, needle):
+    from onnx import helper
+
+    h = helper.make_node
+    x4 = [("x", [1, 2, 4, 4])]
+    models = {
+        "binconv_no_channels_in": lambda: _onnx(tmp_path, [h("BinaryConv2d", ["x", "w", "s"], ["y"], name="bc", domain="dcpnas",
+                                                                kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+                                                x4, [("y", [1, 2, 4, 4])], [("w", np.zeros((2, 1, 3, 3))), ("s", np.ones(2))],
+                                                dcpnas=True),
+        "maxpool_1d": lambda: _onnx(tmp_path, [h("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2])],
+                                    [("x", [1, 2, 8])], [("y", [1, 2, 7])]),
+        "avgpool_3d": lambda: _onnx(tmp_path, [h("AveragePool", ["x"], ["y"], name="p", kernel_shape=[2, 2, 2])],
+                                    [("x", [1, 2, 4, 4, 4])], [("y", [1, 2, 3, 3, 3])]),
+        "empty_slice": lambda: _onnx(tmp_path, [h("Slice", ["x", "i_s", "i_e", "i_a"], ["y"], name="sl")], x4,
+                                     [("y", [1, 0, 4, 4])], [("i_s", [1]), ("i_e", [1]), ("i_a", [1])]),
+        "gemm_bias_column": lambda: _onnx(tmp_path, [h("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)],
+                                          [("x", [1, 4])], [("y", [1, 3])], [("w", np.ones((3, 4))), ("b", np.ones((3, 1)))]),
+        "gemm_input_mismatch": lambda: _onnx(tmp_path, [h("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)],
+                                             [("x", [1, 5])], [("y", [1, 3])], [("w", np.ones((3, 4))), ("b", np.ones(3))]),
+        "concat_mismatch": lambda: _onnx(tmp_path, [h("Concat", ["x", "c"], ["y"], name="cat", axis=1)], x4,
+                                         [("y", [1, 3, 4, 4])], [("c", np.ones((1, 1, 2, 4)))]),
+        "clip": lambda: _onnx(tmp_path, [h("Clip", ["x"], ["y"], name="c")], x4, [("y", [1, 2, 4, 4])]),
+        "prelu_width_slope": lambda: _onnx(tmp_path, [h("PRelu", ["x", "sl"], ["y"], name="pr")], x4,
+                                           [("y", [1, 2, 4, 4])], [("sl", [0.1, 0.2, 0.3, 0.4])]),
+        "prelu_opset6": lambda: _onnx(tmp_path, [h("PRelu", ["x", "sl"], ["y"], name="pr")], x4,
+                                      [("y", [1, 2, 4, 4])], [("sl", [0.1, 0.2])], opset=6),
+        "unnamed_concat": lambda: _onnx(tmp_path, [h("Concat", ["x", "c"], ["y"], axis=1)], x4,
+                                        [("y", [1, 3, 4, 4])], [("c", np.ones((1, 1, 2, 4)))]),
+    }
+    r, text = cli("compile", models[case](), "-t", "x86-avx2", "-o", tmp_path / "b", "-q")
+    assert_one_error_line(r, text, contains=needle)
+    assert ": :" not in text and not (tmp_path / "b").exists()
+
+
+@pytest.mark.tvm
+def test_onnx_field_forms_build_with_parity(tmp_path):
+    """Input not named `input`, a per-channel PRelu slope of shape [C, 1, 1], a scalar Gemm bias:
+    each builds, and TVM agrees with ONNX Runtime."""
+    from onnx import helper
+
+    from dcpnas.compiler.artifact import Artifact
+
+    h = helper.make_node
+    prelu = _onnx(tmp_path, [h("PRelu", ["img", "sl"], ["p"], name="pr"), h("Flatten", ["p"], ["y"], name="fl")],
+                  [("img", [1, 2, 3, 3])], [("y", [1, 18])], [("sl", [[[0.1]], [[-0.5]]])], name="prelu.onnx")
+    gemm = _onnx(tmp_path, [h("Gemm", ["feat", "w", "b"], ["y"], name="fc", transB=1)], [("feat", [1, 4])],
+                 [("y", [1, 3])], [("w", np.arange(12).reshape(3, 4) / 10), ("b", [0.7])], name="gemm.onnx")
+    for src in (prelu, gemm):
+        out = tmp_path / f"b-{src.stem}"
+        r, text = cli("compile", src, "-t", "x86-avx2", "-o", out, "-q")
+        assert r.exit_code == 0, text
+        p = Artifact.load(out).manifest["parity"]
+        assert p["passed"] and p["max_abs_diff_tvm"] <= 1e-5 * max(1.0, p["reference_max_abs"]), p
+
+
+def test_onnx_external_data_outside_the_model_folder_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    for loc in ("/etc/hostname", "../outside.bin"):
+        p = _onnx(tmp_path, [onnx.helper.make_node("Add", ["x", "w"], ["y"], name="a")], [("x", [2, 2])],
+                  [("y", [2, 2])], [("w", np.zeros((2, 2)))])
+        m = onnx.load(str(p))
+        w = m.graph.initializer[0]
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("raw_data")
+        for k, v in (("location", loc), ("offset", "0"), ("length", "16")):
+            e = w.external_data.add()
+            e.key, e.value = k, v
+        p.write_bytes(m.SerializeToString())
+        r, text = cli("compile", p, "-t", "x86-avx2", "-o", tmp_path / "b", "-q")
+        assert_one_error_line(r, text, contains="not a readable ONNX file")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dcpnas.errors import ArtifactError, TargetError
+from dcpnas.errors import ArtifactError, CompileError, TargetError
 from dcpnas.io import read_json, write_json
 
 from .binary_conv import ConvGeometry
@@ -98,7 +98,8 @@ def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, 
     for i, tile in enumerate(cands):
         m = BinaryConvModule(x.shape, wb, ones, zeros, geo.attrs, target, records={workload_key(geo): {"tile": list(tile)}})
         if not np.array_equal(m.run(x), ref):
-            raise AssertionError(f"tile {tile} gives a wrong result for {workload_key(geo)}")
+            raise CompileError(f"tile {tile} gives a wrong result for {workload_key(geo)} (a schedule bug: nothing "
+                               f"was saved; please report it with this line)")
         timed[tile] = m.time_ms(x, number=number)["binconv"]
         if progress:
             progress("tiles", i + 1, len(cands), ms=timed[tile])
