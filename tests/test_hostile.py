@@ -383,7 +383,6 @@ def test_target_file_with_an_unknown_cpu(tmp_path):
 # -- ONNX files from the field -------------------------------------------------------------------------------
 
 def _onnx(tmp_path, nodes, inputs, outputs, inits=(), opset=13, name="m.onnx", dcpnas=False) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)  # noqa: E731
