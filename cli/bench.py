@@ -28,7 +28,7 @@ def bench_cmd(
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
-    target_file: Optional[str] = typer.Option(None, "--target", help="Target name or .toml [default: the build's]."),
+    target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name or .toml [default: the build's]."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples (median and IQR over them)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed runs first."),
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
@@ -36,6 +36,7 @@ def bench_cmd(
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is an emulator (qemu): label the timings."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go [default: DIR]."),
     json_out: bool = typer.Option(False, "--json", help="Print the DESIGN.md JSON summary on stdout."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Time a compiled 1-bit network against the float network (OpenVINO, ONNX Runtime, TVM twin) and the
     1-bit network on OpenVINO, side by side; write bench.json and bench.png."""
@@ -55,10 +56,10 @@ def bench_cmd(
         build_dir = newest_build(Path("build"))
         err_console.print(f"benching the newest build: {build_dir}")
     art = Artifact.load(build_dir, verify_hashes=False)
-    target = get_target(target_file or art.manifest["target"]["name"], threads=threads)
+    target = get_target(target_name or art.manifest["target"]["name"], threads=threads)
     prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat,
                     min_repeat_ms=min_repeat_ms)
-    with rich_progress(enabled=True) as progress:
+    with rich_progress(not no_progress) as progress:
         report = bench(build_dir, prof, per_layer=not no_layers, emulated=emulated, progress=progress)
     js, png = write_outputs(report, out or build_dir)
     for w in report["warnings"]:

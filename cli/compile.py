@@ -55,7 +55,7 @@ def compile_cmd(
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of a fresh network \\[default: the train default]."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W of a fresh network's input when no "
                                               "dataset fixes it (e.g. 3,224,224); BatchNorm calibrated on random images."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
     from dcpnas.compiler.build import compile_genotype
@@ -91,7 +91,7 @@ def compile_cmd(
             raise ConfigError(f"--input-shape must be C,H,W with positive integers (e.g. 3,32,32), got {input_shape!r}")
         if weights is not None:
             raise ConfigError("--input-shape is for a fresh network; a trained model.pt fixes its own input shape")
-    with rich_progress(not quiet) as progress:
+    with rich_progress(not no_progress) as progress:
         art = compile_genotype(input, target, out, weights=weights, float_=float_, data=data,
                                parity_inputs=parity_inputs, policy=policy, cells=cells, channels=channels, input_shape=shape,
                                progress=progress)

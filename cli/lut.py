@@ -58,6 +58,7 @@ def build_cmd(
     repeat: int = typer.Option(15, "--repeat", help="Timing samples per op."),
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     statistic: str = STAT,
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Measure (or model) every candidate op at every supernet position, plus stem, preprocessing, classifier."""
     from dcpnas.config import MAX_CELLS, MAX_CHANNELS, MAX_THREADS
@@ -89,7 +90,7 @@ def build_cmd(
     path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
     prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
     keys = keys_of(spaces)
-    with rich_progress() as progress:
+    with rich_progress(not no_progress) as progress:
         lut = build_lut(t, keys, path, prof, resume=resume, method="emulated" if emulated else "measured",
                         progress=progress, refine=refine)
     console.print(f"[green]{lut.method}[/] LUT of {t.name} on {lut.device}, {lut.threads} threads: "
@@ -154,6 +155,7 @@ def check_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print {n, mape, spearman, ...} as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the full report (rows) to this JSON file."),
     build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="Keep the compiled networks here (reused by a later check)."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Compile N random genotypes end to end, time them, and compare with the LUT's predictions (MAPE, Spearman)."""
     from dcpnas.io import write_json
@@ -177,7 +179,7 @@ def check_cmd(
                     min_repeat_ms=min_repeat_ms, statistic=statistic)
     if lut.method == "measured" and lut.statistic != statistic:
         err_console.print(f"[yellow]warning[/]: the LUT holds {lut.statistic} figures, this check measures {statistic}")
-    with rich_progress() as progress:
+    with rich_progress(not no_progress) as progress:
         report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress, build_dir=build_dir)
     if fit_glue:
         lut.save()

@@ -17,8 +17,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def search_cmd(
-    target: Optional[str] = typer.Option(None, "--target", help="Target whose LUT gives the latency term (x86-avx512, arm-a72, ...)."),
-    target_file: Optional[Path] = typer.Option(None, "--target-file", help="A target TOML file (instead of a built-in --target)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target whose LUT gives the latency term: a name (x86-avx512, arm-a72, ...) or a target .toml file."),
     latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Target latency T in ms (default: the initial supernet's expected latency)."),
     latency_form: Optional[str] = typer.Option(None, "--latency-form", help="add: L + g (E[LAT]-T)/T;  mul: L (E[LAT]/T)^b."),
     lam: Optional[float] = typer.Option(None, "--lambda", help="Weight of the tangent-propagation term D (0 = off; paper 5e-3)."),
@@ -36,7 +35,7 @@ def search_cmd(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output folder (default runs/<name>/)."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default <mode>-<target>-seed<seed>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output folder."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print the genotype.json content on stdout."),
     pareto: int = typer.Option(0, "--pareto", help="Run N searches at latency targets from the default down to half of it; "
                                "write pareto.json and pareto.png (accuracy vs latency, Pareto front)."),
@@ -44,13 +43,10 @@ def search_cmd(
     """Search a 1-bit cell architecture; writes genotype.json, metrics.jsonl, config.toml, PNGs, checkpoints."""
     from dcpnas.config import SearchConfig
     from dcpnas.distributed import init_from_env
-    from dcpnas.errors import ConfigError
     from dcpnas.search import run_search
 
-    if target and target_file:
-        raise ConfigError("give --target or --target-file, not both")
     overrides = {
-        "target": str(target_file) if target_file else target, "latency_ms": latency_ms,
+        "target": target, "latency_ms": latency_ms,
         "latency_form": latency_form, "lam": lam, "mu": mu, "decoupled": False if no_decoupled else None,
         "curvature": curvature, "mode": mode, "epochs": epochs, "seed": seed, "data": data, "budget": budget,
         "device": device, "threads": threads, "name": name,

@@ -40,12 +40,12 @@ def train_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagefolder:DIR"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    target: Optional[str] = typer.Option(None, "--target", help="Add the LUT latency of each layer of this target to the summary."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Add the LUT latency of each layer of this target to the summary."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or a \\[train] table); flags win."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is fastest on a busy machine)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Train a genotype's network: 1-bit two-stage recipe (or --float), writes model.pt, metrics.jsonl, curves.png."""
     from dcpnas.errors import ConfigError

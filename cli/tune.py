@@ -21,7 +21,7 @@ def tune_cmd(
     target: str = typer.Option("x86-avx512", "--target", "-t", help="Target name (dcpnas targets) or target TOML file; x86 only (measured here)."),
     shape: Optional[list[str]] = typer.Option(None, "--shape", help="K,H,C (kernel, size, channels); repeatable. Default: the benchmark's 8 convs."),
     records_dir: Optional[str] = typer.Option(None, "--records-dir", help="Where to write <family>-<mcpu>.json (default: the package's compiler/records)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Time every valid register tile of the hand-scheduled binary conv (each checked bit-exact first) and save the best per shape."""
     from pathlib import Path

@@ -483,3 +483,27 @@ def test_onnx_external_data_outside_the_model_folder_refused(tmp_path):
         p.write_bytes(m.SerializeToString())
         r, text = cli("compile", p, "-t", "x86-avx2", "-o", tmp_path / "b", "-q")
         assert_one_error_line(r, text, contains="not a readable ONNX file")
+
+
+# -- one spelling per option ---------------------------------------------------------------------------------
+
+def test_cli_options_are_spelled_one_way():
+    import typer
+
+    def commands(cmd, path=()):
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
+            for name, sub in cmd.commands.items():
+                yield from commands(sub, path + (name,))
+        else:
+            yield " ".join(path), cmd
+
+    seen = dict(commands(typer.main.get_command(app)))
+    assert {"search", "train", "compile", "bench", "tune", "lut build", "lut check"} <= set(seen)
+    for name, cmd in seen.items():
+        opts = {o: p.opts for p in cmd.params for o in p.opts}
+        assert "--quiet" not in opts, name
+        if "--target" in opts:
+            assert "-t" in opts["--target"], f"{name}: --target without -t"
+        if name in ("search", "train", "compile", "bench", "tune", "lut build", "lut check"):
+            assert set(opts.get("--no-progress", ())) == {"--no-progress", "-q"}, name
+    assert "--target-file" not in {o for p in seen["search"].params for o in p.opts}
