@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -164,7 +165,7 @@ def check_cmd(
     from dcpnas.targets.check import check_lut
     from dcpnas.targets.profiler import Profiler
 
-    require("--n", n, 2)  # MAPE and Spearman need two genotypes at least
+    require("--n", n, 1)
     require("--threads", threads, 1, MAX_THREADS)
     require("--repeat", repeat, 1)
     require("--min-repeat-ms", min_repeat_ms, positive=True)
@@ -183,12 +184,15 @@ def check_cmd(
         report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress, build_dir=build_dir)
     if fit_glue:
         lut.save()
+    if not math.isfinite(report["spearman"]):  # one genotype, or equal latencies: no rank correlation (JSON null)
+        report["spearman"] = None
     if out:
         write_json(out, {"schema": "dcpnas.lutcheck/1", **report})
     if json_out:
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "rows"}))
         return
     console.print(f"{t.name} ({lut.method} LUT), {report['n']} genotypes, {report['threads']} threads: "
-                  f"MAPE {report['mape']:.1f}%  Spearman {report['spearman']:.3f}  (without glue: MAPE "
+                  f"MAPE {report['mape']:.1f}%  Spearman "
+                  f"{'n/a' if report['spearman'] is None else format(report['spearman'], '.3f')}  (without glue: MAPE "
                   f"{report['mape_raw']:.1f}%; glue {report['glue_per_cell_ms']:.4f} ms/cell"
                   + (f"; leave-one-out MAPE {report['mape_loo']:.1f}%" if report["mape_loo"] is not None else "") + ")")

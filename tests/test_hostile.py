@@ -262,7 +262,7 @@ def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     (["compile", "G", "-t", "x86-avx2", "--cells", "0"], "--cells must be in 1..64"),
     (["compile", "G", "-t", "x86-avx2", "--parity-inputs", "0"], "--parity-inputs must be in 1..100000"),
     (["compile", "G", "-t", "x86-avx2", "--parity-inputs", "-5"], "--parity-inputs must be in 1..100000"),
-    (["lut", "check", "-t", "x86-avx2", "--n", "0"], "--n must be >= 2"),
+    (["lut", "check", "-t", "x86-avx2", "--n", "0"], "--n must be >= 1"),
     (["lut", "check", "-t", "x86-avx2", "--threads", "100000"], "--threads must be in 1..1024"),
     (["lut", "build", "-t", "x86-avx2", "--min-repeat-ms", "nan"], "finite"),
     (["tune", "--shape", "3,8"], "--shape takes K,H,C"),
