@@ -28,7 +28,7 @@ demo: venv
 	$(VENV)/bin/dcpnas bench build/demo-$(DEMO_TARGET) --no-layers
 	$(VENV)/bin/dcpnas report runs/demo --build build/demo-$(DEMO_TARGET)
 
-# aarch64 TVM runtime + qemu harness for the `arm` tests (cached; the tests skip with a reason without it)
+# aarch64 TVM runtime for the `arm` tests (cached; the tests skip with a reason without it)
 arm-runtime: venv system-deps
 	PYTHON=$(PY) bash scripts/setup_arm_runtime.sh || echo "arm runtime setup failed; arm tests will skip"
 

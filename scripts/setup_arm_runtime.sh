@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent: fetch the aarch64 TVM runtime (PyPI wheels apache-tvm 0.27.0.post1 + apache-tvm-ffi
-# 0.1.14.post1), keep only libtvm_runtime.so, libtvm_ffi.so and the tvm_ffi headers, and build the
-# aarch64 test harness (scripts/arm_harness.cc) against them. Needs aarch64-linux-gnu-g++ and pip.
-# Result in ${DCPNAS_ARM_RT:-~/.cache/dcpnas/arm}: rt/..., arm_harness. Run under qemu-aarch64-static
-# -L /usr/aarch64-linux-gnu (dcpnas.compiler.kernels.arm_emu does this).
+# 0.1.14.post1) and keep only libtvm_runtime.so, libtvm_ffi.so and the tvm_ffi headers. Needs unzip and pip.
+# Result in ${DCPNAS_ARM_RT:-~/.cache/dcpnas/arm}/rt. dcpnas.compiler.kernels.arm_emu builds the aarch64
+# programs (targets/arm/*.cc) against it on first use and runs them under qemu-aarch64-static.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEST="${DCPNAS_ARM_RT:-$HOME/.cache/dcpnas/arm}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
-for tool in aarch64-linux-gnu-g++ unzip; do
+for tool in unzip; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "setup_arm_runtime: $tool not found (scripts/install_system_deps.sh); arm tests will skip" >&2
     exit 0
@@ -24,9 +23,4 @@ if [ ! -f "$DEST/rt/tvm/lib/libtvm_runtime.so" ] || [ ! -f "$DEST/rt/tvm_ffi/lib
     && unzip -q -o "$DEST"/wheels/apache_tvm_ffi-0.1.14.post1-*aarch64*.whl 'tvm_ffi/include/*' 'tvm_ffi/lib/libtvm_ffi.so')
   rm -f "$DEST"/wheels/*.whl  # 100 MB of wheels; the two libraries are all that is needed
 fi
-if [ ! -x "$DEST/arm_harness" ] || [ "$ROOT/scripts/arm_harness.cc" -nt "$DEST/arm_harness" ]; then
-  aarch64-linux-gnu-g++ -O2 -std=c++17 "$ROOT/scripts/arm_harness.cc" -I"$DEST/rt/tvm_ffi/include" \
-    -L"$DEST/rt/tvm_ffi/lib" -L"$DEST/rt/tvm/lib" -Wl,--no-as-needed -ltvm_runtime -ltvm_ffi \
-    -Wl,-rpath,"$DEST/rt/tvm/lib:$DEST/rt/tvm_ffi/lib" -o "$DEST/arm_harness"
-fi
-echo "aarch64 TVM runtime + harness ready in $DEST"
+echo "aarch64 TVM runtime ready in $DEST/rt"

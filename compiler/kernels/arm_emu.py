@@ -1,8 +1,13 @@
-"""Run a cross-compiled aarch64 kernel library under qemu-user (or tell why it cannot run here).
+"""The one home of aarch64 emulation: build aarch64 programs against the aarch64 TVM runtime and run them
+under qemu-user (or tell why that cannot happen here). Used by the kernel tests (run_library,
+run_binary_conv), by whole-build parity (compiler/arm_parity.py) and by the emulated RPC server
+(targets/armrpc.py).
 
-Needs: qemu-aarch64-static, the aarch64 sysroot /usr/aarch64-linux-gnu (Debian's cross toolchain) and
-the harness + aarch64 TVM runtime built by scripts/setup_arm_runtime.sh into $DCPNAS_ARM_RT
-(default ~/.cache/dcpnas/arm). Timings under qemu say nothing about a real Cortex-A72.
+Needs: aarch64-linux-gnu-g++, qemu-aarch64-static, the aarch64 sysroot /usr/aarch64-linux-gnu (Debian's
+cross toolchain; scripts/install_system_deps.sh) and the aarch64 TVM runtime that
+scripts/setup_arm_runtime.sh unpacks into $DCPNAS_ARM_RT (default ~/.cache/dcpnas/arm). The programs'
+sources ship in dcpnas.targets.arm (kernel_harness.cc, vm_harness.cc, rpc_server.cc); each is built on
+first use, and again when its source is newer. Timings under qemu say nothing about a real Cortex-A72.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,8 @@ from dcpnas.errors import DeviceError
 
 SYSROOT = Path("/usr/aarch64-linux-gnu")
 CROSS_CC = "aarch64-linux-gnu-gcc"
+CROSS_CXX = "aarch64-linux-gnu-g++"
+QEMU = "qemu-aarch64-static"
 _CODES = {"i": 0, "u": 1, "f": 2}
 
 
@@ -28,20 +36,67 @@ def runtime_dir() -> Path:
 
 
 def missing() -> str | None:
-    """None when aarch64 libraries can be built and run here, else the reason (for pytest.skip)."""
-    if shutil.which(CROSS_CC) is None:
-        return f"{CROSS_CC} not found (scripts/install_system_deps.sh installs it)"
-    if shutil.which("qemu-aarch64-static") is None:
-        return "qemu-aarch64-static not found (apt-get install qemu-user-static)"
+    """None when aarch64 programs can be built and run here, else the reason (for pytest.skip)."""
+    for tool in (CROSS_CC, CROSS_CXX, QEMU):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (scripts/install_system_deps.sh installs it)"
     if not SYSROOT.is_dir():
         return f"aarch64 sysroot {SYSROOT} not found"
-    if not (runtime_dir() / "arm_harness").exists():
+    rt = runtime_dir() / "rt"
+    if not ((rt / "tvm/lib/libtvm_runtime.so").is_file() and (rt / "tvm_ffi/lib/libtvm_ffi.so").is_file()):
         return f"aarch64 TVM runtime not set up in {runtime_dir()}: run scripts/setup_arm_runtime.sh"
     return None
 
 
+def build_program(name: str) -> Path:
+    """The aarch64 binary of dcpnas.targets.arm/<name>.cc, linked against the aarch64 TVM runtime; built
+    into runtime_dir() once (again when the source is newer), atomically."""
+    why = missing()
+    if why:
+        raise DeviceError(why)
+    rt = runtime_dir() / "rt"
+    out = runtime_dir() / name
+    with resources.as_file(resources.files("dcpnas.targets.arm").joinpath(f"{name}.cc")) as src:
+        if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:
+            return out
+        tmp = out.with_name(f".{name}.{os.getpid()}.tmp")
+        cmd = [CROSS_CXX, "-O2", "-std=c++17", str(src), f"-I{rt}/tvm_ffi/include", f"-L{rt}/tvm_ffi/lib",
+               f"-L{rt}/tvm/lib", "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi",
+               f"-Wl,-rpath,{rt}/tvm/lib:{rt}/tvm_ffi/lib", "-o", str(tmp)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise DeviceError(f"cannot build the aarch64 {name}: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    tmp.replace(out)
+    return out
+
+
+def qemu_argv(binary: Path, *args) -> list[str]:
+    """The command line that runs an aarch64 binary under qemu-user with the cross sysroot."""
+    return [QEMU, "-L", str(SYSROOT), str(binary), *(str(a) for a in args)]
+
+
+def qemu_env() -> dict:
+    rt = runtime_dir() / "rt"
+    return dict(os.environ, LD_LIBRARY_PATH=f"{rt / 'tvm/lib'}:{rt / 'tvm_ffi/lib'}")
+
+
+def run_program(name: str, *args, timeout_s: float = 300) -> str:
+    """Build (if needed) and run program `name` under qemu with `args`; its stdout. DeviceError on a
+    failure or past timeout_s."""
+    binary = build_program(name)
+    try:
+        r = subprocess.run(qemu_argv(binary, *args), capture_output=True, text=True, timeout=timeout_s,
+                           env=qemu_env())
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"the aarch64 {name} ran over {timeout_s:.0f} s under qemu") from None
+    if r.returncode != 0:
+        raise DeviceError(f"the aarch64 {name} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-300:]}")
+    return r.stdout
+
+
 def write_tensors(path: Path, arrays: list[np.ndarray]) -> None:
-    """The harness's tensor file: b'DCPT', count, then (code, bits, ndim, shape, data) per tensor."""
+    """kernel_harness's tensor file: b'DCPT', count, then (code, bits, ndim, shape, data) per tensor."""
     with open(path, "wb") as f:
         f.write(b"DCPT" + struct.pack("<I", len(arrays)))
         for a in arrays:
@@ -55,23 +110,15 @@ def run_library(lib: Path, arrays: list[np.ndarray], calls: list[tuple[str, list
                 iters: int = 0, timeout_s: float = 300) -> tuple[np.ndarray, float | None]:
     """Call `calls` (function name, tensor indices) in order on `arrays` inside qemu; return tensor
     `out_index` after the calls, and the mean ms per round of calls over `iters` rounds (qemu time)."""
-    why = missing()
-    if why:
-        raise DeviceError(why)
-    rt = runtime_dir()
     with tempfile.TemporaryDirectory(prefix="dcpnas-arm-") as tmp:
         tin, tout = Path(tmp) / "in.bin", Path(tmp) / "out.bin"
         write_tensors(tin, arrays)
         spec = ";".join(f"{name}:{','.join(str(i) for i in idx)}" for name, idx in calls)
-        cmd = ["qemu-aarch64-static", "-L", str(SYSROOT), str(rt / "arm_harness"), str(lib), str(tin), spec,
-               str(out_index), str(tout)] + ([str(iters)] if iters else [])
-        env = dict(os.environ, LD_LIBRARY_PATH=f"{rt / 'rt/tvm/lib'}:{rt / 'rt/tvm_ffi/lib'}")
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-        if r.returncode != 0:
-            raise DeviceError(f"aarch64 harness failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-300:]}")
+        stdout = run_program("kernel_harness", lib, tin, spec, out_index, tout, *([iters] if iters else []),
+                             timeout_s=timeout_s)
         ref = arrays[out_index]
         out = np.fromfile(tout, dtype=ref.dtype).reshape(ref.shape)
-    ms = float(r.stdout.split()[0]) if iters else None
+    ms = float(stdout.split()[0]) if iters else None
     return out, ms
 
 
