@@ -252,3 +252,13 @@ def test_json_file_errors(tmp_path, text, needle):
     with pytest.raises(GenotypeError) as e:
         load_genotype(f)
     assert needle in _single_line(e)
+
+
+def test_five_published_genotypes_read_as_published():
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "data" / "published"
+    found = {p.name: load_genotype(p) for p in sorted(folder.iterdir())}
+    assert len(found) == 5 and found["ddpnas_mcn_2.py"] == DDPNAS_MCN_2
+    assert found["gdas_v1.txt"].normal[3] == ("sep_conv_5x5", 2)
+    assert all(g.normal_concat == (2, 3, 4, 5) for g in found.values())
