@@ -108,9 +108,9 @@ class SearchConfig:
             raise ConfigError(f"latency_ms must be a finite number > 0, got {self.latency_ms}")
         if not 0 < self.tau <= 1:
             raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if self.channels > MAX_CHANNELS or self.cells > MAX_CELLS or self.threads > MAX_THREADS:
-            raise ConfigError(f"cells <= {MAX_CELLS}, channels <= {MAX_CHANNELS} and threads <= {MAX_THREADS}, "
-                              f"got {self.cells}, {self.channels}, {self.threads}")
+        for name, hi in (("cells", MAX_CELLS), ("channels", MAX_CHANNELS), ("threads", MAX_THREADS)):
+            if getattr(self, name) > hi:
+                raise ConfigError(f"{name} must be <= {hi}, got {getattr(self, name)}")
         if self.image_size and self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
 

@@ -154,6 +154,10 @@ class Genotype:
                                 f"{source}:NAME")
         if call.args:
             raise GenotypeError(f"{source}: Genotype(...) must use keyword arguments")
+        names = [kw.arg for kw in call.keywords]
+        unknown = sorted(str(k) for k in names if k not in DARTS_FIELDS and k not in DXY_NONE_FIELDS)
+        if unknown:
+            raise GenotypeError(f"{source}: unknown field(s) {', '.join(unknown)}; expected {', '.join(DARTS_FIELDS)}")
         fields = {}
         for kw in call.keywords:
             try:
@@ -161,10 +165,6 @@ class Genotype:
             except (ValueError, RecursionError) as e:
                 why = e if isinstance(e, ValueError) else "nested too deeply"
                 raise GenotypeError(f"{source}: field {kw.arg}: {why}") from None
-        unknown = sorted(k for k in fields if k not in DARTS_FIELDS and k not in DXY_NONE_FIELDS)
-        if unknown or None in fields:
-            raise GenotypeError(f"{source}: unknown field(s) {', '.join(str(k) for k in unknown) or '**'}; "
-                                f"expected {', '.join(DARTS_FIELDS)}")
         not_none = [k for k in DXY_NONE_FIELDS if fields.get(k) is not None]
         if not_none:
             raise GenotypeError(f"{source}: {', '.join(not_none)} must be None (cells with extra connections "

@@ -224,7 +224,8 @@ def test_published_formats(tmp_path):
     (GDAS_V1.replace("('sep_conv_3x3', 3), ('skip_connect', 0)", "('sep_conv_3x3', 3), ('conv_3x1_1x3', 0)"),
      "unknown op 'conv_3x1_1x3'"),  # SETN's op, outside the space
     (GDAS_V1.replace("connectN=None", "connectN=[1]"), "connectN must be None"),
-    (GDAS_V1.replace("connects=None", "connects=None, drop_prob=0"), "unknown field(s) drop_prob"),
+    (GDAS_V1.replace("connects=None", "connects=None, drop_prob=0.2"), "unknown field(s) drop_prob"),
+    (GDAS_V1.replace("connects=None", "connects=None, **extra"), "unknown field(s) None"),
     (GDAS_V1.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(10**12)"), "unsupported expression"),
     (GDAS_V1.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(1000000000000)"), "at most 64"),
     (GDAS_V1.replace("(('skip_connect', 0), ('skip_connect', 1)),", "(('skip_connect', 0),),"), "node 2 has 1 input"),

@@ -253,7 +253,7 @@ def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     (["search", "--latency-ms", "inf"], "latency_ms"),
     (["search", "--lambda", "nan"], "lam"),
     (["search", "--mu", "-inf"], "mu"),
-    (["search", "--threads", "100000"], "threads <= 1024"),
+    (["search", "--threads", "100000"], "threads must be <= 1024"),
     (["search", "--epochs", "0"], "epochs must be >= 1"),
     (["train", "DDPNAS_MCN_2", "--channels", "100000"], "channels must be in 1..4096"),
     (["train", "DDPNAS_MCN_2", "--channels", "0"], "channels must be in 1..4096"),
@@ -284,7 +284,7 @@ def test_numbers_out_of_range_refused(tmp_path, args, needle):
     ("tau = nan", "tau"),
     ("decoupled = \"maybe\"", "decoupled: expected true or false"),
     ("epochs = 2.5", "epochs: expected an integer"),
-    ("channels = 100000", "channels <= 4096"),
+    ("channels = 100000", "channels must be <= 4096"),
 ])
 def test_config_file_values(tmp_path, line, needle):
     from dcpnas.config import SearchConfig
