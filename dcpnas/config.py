@@ -197,7 +197,7 @@ def coerce(key: str, value, type_str, source: str):
             return int(value)
         if t.startswith("tuple"):  # tuple[int, ...]: a list of integers
             if isinstance(value, (str, bytes)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise ValueError(f"expected a list of integers, got {value!r}")
+                raise ValueError(f"expected a list of cell indices (integers), got {value!r}")
             return tuple(value)
         if t.startswith("float"):
             if isinstance(value, bool):
