@@ -175,7 +175,7 @@ def _prepare_b1(bundle: Path, tdict: dict, rng, quick: bool = False) -> list[dic
 def _prepare_network(bundle: Path, target: str, name: str, cells: int, channels: int) -> dict:
     import onnxruntime as ort
 
-    from dcpnas.compiler.build import compile_genotype
+    from dcpnas.compiler.pipeline import compile_genotype
     from dcpnas.compiler.pipeline import _parity_inputs
 
     rec = {"name": name, "cells": cells, "channels": channels, "genotype": str(GENOTYPE.relative_to(REPO))}

@@ -58,7 +58,7 @@ def compile_cmd(
     no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
-    from dcpnas.compiler.build import compile_genotype
+    from dcpnas.compiler.pipeline import compile_genotype
     from dcpnas.config import MAX_CELLS, MAX_CHANNELS
     from dcpnas.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """ONNX export in the `dcpnas` schema, ONNX -> TVM Relax import, binary kernels, build, artifacts, parity.
 
-Entry points: export.export_onnx, onnx_import.import_onnx, build.build_model / build_module_library /
-compile_genotype, artifact.Artifact. Nothing heavy is imported with the package.
+Entry points: export.export_onnx, onnx_import.import_onnx, build.build_model / build_module_library,
+pipeline.compile_genotype, artifact.Artifact. Nothing heavy is imported with the package.
 """
 
 

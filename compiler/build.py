@@ -1,12 +1,10 @@
-"""Build: ONNX -> Relax (onnx_import) -> tvm.compile for a target -> deployable library; and the whole
-`dcpnas compile` (genotype or .onnx -> build folder with parity) as library functions.
+"""Build: ONNX -> Relax (onnx_import) -> tvm.compile for a target -> deployable library. The whole
+`dcpnas compile` (genotype or .onnx -> build folder with parity) is pipeline.compile_genotype.
 
 Public API (stable; used by `dcpnas compile`, `dcpnas bench`, `dcpnas lut build`):
     resolve_target(name | path | Target) -> Target
     build_model(onnx_path, target, out_dir, *, lib_name="model.so", progress=None) -> Path   (library)
     build_module_library(module, input_shape, target, out_dir) -> Path   (torch module -> library)
-    compile_genotype(input, target, out_dir=None, *, weights=None, float_=False, data="embedded",
-                     parity_inputs=16, progress=None) -> Artifact
 The library loads with tvm.runtime.load_module and runs with relax.VirtualMachine(lib, dev)["main"].
 CUDA targets embed an nvcc-compiled fatbin, also on a host without a GPU (cuda_host.py).
 """
@@ -193,12 +191,5 @@ def tvm_runner(lib_path: Path, target, out_shape=None):
     return run
 
 
-def compile_genotype(*args, **kwargs):
-    """See dcpnas.compiler.pipeline.compile_genotype (kept there to keep this module small)."""
-    from dcpnas.compiler.pipeline import compile_genotype as _cg
-
-    return _cg(*args, **kwargs)
-
-
-__all__ = ["resolve_target", "build_model", "build_module_library", "compile_genotype", "build_onnx_model",
+__all__ = ["resolve_target", "build_model", "build_module_library", "build_onnx_model",
            "unscheduled_funcs", "runs_here", "tvm_runner", "TargetError"]

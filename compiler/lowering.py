@@ -10,8 +10,10 @@ import onnx
 from tvm import relax, tirx
 
 from dcpnas.compiler import float_schedule as fs
+from dcpnas.compiler.graph import Layer, bn_affine
+from dcpnas.compiler.graph import attrs as _attrs
+from dcpnas.compiler.graph import func_name as _func_name
 from dcpnas.compiler.onnx_checks import check_concat, check_gemm, check_rank, check_slice
-from dcpnas.compiler.onnx_import import Layer, _attrs, _func_name, bn_affine
 from dcpnas.errors import CompileError
 
 

@@ -62,7 +62,7 @@ def probes(model) -> list[Probe]:
     """The probes of an ONNX model, in graph (topological) order."""
     from onnx import numpy_helper
 
-    from dcpnas.compiler.onnx_import import bn_affine
+    from dcpnas.compiler.graph import bn_affine
 
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}

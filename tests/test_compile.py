@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from dcpnas.compiler.artifact import Artifact, find_func_module
-from dcpnas.compiler.build import build_module_library, compile_genotype
+from dcpnas.compiler.build import build_module_library
+from dcpnas.compiler.pipeline import compile_genotype
 from dcpnas.errors import ArtifactError, GenotypeError, TargetError
 from dcpnas.genotype import DDPNAS_MCN_2, Genotype
 

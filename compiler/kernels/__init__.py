@@ -6,7 +6,8 @@ BinaryConvModule / build_binary_conv (build, run, time, export one conv), kernel
 """
 
 from .build import BinaryConvModule, build_binary_conv
-from .emit import conv_constants, emit_binary_conv2d, geometry, kernel_funcs
+from .emit import conv_constants, emit_binary_conv2d, kernel_funcs
+from .shapes import geometry
 from .reference import BinaryConvAttrs, binary_conv2d_reference, pack_weights, unpack_weights
 from .targets import family
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .emit import conv_constants, geometry, kernel_funcs
+from .emit import conv_constants, kernel_funcs
+from .shapes import geometry
 from .reference import BinaryConvAttrs
 from .targets import as_target
 

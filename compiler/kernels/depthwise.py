@@ -26,6 +26,8 @@ from tvm.s_tir import Schedule
 from .binary_conv import ConvGeometry, input_placeholders
 from .reference import unpack_weights
 from .schedule_cpu import CpuParams, _largest_divisor, _vectorize
+from .shapes import geometry
+from .shapes import per_channel as _vec
 from .targets import as_target, cpu_params, family
 
 # Largest input channels per group of a 1x1 conv routed to this kernel (emit.py). Measured on x86-avx512
@@ -194,8 +196,6 @@ class Pm1ConvModule:
 
     def __init__(self, x_shape, w_bits, scale, bias, attrs, target: Any, *, prelu=None, in_affine: bool = False,
                  schedule: bool = True):
-        from .emit import _vec, geometry
-
         self.geo = geometry(x_shape, w_bits, attrs, None)
         self.target = as_target(target)
         self.in_affine = in_affine

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,13 +10,15 @@ from tvm import relax
 from dcpnas.errors import CompileError
 
 from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
-from .bmma_cuda import choose_mma, fold_weight_popcount, make_bmma_conv_func
+from .bmma_cuda import fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .pack import border_classes, border_correction, weights_to_words
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
 from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
-from .targets import as_target, cpu_params, family, word_bits
+from .shapes import geometry  # noqa: F401  (public here too)
+from .shapes import per_channel as _vec
+from .targets import as_target, cpu_params, family
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
@@ -42,51 +43,13 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
                 return schedule_pack_cuda(pack, geo), make_bmma_conv_func(geo, len(set(rows)), len(set(cols)),
                                                                           prelu, geo.mma)
             return schedule_pack_cuda(pack, geo), schedule_conv_cuda(conv, geo)
-    from .tuning import load_records, lookup_tile
+    from .records import load_records, lookup_tile
 
     cpu = cpu_params(target)
     if geo.word_bits == 8:
         return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
-
-
-def _vec(v, n: int, name: str, default: float | None = None) -> np.ndarray:
-    if v is None:
-        if default is None:
-            raise CompileError(f"binary conv: {name} is required")
-        return np.full(n, default, np.float32)
-    v = np.asarray(v, np.float32).reshape(-1)
-    if v.shape != (n,):
-        raise CompileError(f"binary conv: {name} must have {n} values, got {v.size}")
-    return v
-
-
-def geometry(x_shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any = None, mma: str | None = None
-             ) -> ConvGeometry:
-    """Validate shapes against the schema and return the conv geometry (word size and, on CUDA, the b1
-    tensor-core kernel chosen for `target` by bmma_cuda.choose_mma unless `mma` says: "", "xor", "and";
-    target None: 32-bit words, popcount kernels)."""
-    if len(x_shape) != 4:
-        raise CompileError(f"binary conv: input must be NCHW, got shape {tuple(x_shape)}")
-    n, c, h, w = (int(s) for s in x_shape)
-    if c != attrs.channels_in:
-        raise CompileError(f"binary conv: input has {c} channels, channels_in is {attrs.channels_in}")
-    w_bits = np.asarray(w_bits)
-    cg = attrs.channels_per_group
-    want = (-(-cg // 8),) + attrs.kernel_shape
-    if w_bits.ndim != 4 or tuple(w_bits.shape[1:]) != want or w_bits.shape[0] % attrs.group:
-        raise CompileError(f"binary conv: W must be uint8 [C_out, {want[0]}, {want[1]}, {want[2]}] with C_out a "
-                           f"multiple of group {attrs.group}, got {tuple(w_bits.shape)}")
-    co = int(w_bits.shape[0])
-    bits = 32 if target is None else word_bits(target, co // attrs.group)
-    geo = ConvGeometry(n, c, h, w, co, attrs, bits)
-    geo.out_hw  # raises on too small inputs
-    if mma is None:
-        mma = "" if target is None or family(target) != "cuda" else choose_mma(geo, target)
-    if mma not in ("", "xor", "and") or (mma and (geo.g != 1 or bits != 32)):
-        raise CompileError(f"binary conv: the b1 MMA kernel takes mma 'xor' or 'and' on dense convs, got {mma!r}")
-    return replace(geo, mma=mma)
 
 
 def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
