@@ -1,0 +1,42 @@
+"""benchmarks/deploy.py: rows saved as they finish, resumed, the 224x224 rows skippable."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import deploy  # noqa: E402
+
+
+def _fake_row(calls, fail_on=None):
+    def measure_row(gname, geno, cells, channels, shape, target, build_root, rounds, min_repeat_ms):
+        name = deploy.row_name(gname, cells, channels, shape)
+        calls.append(name)
+        if name == fail_on:
+            raise RuntimeError("killed")
+        return {"name": name, "binary_ms": 1.0, "binary_iqr_ms": 0.1, "speedup_vs_best_float": 2.0,
+                "best_float": "float_openvino", "binary_openvino_ms": 3.0, "parity": {"passed": True}}
+    return measure_row
+
+
+def test_rows_resume_after_a_crash(tmp_path, monkeypatch):
+    out = tmp_path / "deploy.json"
+    calls = []
+    monkeypatch.setattr(deploy, "measure_row", _fake_row(calls, fail_on="ddpnas_mcn_2-20x36-3x32x32"))
+    with pytest.raises(RuntimeError, match="killed"):
+        deploy.main(["--out", str(out), "--skip-large"])
+    saved = json.loads(out.read_text())
+    assert [r["name"] for r in saved["rows"]] == ["ddpnas_mcn_2-8x32-1x28x28", "darts_v2-8x32-1x28x28"]
+    calls.clear()
+    monkeypatch.setattr(deploy, "measure_row", _fake_row(calls))
+    assert deploy.main(["--out", str(out), "--skip-large", "--json"]) == 0
+    assert calls == ["ddpnas_mcn_2-20x36-3x32x32", "darts_v2-20x36-3x32x32"]  # finished rows kept
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and not any("224" in r["name"] for r in rows)
+
+
+def test_darts_v2_is_the_papers_cell():
+    g = deploy.genotypes()["darts_v2"]
+    assert g.normal[-1] == ("dil_conv_3x3", 2) and g.reduce[0] == ("max_pool_3x3", 0)
