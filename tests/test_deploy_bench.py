@@ -1,13 +1,14 @@
 """benchmarks/deploy.py: rows saved as they finish, resumed, the 224x224 rows skippable."""
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import deploy  # noqa: E402
+_spec = importlib.util.spec_from_file_location("deploy_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "deploy.py")
+deploy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(deploy)
 
 
 def _fake_row(calls, fail_on=None):
