@@ -17,6 +17,8 @@ import numpy as np
 from dcpnas.errors import DcpnasError
 from dcpnas.progress import ProgressFn, no_progress
 
+TWIN_SCHEMA = "dcpnas.float-twin/1"  # DIR/float-twin/twin.json: the twin's layers and what it was built from
+
 
 def float_twin_onnx(model):
     """The float twin of a 1-bit ONNX model: dcpnas::BinaryConv2d(X, W bits, scale[, bias]) -> Conv with
@@ -80,13 +82,27 @@ def float_twin(art, target, progress: ProgressFn = no_progress):
 
     from dcpnas.compiler.build import build_onnx_model
 
+    import hashlib
+
+    from dcpnas.io import read_json, write_json
+
     out = art.path / "float-twin"
-    progress("float twin", 0, 1)
     model = float_twin_onnx(onnx.load(str(art.onnx_path)))
+    data = model.SerializeToString()
+    digest = hashlib.sha256(data + target.name.encode()).hexdigest()
+    src = f"derived from model.onnx (binary convs as float convs), built into {out}"
+    try:  # built before from the same model.onnx for the same target: reuse it
+        rec = read_json(out / "twin.json", schema=TWIN_SCHEMA)
+        if rec.get("sha256") == digest and (out / "model.so").is_file():
+            return out / "model.so", rec["layers"], data, src, out
+    except DcpnasError:
+        pass
+    progress("float twin", 0, 1)
     built = build_onnx_model(model, target, out / "model.so")
+    layers = [vars(layer) for layer in built.imported.layers]
+    write_json(out / "twin.json", {"schema": TWIN_SCHEMA, "sha256": digest, "layers": layers})
     progress("float twin", 1, 1)
-    return (built.lib_path, [vars(layer) for layer in built.imported.layers], model.SerializeToString(),
-            f"derived from model.onnx (binary convs as float convs), built into {out}", out)
+    return built.lib_path, layers, data, src, out
 
 
 def kernels_library(model, target, path: Path) -> Path:
