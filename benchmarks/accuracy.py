@@ -59,8 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-augment", action="store_true", help="no random shifts/flips (short schedules)")
     ap.add_argument("--latency", default=None, metavar="TARGET",
                     help="compile each finished 1-bit row for TARGET and time it (after training)")
+    ap.add_argument("--latency-threads", type=int, default=1,
+                    help="TVM threads for --latency (1: a shared machine makes 2-thread timings meaningless)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished rows")
     ap.add_argument("--throughput", action="store_true",
                     help="time training throughput of network/format/batch choices side by side (throughput.json)")
@@ -82,7 +85,7 @@ def row_config(args, row: str):
                        stage1_fraction=args.stage1_fraction, batch_size=args.batch_size, lr=args.lr,
                        binary=binary, cells=args.cells, channels=args.channels, reductions=reductions,
                        policy=policy or "authors", data=args.data, seed=args.seed,
-                       train_subset=args.train_subset, test_subset=args.test_subset)
+                       train_subset=args.train_subset, test_subset=args.test_subset, augment=not args.no_augment)
 
 
 def load_genotype(spec: str):
@@ -107,7 +110,7 @@ def run_row(args, row: str, geno) -> None:
     t0 = time.perf_counter()
 
     def progress(phase, done, total, **m):
-        if "test_acc" not in m and done % 100 == 0:
+        if "test_acc" not in m and done % 20 == 0:
             print(f"{row}: {phase} step {done}/{total} loss {m['loss']:.3f} train accuracy {m['acc']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if "test_acc" in m:
@@ -145,8 +148,9 @@ def measure_latency(args, policy: str, geno, target: str) -> dict:
     geno.save(folder / "genotype.json")
     art = compile_genotype(folder / "genotype.json", target, folder / f"build-{target}", weights=folder / "model.pt",
                            parity_inputs=16)
-    rep = bench(art.path, Profiler(get_target(target)), per_layer=False, ort=False)
-    return {"target": target, "policy": policy, "binary_ms": rep["binary_ms"], "binary_iqr_ms": rep["binary_iqr_ms"],
+    tgt = get_target(target, threads=args.latency_threads)
+    rep = bench(art.path, Profiler(tgt, threads=args.latency_threads), per_layer=False, ort=False)
+    return {"target": target, "threads": args.latency_threads, "policy": policy, "binary_ms": rep["binary_ms"], "binary_iqr_ms": rep["binary_iqr_ms"],
             "float_tvm_ms": rep["float_tvm_ms"], "speedup_vs_float_tvm": rep["speedup_vs_float_tvm"],
             "parity_passed": art.manifest["parity"]["passed"], "space": space.to_dict()}
 
@@ -261,7 +265,8 @@ def report(args) -> dict:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         la = r["latency"]
-        lat_s = f"{la['binary_ms']:.4f} ({la['target']}; float twin {la['float_tvm_ms']:.4f})" if la else "-"
+        lat_s = (f"{la['binary_ms']:.3f} vs float twin {la['float_tvm_ms']:.3f} ({la['target']}, "
+                 f"{la.get('threads', '?')} thread)") if la else "-"
         lines.append(f"| {r['row']} | {'yes' if r['binary'] else 'no'} | {r['policy'] or '-'} | "
                      f"{'yes' if r['distilled'] else 'no'} | {r['epochs_done']} of {r['epochs']}"
                      f"{'' if r['finished'] else ' (running)'} | {100 * r['test_accuracy']:.2f} | "
