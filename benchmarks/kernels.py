@@ -28,8 +28,10 @@ import sys
 
 import numpy as np
 
+from dcpnas.targets import get_target
+
 SHAPES = [(56, 64), (28, 128), (14, 256), (7, 512)]
-X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
+X86 = get_target("x86-avx512").tvm
 
 
 def torch_conv(x, w, pad, channels_last: bool):

@@ -7,9 +7,10 @@ from dcpnas.compiler.kernels import (BinaryConvAttrs, BinaryConvModule, binary_c
                                      emit_binary_conv2d, pack_weights, unpack_weights)
 from dcpnas.compiler.kernels.pack import border_correction, pack_activations_reference, weights_to_words
 from dcpnas.errors import CompileError
+from dcpnas.targets import get_target
 
-X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
-X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+X86 = get_target("x86-avx512").tvm
+X86_AVX2 = get_target("x86-avx2").tvm
 
 
 def _attrs(c, k, s=1, p=None, d=1, g=1):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from dcpnas.compiler.kernels import BinaryConvAttrs, binary_conv2d_reference, emit_binary_conv2d, pack_weights
+from dcpnas.targets import get_target
 
-X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
-X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+X86 = get_target("x86-avx512").tvm
+X86_AVX2 = get_target("x86-avx2").tvm
 
 pytestmark = pytest.mark.tvm
 

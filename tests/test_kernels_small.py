@@ -10,9 +10,10 @@ import pytest
 from dcpnas.compiler.kernels import BinaryConvAttrs, BinaryConvModule, binary_conv2d_reference, pack_weights
 from dcpnas.compiler.kernels.depthwise import Pm1ConvModule, use_pm1_kernel
 from dcpnas.compiler.kernels.emit import geometry
+from dcpnas.targets import get_target
 
-X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2}
-X86_AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2}
+X86 = get_target("x86-avx512").tvm
+X86_AVX2 = get_target("x86-avx2").tvm
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"], "num-cores": 4}
 SM80 = {"kind": "cuda", "arch": "sm_80", "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
         "thread_warp_size": 32}

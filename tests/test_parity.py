@@ -17,6 +17,7 @@ from dcpnas.genotype import DDPNAS_MCN_2
 from dcpnas.model import Network
 from dcpnas.operations import ConvUnit
 from dcpnas.space import SearchSpace
+from dcpnas.targets import get_target
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_folded_export_runs_like_folded_torch(net, images):
     assert ps and all(p.a.tolist() == [1.0] * len(p.a) for p in ps)  # every threshold is a Sub
     assert sum(n.op_type == "Sub" for n in model.graph.node) == len(ps)
     from dcpnas.compiler.onnx_import import import_onnx
-    imp = import_onnx(model, {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4", "num-cores": 2})
+    imp = import_onnx(model, get_target("x86-avx512").tvm)
     nodes = {n for lay in imp.layers for n in lay.nodes}
     assert all(n.name in nodes for n in model.graph.node if n.op_type in ("Sub", "Mul") and "threshold" in n.name
                or n.name.endswith(".gain"))  # the threshold and the gain are fused into the binary kernels
