@@ -40,6 +40,10 @@ def targets_cmd(
                       str(r["lut_entries"]), (r.get("lut_created") or "")[:10])
         if state in ("measured", "emulated"):
             notes.append(f"{r['target']}: {state} on {r['lut_device']}, {r['lut_threads']} thread(s)")
+            if r["lut_threads"] != r["threads"]:
+                notes.append(f"[yellow]{r['target']}: the LUT holds {r['lut_threads']}-thread figures, the target runs "
+                             f"{r['threads']} threads: `dcpnas lut check` runs at the LUT's count, `dcpnas bench` "
+                             f"shows no LUT column at another[/]")
         elif state == "invalid":
             notes.append(f"{r['target']}: [red]{r['lut_error']}[/]")
     console.print(table)
