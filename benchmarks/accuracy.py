@@ -256,7 +256,7 @@ def report(args) -> dict:
         "gap_points": (100 * (flt["test_accuracy"] - best["test_accuracy"])) if best and flt else None,
         "train_s": (best["train_s"] + (flt["seconds"] if best["distilled"] and flt else 0.0)) if best else None,
         "train_s_note": "1-bit training seconds, plus the float teacher's for a distilled row",
-        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+        "command": train_command(args, [r["row"] for r in rows]),
         "machine": _machine(),
         "rows": rows,
     }
@@ -275,6 +275,21 @@ def report(args) -> dict:
                       f"Dataset {summary['dataset']}, genotype {args.genotype}; command:\n\n    "
                       f"{summary['command']}\n\n" + "\n".join(lines) + "\n")
     return summary
+
+
+def train_command(args, rows: list[str]) -> str:
+    """The command that trains (or resumes) `rows` with this budget (what the report's numbers come from)."""
+    parts = ["nice", "-n", "10", ".venv/bin/python", "benchmarks/accuracy.py", "-o", str(args.out), "--runs", str(args.runs),
+             "--genotype", args.genotype, "--data", args.data, "--cells", str(args.cells), "--channels",
+             str(args.channels), "--reductions", args.reductions, "--float-epochs", str(args.float_epochs),
+             "--binary-epochs", str(args.binary_epochs), "--stage1-fraction", repr(args.stage1_fraction),
+             "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed)]
+    for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset)):
+        if v is not None:
+            parts += [flag, str(v)]
+    if args.no_augment:
+        parts.append("--no-augment")
+    return shlex.join(parts + ["--rows", ",".join(rows or args.rows)])
 
 
 def _machine() -> str:

@@ -43,6 +43,10 @@ def test_rows_train_report_and_skip(acc, tmp_path, monkeypatch):
     assert rep["binary_row"] == "authors-kd" and rep["binary_test_accuracy"] == train_kd["test_accuracy"]
     assert rep["float_test_accuracy"] == rows["float"]["test_accuracy"] and rep["dataset"] == "fashion-mnist-subset"
     assert rep["train_s"] == pytest.approx(rows["authors-kd"]["train_s"] + rows["float"]["train_s"])
+    import shlex
+
+    again = acc.parse_args(shlex.split(rep["command"])[5:])  # the recorded command resumes the same rows
+    assert acc.row_config(again, "authors-kd") == acc.row_config(acc.parse_args(argv), "authors-kd")
     table = (out / "accuracy.md").read_text()
     assert "| authors-kd | yes | authors | yes | 1 of 1 |" in table and "(running)" in table
     # a second run skips finished rows
