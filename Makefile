@@ -23,8 +23,8 @@ system-deps:
 DEMO_TARGET ?= x86-avx512
 demo: venv
 	$(VENV)/bin/dcpnas search --target $(DEMO_TARGET) -o runs/demo --resume
-	$(VENV)/bin/dcpnas train runs/demo/genotype.json --config configs/demo.toml --threads 1 --resume --no-progress
-	$(VENV)/bin/dcpnas compile runs/demo/genotype.json -o build/demo-$(DEMO_TARGET) --quiet
+	$(VENV)/bin/dcpnas train runs/demo/genotype.json --config configs/demo.toml --threads 1 --resume
+	$(VENV)/bin/dcpnas compile runs/demo/genotype.json -o build/demo-$(DEMO_TARGET)
 	$(VENV)/bin/dcpnas bench build/demo-$(DEMO_TARGET) --no-layers
 	$(VENV)/bin/dcpnas report runs/demo --build build/demo-$(DEMO_TARGET)
 
