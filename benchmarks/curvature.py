@@ -1,11 +1,13 @@
-"""Per-step cost of the Child's architecture step with each curvature estimator vs a first-order step.
+"""Seconds per Child architecture step: first-order vs the curvature estimators, side by side in one process.
 
-Same supernet, same batch, same alphas; each variant is timed `--reps` times after one warm-up and the
-median is reported, side by side, with ratios to the first-order step (g_C only, what lambda = 0 costs)
-and ggn's speed-up over exact. Also times the weight steps, so the cost of a whole search iteration
-(weight step + architecture step) can be compared. Prints a table, or JSON with --json.
+Same supernet, same batches, same alphas. Each variant runs in interleaved rounds (so a busy machine slows
+all of them alike); a round is `curvature_every` consecutive architecture steps of the search config, so a
+curvature estimator's time is what the search pays per step: one M v refresh plus curvature_every - 1
+first-order steps that reuse it. `*_refresh_s` is the cost of a step that refreshes M v (curvature_every
+= 1). Ratios are to the first-order step (g_C only, what lambda = 0 costs).
 
-    python benchmarks/curvature.py [--budget default] [--reps 5] [--threads 1] [--json]
+    python benchmarks/curvature.py --json          # {"first_order_s", "ggn_s", "exact_s", "fisher_s", ...}
+    python benchmarks/curvature.py --json --out benchmarks/results/curvature.json
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import torch
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", default="default", help="SearchConfig preset giving the supernet and batch size")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
 
     from dcpnas.config import SearchConfig
+    from dcpnas.io import write_json
     from dcpnas.parent_child import ParentChild
     from dcpnas.search import prepare_data
 
@@ -35,52 +39,42 @@ def main(argv=None) -> int:
     base = SearchConfig.load(overrides={"budget": args.budget})
     data = prepare_data(base)
     space = base.space(data.input_shape, data.num_classes)
-    bs = base.batch_size
-    wx, wy, ax, ay = data.w_x[:bs], data.w_y[:bs], data.a_x[:bs], data.a_y[:bs]
+    bs, every = base.batch_size, base.curvature_every
+    batches = [(data.a_x[i * bs:(i + 1) * bs], data.a_y[i * bs:(i + 1) * bs]) for i in range(every)]
 
     def make(**changes):
-        pc = ParentChild(space, base.replace(**changes), total_steps=100)
-        pc.set_tangent(ax, ay)
+        pc = ParentChild(space, base.replace(decoupled=False, **changes), total_steps=100)
+        pc.set_tangent(*batches[0])
+        pc.child_arch_step(*batches[0])  # warm-up (and the first M v)
         return pc
 
-    def timed(fn, reps):
-        fn()  # warm-up
-        out = []
-        for _ in range(reps):
+    variants = {"first_order": make(lam=0.0)}
+    for name in ("ggn", "exact", "fisher"):
+        variants[name] = make(curvature=name)
+        variants[f"{name}_refresh"] = make(curvature=name, curvature_every=1)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, pc in variants.items():
+            pc.arch_count = 0  # each round starts with a refresh
             t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
-
-    rows = {}
-    pc = make(lam=0.0, decoupled=False)
-    rows["parent_weight_step"] = timed(lambda: pc.parent_weight_step(wx, wy), args.reps)
-    rows["child_weight_step"] = timed(lambda: pc.child_weight_step(wx, wy), args.reps)
-    rows["first_order"] = timed(lambda: pc.child_arch_step(ax, ay), args.reps)
-    for name in ("fisher", "ggn", "exact"):
-        pc = make(curvature=name, decoupled=False)
-        rows[name] = timed(lambda: pc.child_arch_step(ax, ay), args.reps)
-    fo, w = rows["first_order"], rows["child_weight_step"]
-    result = {
-        "space": space.to_dict(), "batch_size": bs, "threads": args.threads, "reps": args.reps,
-        "arch_step_s": {k: rows[k] for k in ("first_order", "fisher", "ggn", "exact")},
-        "weight_step_s": {"parent": rows["parent_weight_step"], "child": w},
-        "ratio_to_first_order": {k: rows[k] / fo for k in ("fisher", "ggn", "exact")},
-        "ggn_speedup_over_exact": rows["exact"] / rows["ggn"],
-        # a child iteration = weight step + architecture step
-        "iteration_ratio_to_first_order": {k: (w + rows[k]) / (w + fo) for k in ("fisher", "ggn", "exact")},
-    }
+            for x, y in batches:
+                pc.child_arch_step(x, y)
+            times[name].append((time.perf_counter() - t) / len(batches))
+    sec = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    fo = sec["first_order_s"]
+    result = {**sec, "ratio_to_first_order": {k[:-2]: v / fo for k, v in sec.items() if k != "first_order_s"},
+              "curvature_every": every, "batch_size": bs, "threads": args.threads, "rounds": args.rounds,
+              "space": space.to_dict(), "schema": "dcpnas.bench-curvature/1"}
+    if args.out:
+        write_json(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"supernet cells={space.cells} C={space.channels} input={space.input_shape} batch={bs} threads={args.threads}")
-    print(f"{'step':<14}{'seconds':>10}{'x first-order':>16}{'iteration x':>14}")
-    for k in ("first_order", "fisher", "ggn", "exact"):
-        r = result["ratio_to_first_order"].get(k, 1.0)
-        it = result["iteration_ratio_to_first_order"].get(k, 1.0)
-        print(f"{k:<14}{rows[k]:>10.3f}{r:>16.2f}{it:>14.2f}")
-    print(f"{'child weights':<14}{w:>10.3f}   parent weights {rows['parent_weight_step']:.3f} s")
-    print(f"ggn is {result['ggn_speedup_over_exact']:.2f}x cheaper than exact")
+    print(f"supernet cells={space.cells} C={space.channels} input={space.input_shape} batch={bs} "
+          f"curvature_every={every} threads={args.threads}")
+    print(f"{'arch step':<18}{'seconds':>10}{'x first-order':>16}")
+    for k, v in sec.items():
+        print(f"{k[:-2]:<18}{v:>10.3f}{v / fo:>16.2f}")
     return 0
 
 

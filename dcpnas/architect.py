@@ -5,9 +5,15 @@ and hands it to `Architect.step(G)`. With `decoupled=True`, after the optimizer 
 
     alpha_tilde(t+1)[e, m] = alpha(t+1)[e, m] + eta * psi(t)[e] * alpha(t)[e, m]   for m in top-tau(R(w)) on edge e
 
-and psi(t+1) = | psi(t) - eta_psi * dL/dpsi(t) |. dL/dpsi(t)[e] = eta * sum_m G'[e, m] * alpha(t)[e, m] * mask[e, m],
-where G' = dL/dalpha at alpha_tilde(t+1), which is exactly the gradient handed to the *next* step: psi is
-updated there, so the chain rule costs no extra forward/backward pass.
+and psi(t+1) = | psi(t) - eta_psi * dL/dpsi(t) / rms(dL/dpsi(t)) |. dL/dpsi(t)[e] = eta * sum_m G'[e, m] *
+alpha(t)[e, m] * mask[e, m], where G' = dL/dalpha at alpha_tilde(t+1), which is exactly the gradient handed to
+the *next* step: psi is updated there, so the chain rule costs no extra forward/backward pass.
+
+Scaling (METHOD.md "Scaling"): dL/dpsi is a product of a small gradient and a small alpha (~1e-6 at the
+start of a search), so a plain gradient step with psi(0) = 0 leaves psi at ~1e-6 and the backtrack inert.
+Here psi starts at psi_init and its step is normalised by the root mean square of dL/dpsi over the edges
+of that alpha tensor: eta_psi is the size of psi's step in psi's own units (sign-SGD-like), and psi keeps
+its sign information per edge. `step` reports psi_step_ratio = ||backtrack applied|| / ||optimizer step||.
 """
 
 from __future__ import annotations
@@ -69,17 +75,17 @@ class Architect:
 
     alphas: the Parameters to update in place; norms_fn() -> [R per alpha tensor] (op_weight_norms of
     the supernet that owns the alphas). eta: backtracking step; eta_psi: psi learning rate; tau: the
-    fraction of ops per edge that are backtracked.
+    fraction of ops per edge that are backtracked; psi_init: psi(0) on every edge.
     """
 
     def __init__(self, alphas: list[nn.Parameter], lr: float = 3e-3, betas=(0.5, 0.999),
                  weight_decay: float = 1e-3, decoupled: bool = True, eta: float = 0.1,
-                 eta_psi: float = 1e-2, tau: float = 0.5, norms_fn=None):
+                 eta_psi: float = 1e-2, tau: float = 0.5, psi_init: float = 0.0, norms_fn=None):
         self.alphas = list(alphas)
         self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas, weight_decay=weight_decay)
         self.decoupled, self.eta, self.eta_psi, self.tau = decoupled, eta, eta_psi, tau
         self.norms_fn = norms_fn
-        self.psi = [torch.zeros(a.shape[0], dtype=a.dtype, device=a.device) for a in self.alphas]
+        self.psi = [torch.full((a.shape[0],), float(psi_init), dtype=a.dtype, device=a.device) for a in self.alphas]
         self._backtrack: list[torch.Tensor] | None = None  # eta * alpha(t) * mask of the last step
 
     def step(self, grads: list[torch.Tensor]) -> dict:
@@ -87,22 +93,28 @@ class Architect:
         metrics = {}
         if self.decoupled and self._backtrack is not None:
             for k, (g, b) in enumerate(zip(grads, self._backtrack)):
-                dpsi = (g * b).sum(dim=1)
-                self.psi[k] = (self.psi[k] - self.eta_psi * dpsi).abs()
+                dpsi = (g.to(b.dtype) * b).sum(dim=1)
+                rms = dpsi.square().mean().sqrt()
+                if float(rms) > 0:
+                    self.psi[k] = (self.psi[k] - self.eta_psi * dpsi / rms).abs()
             metrics["psi_mean"] = float(torch.cat(self.psi).mean())
         previous = [a.detach().clone() for a in self.alphas]
         for a, g in zip(self.alphas, grads):
             a.grad = g.detach().to(a.dtype).clone()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        opt_sq = sum(float((a.detach() - prev).square().sum()) for a, prev in zip(self.alphas, previous))
         if self.decoupled:
             norms = self.norms_fn() if self.norms_fn is not None else [torch.ones_like(a) for a in previous]
-            self._backtrack = []
+            self._backtrack, back_sq = [], 0.0
             with torch.no_grad():
                 for a, prev, R, psi in zip(self.alphas, previous, norms, self.psi):
                     b = self.eta * prev * top_tau_mask(R.to(prev.device), self.tau)
-                    a.add_(psi.view(-1, 1) * b)
+                    applied = psi.view(-1, 1) * b
+                    a.add_(applied)
+                    back_sq += float(applied.square().sum())
                     self._backtrack.append(b)
+            metrics["psi_step_ratio"] = (back_sq / opt_sq) ** 0.5 if opt_sq > 0 else 0.0
         return metrics
 
     def state_dict(self) -> dict:

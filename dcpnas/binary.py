@@ -125,11 +125,13 @@ class BinaryConv2d(nn.Module):
 
 
 def reconstruction_loss(module: nn.Module) -> torch.Tensor:
-    """Sum of L_R over every BinaryConv2d with binary weights inside `module`."""
-    terms = [m.reconstruction_loss() for m in module.modules() if isinstance(m, BinaryConv2d) and m.binary_weight]
-    if not terms:
+    """L_R per weight: sum of || w - beta ∘ sign(w) ||^2 over every BinaryConv2d with binary weights inside
+    `module`, divided by the number of those weights (METHOD.md "Scaling": a sum over all weights makes
+    mu * L_R ~100x the batch-mean KL and freezes every sign; the mean keeps mu a per-weight pull)."""
+    convs = [m for m in module.modules() if isinstance(m, BinaryConv2d) and m.binary_weight]
+    if not convs:
         return torch.zeros(())
-    return torch.stack(terms).sum()
+    return torch.stack([m.reconstruction_loss() for m in convs]).sum() / sum(m.weight.numel() for m in convs)
 
 
 def set_binary_weights(module: nn.Module, enabled: bool) -> None:

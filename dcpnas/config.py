@@ -50,8 +50,12 @@ class SearchConfig:
     budget: str = "default"
     mode: str = "dcp"  # dcp | cp (lambda = 0) | direct (real-valued DARTS) | random
     curvature: str = "ggn"
-    lam: float = 5e-3  # lambda: weight of the tangent-propagation term D
-    mu: float = 0.2  # weight of the reconstruction loss L_R
+    curvature_every: int = 4  # child arch steps per curvature (M v) refresh; in between the last M v is reused
+    # lambda: weight of the tangent-propagation term D. With lam_relative (default) lam is the fraction
+    # ||2 lambda H v|| / ||g_C||; the paper's absolute 5e-3 gave a fraction of ~1e-4 here (METHOD "Scaling")
+    lam: float = 0.5
+    lam_relative: bool = True
+    mu: float = 20.0  # weight of L_R per binary weight (binary.reconstruction_loss; benchmarks/scaling.py)
     decoupled: bool = True
     epochs: int = 4
     warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
@@ -59,9 +63,9 @@ class SearchConfig:
     seed: int = 0
     data: str = "embedded"
     n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
-    n_eval: int = 200  # images of the test split used to report val accuracy
+    n_eval: int = 1000  # images of the test split: the fixed held-out set of the reported val accuracies
     eval_batches: int = 0  # 0 = all of n_eval
-    batch_size: int = 32
+    batch_size: int = 64
     image_size: int = 16
     # search space
     cells: int = 3
@@ -71,10 +75,11 @@ class SearchConfig:
     parent_lr: float = 3e-3
     child_lr: float = 5e-3
     weight_decay: float = 0.0
-    arch_lr: float = 6e-3
+    arch_lr: float = 5e-2  # a short search: alphas must separate within ~36 steps
     arch_weight_decay: float = 1e-3
     eta: float = 0.1
-    eta_psi: float = 1e-2
+    eta_psi: float = 5e-2  # psi's step per update (normalised, architect.py)
+    psi_init: float = 1.0
     tau: float = 0.5
     # hardware awareness
     target: str | None = None
@@ -93,12 +98,12 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         # written as `not (x >= lo)` so that NaN fails too; floats must also be finite
-        for name in ("epochs", "cells", "channels", "batch_size"):
+        for name in ("epochs", "cells", "channels", "batch_size", "curvature_every"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lam", "mu", "warmup_epochs", "steps_per_epoch", "n_train", "n_eval", "image_size",
                      "threads", "eval_batches", "weight_decay", "arch_weight_decay", "latency_gamma",
-                     "latency_beta"):
+                     "latency_beta", "psi_init"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ("parent_lr", "child_lr", "arch_lr", "eta", "eta_psi"):

@@ -9,7 +9,10 @@ matrix M, so that the caller pays only for what the estimator needs:
   ggn     M = J^T H_out J, the generalized Gauss-Newton matrix (J = dz/dalpha, H_out = d2 L / dz2):
           one forward-mode jvp (J v) + a tiny output-space Hessian product + one vjp (J^T u)
           through the graph kept from the gradient pass. No second-order graph is built.
-  fisher  M = g g^T, the rank-one (empirical) Fisher: M v = g (g . v); free once g is known.
+  fisher  M = (1/N) sum_i g_i g_i^T, the empirical Fisher of the per-sample gradients g_i = dl_i/dalpha
+          of the batch-mean loss L = (1/N) sum_i l_i. Never materialised: with r_i = dL/dz_i (so that
+          dl_i/dz_i = N r_i), g_i . v = N r_i . (J v)_i and M v = J^T u with u_i = N (r_i . (J v)_i) r_i:
+          one jvp + one vjp, the cost of ggn, for any batch-mean loss of per-sample logits.
 
 `alphas` is a list of tensors (alpha_normal [E, P], alpha_reduce [E, P]); vectors are lists of
 tensors of the same shapes.
@@ -101,18 +104,26 @@ class GaussNewton(CurvatureEstimator):
         return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
 
 
-class RankOneFisher(CurvatureEstimator):
-    """g g^T v = g (g . v), with g = g_C of this batch (the empirical Fisher of one batch)."""
+class EmpiricalFisher(CurvatureEstimator):
+    """(1/N) sum_i g_i (g_i . v) over the per-sample gradients g_i of the batch (see the module doc)."""
 
     name = "fisher"
 
     def gradient_and_hvp(self, logits_fn, alphas, loss_fn, vector_fn, replay=None):
         leaves = _leaves(alphas)
-        loss = loss_fn(logits_fn(leaves))
-        grad = [g.detach() for g in torch.autograd.grad(loss, leaves)]
-        v = [t.detach() for t in vector_fn(grad)]
-        dot = sum((g * t).sum() for g, t in zip(grad, v))
-        return CurvatureResult(loss.detach(), grad, [g * dot for g in grad], v)
+        z = logits_fn(leaves)
+        loss = loss_fn(z)
+        grad = torch.autograd.grad(loss, leaves, retain_graph=True)
+        v = [t.detach() for t in vector_fn([g.detach() for g in grad])]
+        jv = jvp_logits(logits_fn, alphas, v, replay)
+        zd = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (r,) = torch.autograd.grad(loss_fn(zd), zd)
+        n = z.shape[0]
+        u = n * (r * jv).sum(-1, keepdim=True) * r
+        hvp = torch.autograd.grad(z, leaves, grad_outputs=u, allow_unused=True)
+        hvp = [torch.zeros_like(a) if h is None else h.detach() for h, a in zip(hvp, leaves)]
+        return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
 
 
 def jvp_logits(logits_fn: LogitsFn, alphas: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
@@ -137,7 +148,7 @@ def output_hvp(loss_fn: LossFn, z: torch.Tensor, u: torch.Tensor) -> torch.Tenso
     return hu.detach()
 
 
-ESTIMATORS = {"exact": ExactHessian, "ggn": GaussNewton, "fisher": RankOneFisher}
+ESTIMATORS = {"exact": ExactHessian, "ggn": GaussNewton, "fisher": EmpiricalFisher}
 
 
 def make_estimator(name: str) -> CurvatureEstimator:

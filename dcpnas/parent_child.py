@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcpnas.architect import Architect, op_weight_norms
-from dcpnas.binary import reconstruction_loss
+from dcpnas.binary import BinaryConv2d, reconstruction_loss
 from dcpnas.config import SearchConfig
 from dcpnas.curvature import kl_to_parent, make_estimator
 from dcpnas.distributed import DistContext
@@ -36,6 +36,18 @@ def frozen_bn_stats(module: nn.Module):
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom
+
+
+def binary_signs(model: nn.Module) -> torch.Tensor:
+    """Signs (w >= 0) of every binary weight of `model`, flattened in module order (bool [N])."""
+    ws = [m.weight.detach().flatten() >= 0 for m in model.modules() if isinstance(m, BinaryConv2d) and m.binary_weight]
+    return torch.cat(ws) if ws else torch.zeros(0, dtype=torch.bool)
+
+
+def alpha_entropy(alpha: torch.Tensor) -> float:
+    """Mean over edges of the entropy of softmax(alpha[e]) as a fraction of the uniform entropy ln P."""
+    logp = F.log_softmax(alpha.detach().double(), dim=-1)
+    return float((-(logp.exp() * logp).sum(-1) / math.log(alpha.shape[-1])).mean())
 
 
 class LatencyTerm:
@@ -94,12 +106,14 @@ class ParentChild:
         self.c_opt = torch.optim.Adam(self.child.weight_parameters(), lr=config.child_lr,
                                       weight_decay=config.weight_decay)
         arch_kw = dict(lr=config.arch_lr, weight_decay=config.arch_weight_decay, decoupled=config.decoupled,
-                       eta=config.eta, eta_psi=config.eta_psi, tau=config.tau)
+                       eta=config.eta, eta_psi=config.eta_psi, tau=config.tau, psi_init=config.psi_init)
         self.p_arch = Architect(self.parent.arch_parameters(), norms_fn=lambda: op_weight_norms(self.parent), **arch_kw)
         self.c_arch = Architect(self.child.arch_parameters(), norms_fn=lambda: op_weight_norms(self.child), **arch_kw)
         self.estimator = make_estimator(config.curvature)
         self.latency = latency
         self.g_parent: list[torch.Tensor] | None = None
+        self.hvp_cache: list[torch.Tensor] | None = None  # M v of the last curvature refresh
+        self.arch_count = 0  # child architecture steps so far (curvature_every counts them)
         self.step_count = {"parent": 0, "child": 0}
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -161,15 +175,26 @@ class ParentChild:
 
     # -- child -----------------------------------------------------------------------------------------
     def child_weight_step(self, x, y) -> dict:
+        """KL to the detached parent + mu * L_R (L_R per binary weight: binary.reconstruction_loss)."""
         p = self._parent_probs(x)
         logits = self.child(x)
         kl = kl_to_parent(p, logits)
-        loss = kl + self.config.mu * reconstruction_loss(self.child) if self.config.mu else kl
+        metrics = {"loss": float(kl.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+        loss = kl
+        if self.config.mu:
+            l_r = reconstruction_loss(self.child)
+            loss = kl + self.config.mu * l_r
+            metrics["L_R"] = float(l_r.detach())
         self._weight_update(self.child, self.c_opt, loss, self.config.child_lr, "child")
-        return {"loss": float(kl.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+        return metrics
 
     def child_arch_step(self, x, y) -> dict:
-        """grad = g_C + 2 lambda M (g_C - g_P) with M from the curvature estimator (lambda = 0: g_C)."""
+        """grad = g_C + 2 lambda M (g_C - g_P) with M from the curvature estimator (lambda = 0: g_C).
+
+        With config.lam_relative (the default), lambda is a fraction of ||g_C||: the tangent term is
+        rescaled so that ||2 lambda_abs M v|| = lam * ||g_C||, i.e. lambda_abs = lam ||g_C|| / ||2 M v||
+        (METHOD.md "Scaling": a fixed lambda made the term ~1e-4 of g_C). Otherwise lambda_abs = lam.
+        Metrics: tangent_ratio = ||2 lambda_abs M v|| / ||g_C||, lambda_abs."""
         p = self._parent_probs(x)
         alphas = self.child.arch_parameters()
         lam = self.config.effective_lambda
@@ -181,20 +206,32 @@ class ParentChild:
             return self.child(x, alphas=tuple(a))
 
         metrics = {}
-        if lam > 0 and self.g_parent is not None:
+        tangent = lam > 0 and self.g_parent is not None
+        every = max(1, self.config.curvature_every)
+        if tangent and (self.hvp_cache is None or self.arch_count % every == 0):
             g_p = self.g_parent
             res = self.estimator.gradient_and_hvp(
                 logits_fn, alphas, loss_fn, lambda g: [gi - gp for gi, gp in zip(g, g_p)],
                 replay=lambda: frozen_bn_stats(self.child))
-            D = float(sum((v * v).sum() for v in res.vector))
-            grads = [g + 2 * lam * h for g, h in zip(res.grad, res.hvp)]
-            loss_value = float(res.loss) + lam * D
-            metrics["D"] = D
-        else:
+            loss_t, g_c, hvp = res.loss, res.grad, res.hvp
+            self.hvp_cache = [h.clone() for h in hvp]
+        else:  # first-order g_C; between curvature refreshes the last M v is reused (curvature_every)
             leaves = [a.detach().requires_grad_(True) for a in alphas]
-            loss = loss_fn(logits_fn(leaves))
-            grads = [g.detach() for g in torch.autograd.grad(loss, leaves)]
-            loss_value = float(loss.detach())
+            loss_t = loss_fn(logits_fn(leaves))
+            g_c = [g.detach() for g in torch.autograd.grad(loss_t, leaves)]
+            hvp = self.hvp_cache
+        self.arch_count += 1
+        loss_value = float(loss_t.detach())
+        grads = g_c
+        if tangent:
+            D = float(sum(((g - gp) ** 2).sum() for g, gp in zip(g_c, self.g_parent)))
+            g_norm = float(sum((g * g).sum() for g in g_c)) ** 0.5
+            t_norm = 2 * float(sum((h * h).sum() for h in hvp)) ** 0.5  # ||2 M v||
+            if self.config.lam_relative:
+                lam = lam * g_norm / t_norm if t_norm > 0 else 0.0
+            grads = [g + 2 * lam * h for g, h in zip(g_c, hvp)]
+            loss_value += lam * D
+            metrics.update(D=D, lambda_abs=lam, tangent_ratio=lam * t_norm / g_norm if g_norm > 0 else 0.0)
         metrics["arch_loss"] = loss_value
         metrics.update(self._arch_update(self.c_arch, loss_value, grads))
         return metrics
@@ -222,7 +259,8 @@ class ParentChild:
         return {"parent": self.parent.state_dict(), "child": self.child.state_dict(),
                 "p_opt": self.p_opt.state_dict(), "c_opt": self.c_opt.state_dict(),
                 "p_arch": self.p_arch.state_dict(), "c_arch": self.c_arch.state_dict(),
-                "g_parent": self.g_parent, "step_count": dict(self.step_count)}
+                "g_parent": self.g_parent, "step_count": dict(self.step_count),
+                "hvp_cache": self.hvp_cache, "arch_count": self.arch_count}
 
     def load_state_dict(self, s: dict) -> None:
         self.parent.load_state_dict(s["parent"])
@@ -233,3 +271,4 @@ class ParentChild:
         self.c_arch.load_state_dict(s["c_arch"])
         self.g_parent = s["g_parent"]
         self.step_count = dict(s["step_count"])
+        self.hvp_cache, self.arch_count = s.get("hvp_cache"), s.get("arch_count", 0)

@@ -31,7 +31,7 @@ from dcpnas.errors import ArtifactError, ConfigError, DeviceError, LutError
 from dcpnas.genotype import Genotype
 from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from dcpnas.latency import LatencyLookup, genotype_latency
-from dcpnas.parent_child import LatencyTerm, ParentChild
+from dcpnas.parent_child import LatencyTerm, ParentChild, alpha_entropy, binary_signs
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.space import SearchSpace
 
@@ -149,6 +149,21 @@ def _alphas_record(pc: ParentChild, mode: str) -> dict:
     return {"normal": a_n.tolist(), "reduce": a_r.tolist()}
 
 
+def _diagnostics(epoch: int, final: dict, pc: ParentChild, mode: str, flips: float | None) -> dict:
+    """The per-epoch health record of a search (issue 12 / METHOD.md "Scaling"): val accuracy of both
+    supernets on the fixed held-out set, the fraction of the Child's binary weight signs that flipped in
+    this epoch's child phase, ||2 lambda H v|| / ||g_C||, psi's step / the optimiser's step (mean over the
+    phase's arch steps), and the mean alpha entropy per cell type as a fraction of uniform."""
+    parent, child = final.get("parent", {}), final.get("child", {})
+    model = pc.parent if mode == "direct" else pc.child
+    a_n, a_r = model.arch_parameters()
+    return {"epoch": epoch, "child_val_acc": child.get("val_acc"), "parent_val_acc": parent.get("val_acc"),
+            "sign_flip_fraction": flips, "tangent_ratio": child.get("mean_tangent_ratio"),
+            "psi_step_ratio_parent": parent.get("mean_psi_step_ratio"),
+            "psi_step_ratio_child": child.get("mean_psi_step_ratio"),
+            "entropy_normal": alpha_entropy(a_n), "entropy_reduce": alpha_entropy(a_r)}
+
+
 def run_search(config: SearchConfig, out_dir: str | Path, *, progress: ProgressFn | None = None,
                resume: bool = False, table: LatencyLookup | None = None) -> Genotype:
     """Run (or resume) a search; return the genotype (also written to out_dir/genotype.json).
@@ -215,11 +230,12 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
             raise LutError(f"the latency table predicts {latency.target_ms} ms for the initial supernet (are its "
                            f"entries all 0?); a latency term needs positive timings: rebuild it with `dcpnas lut build`")
 
-    start_epoch, elapsed_before, final = 0, 0.0, {}
+    start_epoch, elapsed_before, final, diagnostics = 0, 0.0, {}, []
     if checkpoint is not None:
         state = _load_checkpoint(checkpoint, config)
         pc.load_state_dict(state["pc"])
         start_epoch, elapsed_before, final = state["epoch"], state["elapsed_s"], state["final"]
+        diagnostics = list(state.get("diagnostics", []))
         if latency is not None:
             latency.target_ms = state["latency_target_ms"]
         if dist.is_main:
@@ -244,6 +260,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
             model = pc.parent if phase == "parent" else pc.child
             if phase == "child":
                 pc.copy_alphas(pc.parent, pc.child)  # alpha_hat <- alpha
+                signs_before = binary_signs(pc.child)
             w_batches = _batches(len(data.w_y), n_steps, config.batch_size, config.seed, epoch, 2 * k)
             a_batches = _batches(len(data.a_y), n_steps, config.batch_size, config.seed, epoch, 2 * k + 1)
             sums: dict[str, float] = {}
@@ -263,6 +280,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
                 pc.set_tangent(dist.shard(data.a_x[tb]), dist.shard(data.a_y[tb]))
             if phase == "child":
                 pc.copy_alphas(pc.child, pc.parent)  # alpha <- alpha_hat
+                flips = float((binary_signs(pc.child) != signs_before).float().mean())
             e_x, e_y = data.e_x, data.e_y
             if config.eval_batches:
                 e_x, e_y = e_x[:config.eval_batches * config.batch_size], e_y[:config.eval_batches * config.batch_size]
@@ -275,11 +293,16 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
                     record["lat_ms"] = float(latency.expected(*model.arch_parameters()))
             final[phase] = record
             log(record)
+        diag = _diagnostics(epoch, final, pc, config.mode, flips if "child" in phases else None)
+        diagnostics.append(diag)
+        log({"kind": "diagnostics", **diag})
+        progress("diagnostics", epoch + 1, config.epochs, **{k: v for k, v in diag.items() if v is not None and k != "epoch"})
         elapsed = elapsed_before + time.perf_counter() - t0
         elapsed_before, t0 = elapsed, time.perf_counter()
         if dist.is_main:
             _save_checkpoint(out_dir, {"schema": CHECKPOINT_SCHEMA, "epoch": epoch + 1, "config": config.to_dict(),
                                        "pc": pc.state_dict(), "elapsed_s": elapsed, "final": final,
+                                       "diagnostics": diagnostics,
                                        "latency_target_ms": None if latency is None else latency.target_ms})
         log({"kind": "time", "epoch": epoch, "epoch_s": time.perf_counter() - t_epoch + 0.0})
         dist.barrier()
@@ -297,6 +320,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
         "parent_val_accuracy": final.get("parent", {}).get("val_acc"),
         "dataset": data.name, "epochs": config.epochs, "seed": config.seed, "mode": config.mode,
         "space": space.to_dict(), "config": config.to_dict(), "alphas": _alphas_record(pc, config.mode),
+        "diagnostics": diagnostics,
         "time_s": elapsed_before + time.perf_counter() - t0,
     }
     genotype = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat, search)

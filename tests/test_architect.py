@@ -63,15 +63,16 @@ def test_decoupled_backtrack_and_psi_update_match_the_formulas():
     a = torch.nn.Parameter(torch.randn(E, P))
     shadow = torch.nn.Parameter(a.detach().clone())  # the plain Adam trajectory, fed the same alpha
     arch = Architect([a], lr=0.05, weight_decay=0.0, decoupled=True, eta=eta, eta_psi=eta_psi, tau=tau,
-                     norms_fn=lambda: [R])
+                     psi_init=0.3, norms_fn=lambda: [R])
     adam = torch.optim.Adam([shadow], lr=0.05, betas=(0.5, 0.999))
     mask = top_tau_mask(R, tau)
-    psi = torch.zeros(E)
+    psi = torch.full((E,), 0.3)
     backtrack = None
     for step in range(3):
         g = torch.randn(E, P)
-        if backtrack is not None:  # psi(t+1) = |psi(t) - eta_psi dL/dpsi(t)|, dL/dpsi by the chain rule
-            psi = (psi - eta_psi * (g * backtrack).sum(1)).abs()
+        if backtrack is not None:  # psi(t+1) = |psi(t) - eta_psi dL/dpsi(t) / rms|, dL/dpsi by the chain rule
+            d = (g * backtrack).sum(1)
+            psi = (psi - eta_psi * d / d.square().mean().sqrt()).abs()
         before = a.detach().clone()
         arch.step([g])
         with torch.no_grad():

@@ -109,10 +109,12 @@ def test_binary_conv_backward_reaches_weights_and_scale():
 def test_reconstruction_loss_formula():
     torch.manual_seed(0)
     net = torch.nn.Sequential(BinaryConv2d(2, 3, 3), BinaryConv2d(3, 4, 1), BinaryConv2d(4, 4, 1, binary_weight=False))
-    expected = 0.0
+    expected, count = 0.0, 0
     for m in list(net)[:2]:
         w, b = m.weight.detach(), m.scale.detach().view(-1, 1, 1, 1)
         expected += float(((w - b * _ref_sign(w)) ** 2).sum())
+        count += w.numel()
+    expected /= count  # per binary weight (the real-weight conv counts neither way)
     assert float(reconstruction_loss(net).detach()) == pytest.approx(expected, rel=1e-6)
     # at beta = mean|w| per channel with all |w| equal, L_R vanishes
     c = BinaryConv2d(1, 2, 1)

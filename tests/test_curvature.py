@@ -133,13 +133,25 @@ def test_ggn_equals_hessian_when_the_model_is_linear_in_alpha():
     torch.testing.assert_close(ggn[0], exact[0], rtol=1e-10, atol=1e-12)
 
 
-def test_fisher_is_rank_one_outer_product():
-    _, logits_fn, loss_fn, alphas, v = _setup(True, seed=4)
+def test_fisher_is_the_empirical_fisher_of_per_sample_gradients():
+    """(1/N) sum_i g_i g_i^T v with g_i = d l_i / dalpha taken one sample at a time (slow reference; the
+    per-sample losses l_i come from one batch forward, as in the estimator). Real-valued supernet: the
+    child's forward- and reverse-mode slopes differ at exact zeros (see the ggn test)."""
+    net, logits_fn, _, alphas, v = _setup(False, seed=4)
+    p = torch.softmax(torch.randn(4, 3, dtype=torch.float64), dim=-1)
+
+    def per_sample(z):
+        return (p * (torch.log(p) - torch.log_softmax(z, -1))).sum(-1)
+
     leaves = [a.detach().requires_grad_(True) for a in alphas]
-    g = _flat(torch.autograd.grad(loss_fn(logits_fn(leaves)), leaves))
-    ref = torch.outer(g, g) @ _flat(v)
-    got = _flat(make_estimator("fisher").hvp(logits_fn, alphas, loss_fn, v))
-    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-14)
+    losses = per_sample(logits_fn(leaves))
+    ref = torch.zeros(sum(a.numel() for a in alphas), dtype=torch.float64)
+    for i in range(len(losses)):
+        g_i = _flat(torch.autograd.grad(losses[i], leaves, retain_graph=True))
+        ref += g_i * (g_i @ _flat(v)) / len(losses)
+    got = _flat(make_estimator("fisher").hvp(logits_fn, alphas, lambda z: per_sample(z).mean(), v))
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-12)
+    assert ref.abs().max() > 0 and got @ _flat(v) >= 0  # positive semi-definite
 
 
 def test_gradient_and_vector_fn_receive_the_gradient():
