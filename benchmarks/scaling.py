@@ -68,7 +68,7 @@ def main() -> None:
         row = {"mu": mu, "sign_flip_fraction": float((binary_signs(pc.child) != before).float().mean()),
                "lr_decided_share": lr_decided_share(pc, data.w_x[:b], mu),
                "L_R": float(reconstruction_loss(pc.child).detach()),
-               "child_val_acc": pc.evaluate(pc.child, data.e_x, data.e_y), "train_s": time.perf_counter() - t}
+               "child_val_acc": pc.evaluate(pc.child, data.e_x, data.e_y, calib=data.w_x[:cfg.bn_calibration]), "train_s": time.perf_counter() - t}
         rows.append(row)
         print(json.dumps(row), flush=True)
     record = {"schema": "dcpnas.bench-scaling/1", "parent_steps": args.parent_steps, "child_steps": args.child_steps,

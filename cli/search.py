@@ -101,13 +101,12 @@ def search_cmd(
     s = genotype.search
     diagnostics = s.get("diagnostics") or []
     if diagnostics:
-        console.print("epoch  child acc  parent acc  signs flipped  tangent/g_C  psi/opt step (P, C)  entropy (normal, reduce)",
-                      highlight=False)
+        console.print("epoch  acc child parent  flipped  tangent  psi/opt P     C  entropy n     r", highlight=False)
     for d in diagnostics:
-        console.print(f"{d['epoch'] + 1:>5}  {_fmt(d['child_val_acc'], '9.3f')}  {_fmt(d['parent_val_acc'], '10.3f')}  "
-                      f"{_fmt(d['sign_flip_fraction'], '13.4f')}  {_fmt(d['tangent_ratio'], '11.3g')}  "
-                      f"{_fmt(d['psi_step_ratio_parent'], '9.3g')} {_fmt(d['psi_step_ratio_child'], '9.3g')}  "
-                      f"{_fmt(d['entropy_normal'], '11.3f')} {_fmt(d['entropy_reduce'], '11.3f')}", highlight=False)
+        console.print(f"{d['epoch'] + 1:>5}  {_fmt(d['child_val_acc'], '9.3f')} {_fmt(d['parent_val_acc'], '6.3f')}  "
+                      f"{_fmt(d['sign_flip_fraction'], '7.4f')}  {_fmt(d['tangent_ratio'], '7.3f')}  "
+                      f"{_fmt(d['psi_step_ratio_parent'], '9.3f')} {_fmt(d['psi_step_ratio_child'], '5.3f')}  "
+                      f"{_fmt(d['entropy_normal'], '9.3f')} {_fmt(d['entropy_reduce'], '5.3f')}", highlight=False)
     lat = s.get("expected_latency_ms")
     console.print(f"[bold]genotype[/bold] {genotype.to_darts()}", highlight=False, soft_wrap=True)
     acc = s.get("val_accuracy")
@@ -115,7 +114,8 @@ def search_cmd(
         f"val accuracy {'-' if acc is None else f'{acc:.3f}'} ({'parent' if cfg.mode == 'direct' else 'child'}), "
         f"expected latency {'-' if lat is None else f'{lat:.3f} ms'}"
         + (f" ({s.get('lut_method')} LUT)" if lat is not None else "")
-        + f", {s.get('time_s', 0):.0f} s -> {out_dir / 'genotype.json'}", highlight=False)
+        + f", {s.get('time_s', 0):.0f} s wall, {s.get('cpu_s') or 0:.0f} s CPU -> {out_dir / 'genotype.json'}",
+        highlight=False)
 
 
 def _fmt(value, spec: str) -> str:

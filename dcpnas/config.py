@@ -57,6 +57,7 @@ class SearchConfig:
     lam_relative: bool = True
     mu: float = 20.0  # weight of L_R per binary weight (binary.reconstruction_loss; benchmarks/scaling.py)
     decoupled: bool = True
+    child_from_parent: bool = True  # the Child starts from the Parent's weights after the first parent phase
     epochs: int = 4
     warmup_epochs: int = 1  # epochs that train weights only (alphas frozen)
     steps_per_epoch: int = 12
@@ -65,6 +66,7 @@ class SearchConfig:
     n_train: int = 2000  # images of the train split used by the search (half weights, half alphas)
     n_eval: int = 1000  # images of the test split: the fixed held-out set of the reported val accuracies
     eval_batches: int = 0  # 0 = all of n_eval
+    bn_calibration: int = 250  # train images that re-estimate BN statistics before each evaluation (0 = off)
     batch_size: int = 64
     image_size: int = 16
     # search space
@@ -103,7 +105,7 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lam", "mu", "warmup_epochs", "steps_per_epoch", "n_train", "n_eval", "image_size",
                      "threads", "eval_batches", "weight_decay", "arch_weight_decay", "latency_gamma",
-                     "latency_beta", "psi_init"):
+                     "latency_beta", "psi_init", "bn_calibration"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ("parent_lr", "child_lr", "arch_lr", "eta", "eta_psi"):

@@ -50,6 +50,25 @@ def alpha_entropy(alpha: torch.Tensor) -> float:
     return float((-(logp.exp() * logp).sum(-1) / math.log(alpha.shape[-1])).mean())
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 250) -> None:
+    """Replace every BatchNorm's running mean/var by their average over the batches of x (train mode)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    try:
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+
+
 class LatencyTerm:
     """Expected latency E[LAT] (ms) of a supernet, the LUT read once into tensors, and the latency loss.
 
@@ -236,6 +255,18 @@ class ParentChild:
         metrics.update(self._arch_update(self.c_arch, loss_value, grads))
         return metrics
 
+    def inherit_child_weights(self) -> None:
+        """Child weights <- the Parent's (its real weights become the Child's latent weights; beta <- mean |w|
+        per channel; BN statistics copied), and a fresh Child optimiser: the two-stage idea of METHOD.md
+        section 7 (binary initialised from real-valued) applied to the supernet pair."""
+        state = {k: v for k, v in self.parent.state_dict().items() if not k.startswith("alpha_")}
+        self.child.load_state_dict(state, strict=False)  # same topology and names; the Child adds .scale
+        for m in self.child.modules():
+            if isinstance(m, BinaryConv2d):
+                m.reset_scale()
+        self.c_opt = torch.optim.Adam(self.child.weight_parameters(), lr=self.config.child_lr,
+                                      weight_decay=self.config.weight_decay)
+
     # -- alpha hand-over -----------------------------------------------------------------------------
     def copy_alphas(self, src: Supernet, dst: Supernet) -> None:
         with torch.no_grad():
@@ -244,8 +275,15 @@ class ParentChild:
 
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: Supernet, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
-        """Top-1 accuracy in eval mode (BN running statistics, broadcast from rank 0 as DDP does)."""
+    def evaluate(self, model: Supernet, x: torch.Tensor, y: torch.Tensor, batch: int = 250,
+                 calib: torch.Tensor | None = None) -> float:
+        """Top-1 accuracy in eval mode (BN running statistics, broadcast from rank 0 as DDP does).
+
+        calib: training images on which the BN running statistics are first re-estimated (exact averages,
+        not the momentum trace: after a few dozen steps of a changing supernet that trace is so stale that a
+        Parent with 38% train accuracy scored chance in eval mode). The same images on every rank."""
+        if calib is not None and len(calib):
+            recalibrate_bn(model, calib, batch)
         self.dist.broadcast_state(model, buffers_only=True)
         model.eval()
         correct = 0

@@ -202,7 +202,7 @@ def _refuse_earlier_run(out_dir: Path) -> None:
 
 
 def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if not resume:
         _refuse_earlier_run(out_dir)
     table, lut_info = _resolve_table(config, table)
@@ -230,12 +230,13 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
             raise LutError(f"the latency table predicts {latency.target_ms} ms for the initial supernet (are its "
                            f"entries all 0?); a latency term needs positive timings: rebuild it with `dcpnas lut build`")
 
-    start_epoch, elapsed_before, final, diagnostics = 0, 0.0, {}, []
+    start_epoch, elapsed_before, cpu_before, final, diagnostics = 0, 0.0, 0.0, {}, []
     if checkpoint is not None:
         state = _load_checkpoint(checkpoint, config)
         pc.load_state_dict(state["pc"])
         start_epoch, elapsed_before, final = state["epoch"], state["elapsed_s"], state["final"]
         diagnostics = list(state.get("diagnostics", []))
+        cpu_before = state.get("cpu_s", 0.0)
         if latency is not None:
             latency.target_ms = state["latency_target_ms"]
         if dist.is_main:
@@ -260,6 +261,8 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
             model = pc.parent if phase == "parent" else pc.child
             if phase == "child":
                 pc.copy_alphas(pc.parent, pc.child)  # alpha_hat <- alpha
+                if epoch == 0 and config.child_from_parent:
+                    pc.inherit_child_weights()
                 signs_before = binary_signs(pc.child)
             w_batches = _batches(len(data.w_y), n_steps, config.batch_size, config.seed, epoch, 2 * k)
             a_batches = _batches(len(data.a_y), n_steps, config.batch_size, config.seed, epoch, 2 * k + 1)
@@ -284,7 +287,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
             e_x, e_y = data.e_x, data.e_y
             if config.eval_batches:
                 e_x, e_y = e_x[:config.eval_batches * config.batch_size], e_y[:config.eval_batches * config.batch_size]
-            val_acc = pc.evaluate(model, e_x, e_y)
+            val_acc = pc.evaluate(model, e_x, e_y, calib=data.w_x[:config.bn_calibration])
             record = {"kind": "epoch", "epoch": epoch, "phase": phase, "val_acc": val_acc,
                       **{f"mean_{key}": v / n_steps for key, v in sums.items()},
                       "genotype": model.genotype().to_darts()}
@@ -298,13 +301,14 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
         log({"kind": "diagnostics", **diag})
         progress("diagnostics", epoch + 1, config.epochs, **{k: v for k, v in diag.items() if v is not None and k != "epoch"})
         elapsed = elapsed_before + time.perf_counter() - t0
-        elapsed_before, t0 = elapsed, time.perf_counter()
+        cpu = cpu_before + time.process_time() - c0
+        elapsed_before, t0, cpu_before, c0 = elapsed, time.perf_counter(), cpu, time.process_time()
         if dist.is_main:
             _save_checkpoint(out_dir, {"schema": CHECKPOINT_SCHEMA, "epoch": epoch + 1, "config": config.to_dict(),
-                                       "pc": pc.state_dict(), "elapsed_s": elapsed, "final": final,
+                                       "pc": pc.state_dict(), "elapsed_s": elapsed, "cpu_s": cpu, "final": final,
                                        "diagnostics": diagnostics,
                                        "latency_target_ms": None if latency is None else latency.target_ms})
-        log({"kind": "time", "epoch": epoch, "epoch_s": time.perf_counter() - t_epoch + 0.0})
+        log({"kind": "time", "epoch": epoch, "epoch_s": time.perf_counter() - t_epoch + 0.0, "cpu_s": cpu})
         dist.barrier()
 
     winner = pc.parent if config.mode == "direct" else pc.child
@@ -322,6 +326,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
         "space": space.to_dict(), "config": config.to_dict(), "alphas": _alphas_record(pc, config.mode),
         "diagnostics": diagnostics,
         "time_s": elapsed_before + time.perf_counter() - t0,
+        "cpu_s": cpu_before + time.process_time() - c0,  # this process's CPU time (the machine may be shared)
     }
     genotype = Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat, search)
     if dist.is_main:

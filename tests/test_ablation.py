@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,30 @@ def test_claim_is_exclusive_and_dies_with_its_holder(ablation, tmp_path):
     taken.close()
 
 
-def test_ordering_note(ablation):
-    table = [{"row": r, "test_accuracy_mean": a} for r, a in
-             (("dcp-ggn", 0.8), ("cp", 0.7), ("random", 0.6), ("direct", 0.85), ("dcp-exact", 0.79))]
+def test_ordering_note_and_paired_intervals(ablation):
+    assert ablation.t_quantile(0.975, 3) == pytest.approx(3.182446, abs=1e-5)  # tables of Student's t
+    assert ablation.t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-3)
+    d = ablation.paired_difference({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.6, 2: 0.6, 3: 0.9})
+    assert d["n"] == 3 and d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(0.2 / 3)
+    diffs = [0.1, 0.0, 0.1]
+    half = ablation.t_quantile(0.975, 2) * statistics.stdev(diffs) / 3 ** 0.5
+    assert d["ci95"] == pytest.approx([0.2 / 3 - half, 0.2 / 3 + half])
+    assert ablation.paired_difference({0: 0.5}, {0: 0.4})["ci95"] is None
+
+    def row(name, acc, ci):
+        return {"row": name, "test_accuracy_mean": acc,
+                "test_accuracy_paired_vs_dcp": {"n": 4, "mean": sum(ci) / 2, "ci95": ci}}
+
+    table = [{"row": "dcp", "test_accuracy_mean": 0.8}, row("cp", 0.7, [-0.15, -0.05]),
+             row("direct", 0.65, [-0.2, 0.02]), row("random", 0.6, [-0.3, -0.1])]
     note = ablation.ordering_note(table)
-    assert "dcp-ggn > cp > random: held" in note and "did not beat the direct" in note and "+1.00 points" in note
+    assert "dcp > cp > direct > random in the means: held" in note
+    assert "cp - dcp: -10.00 points [-15.00, -5.00] (dcp better)" in note and "(not separated)" in note
     table[1]["test_accuracy_mean"] = 0.9
     assert "did not hold" in ablation.ordering_note(table)
 
 
-TINY = ["--rows", "random", "--seeds", "0", "1", "--train-epochs", "1", "--train-subset", "200",
+TINY = ["--rows", "random", "--seeds", "0", "1", "--train-seeds", "0", "--train-epochs", "1", "--train-subset", "200",
         "--test-subset", "100", "--cells", "2", "--channels", "4", "--data", "embedded", "--threads", "1", "--quiet"]
 
 
@@ -66,9 +81,10 @@ def test_tiny_run_resumes_and_reports(ablation, tmp_path):
     report = json.loads((out / "ablation.json").read_text())
     row = report["rows"][0]
     assert row["row"] == "random" and row["n"] == 2 and 0.0 <= row["test_accuracy_mean"] <= 1.0
-    assert row["test_accuracies"] == [p["test_accuracy"] for p in report["pieces"]]
+    assert list(row["test_accuracy"].values()) == [p["test_accuracy"] for p in report["pieces"]]
+    assert all(p["binary_convs"] > 0 and p["search_val_accuracy"] is None for p in report["pieces"])
     md = (out / "ablation.md").read_text()
-    assert "| random genotype | 2 |" in md and "--max-pieces" not in md.split("Command:")[1].splitlines()[0]
+    assert "| random genotype | 2 |" in md and "paired" in md and "--max-pieces" not in md.split("Command:")[1].splitlines()[0]
     changed = [a if a != "200" else "300" for a in TINY]
     assert ablation.main(["-o", str(out), *changed]) == 1  # another budget in the same folder is refused
 
