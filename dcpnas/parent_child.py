@@ -191,6 +191,7 @@ class ParentChild:
         with frozen_bn_stats(self.parent):
             _, g = self.parent_arch_grad(x, y)
         self.g_parent = self.dist.all_mean(g)
+        self.hvp_cache = None  # a new tangent (and new alphas): the next child arch step refreshes M v
 
     # -- child -----------------------------------------------------------------------------------------
     def child_weight_step(self, x, y) -> dict:
