@@ -102,6 +102,9 @@ def search_cmd(
     diagnostics = s.get("diagnostics") or []
     if diagnostics:
         console.print("epoch  acc child parent  flipped  tangent  psi/opt P     C  entropy n     r", highlight=False)
+        console.print("  (acc: fixed held-out set; flipped: Child binary weight signs; tangent: ||2 lambda H v|| / "
+                      "||g_C||; psi/opt: backtrack / optimiser step; entropy of softmax(alpha) / uniform)",
+                      highlight=False, style="dim")
     for d in diagnostics:
         console.print(f"{d['epoch'] + 1:>5}  {_fmt(d['child_val_acc'], '9.3f')} {_fmt(d['parent_val_acc'], '6.3f')}  "
                       f"{_fmt(d['sign_flip_fraction'], '7.4f')}  {_fmt(d['tangent_ratio'], '7.3f')}  "
