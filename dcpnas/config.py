@@ -5,8 +5,13 @@ The used config is written beside the results as config.toml (`SearchConfig.save
 
 Budgets (the default is sized for a 2-core CPU: see README / the `default` entry of BUDGETS):
   default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
-           images (1000 weight / 1000 architecture), batch 32, 4 epochs x 12 steps, the first epoch weights
-           only. Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
+           images (1000 weight / 1000 architecture), batch 64, 4 epochs x 12 steps, the first epoch weights
+           only; val accuracies on 1000 held-out test images. Small on purpose: the supernet is op-count
+           bound on CPU (~2000 kernels per forward).
+           Scaling defaults (METHOD.md "Scaling", issue 12): mu = 20 on L_R per binary weight (Child signs
+           keep flipping: benchmarks/scaling.py), lam = 0.5 as a fraction of ||g_C||, psi_init = 1 with a
+           normalised psi step (backtrack measured 0.57x the Adam step), arch_lr 5e-2 (a short search: 36 steps),
+           curvature refreshed every 4 child arch steps, the Child initialised from the Parent.
   smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
 """
