@@ -99,7 +99,7 @@ def test_interrupted_and_resumed_search_is_bit_identical(cli_run, tmp_path):
     assert sum(r["kind"] == "epoch" for r in lines) == 4  # the partial epoch's lines were dropped
 
     with pytest.raises(ConfigError, match="lam"):
-        run_search(config.replace(lam=0.5), tmp_path, resume=True)
+        run_search(config.replace(lam=config.lam / 2), tmp_path, resume=True)
 
 
 @pytest.mark.parametrize("overrides", [

@@ -128,3 +128,4 @@ def test_alpha_entropy_is_a_fraction_of_uniform():
     assert alpha_entropy(torch.zeros(3, 8)) == pytest.approx(1.0)
     peaked = torch.tensor([[20.0, 0, 0, 0]])
     assert alpha_entropy(peaked) < 1e-6
+
