@@ -25,6 +25,18 @@ def umask() -> int:
     return old
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """mkdir -p `path`; a file in the way, a read-only or virtual parent raise ArtifactError naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+        raise ArtifactError(f"{path}: cannot create the output folder ({why})") from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to `path` so that a reader never sees a half-written file. The file gets the mode a
     plain open() would give it (0666 less the umask), not mkstemp's private 0600. A path that cannot be

@@ -29,7 +29,7 @@ from dcpnas.data import load_dataset
 from dcpnas.distributed import DistContext
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError, LutError
 from dcpnas.genotype import Genotype
-from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text
+from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from dcpnas.latency import LatencyLookup, genotype_latency
 from dcpnas.parent_child import LatencyTerm, ParentChild, alpha_entropy, binary_signs
 from dcpnas.progress import ProgressFn, no_progress
@@ -205,13 +205,14 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
     t0, c0 = time.perf_counter(), time.process_time()
     if not resume:
         _refuse_earlier_run(out_dir)
+    if dist.is_main:
+        make_folder(out_dir)  # before the data: a bad -o fails at once
     table, lut_info = _resolve_table(config, table)
     data = prepare_data(config, device)
     space: SearchSpace = config.space(data.input_shape, data.num_classes)
     metrics_path = out_dir / "metrics.jsonl"
     checkpoint = _latest_checkpoint(out_dir) if resume else None
     if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.toml")
         if checkpoint is None and metrics_path.exists():
             metrics_path.unlink()

@@ -26,7 +26,7 @@ from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
 from dcpnas.config import MAX_CELLS, MAX_CHANNELS, config_from_dict
 from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import Genotype
-from dcpnas.io import atomic_write_text, write_json
+from dcpnas.io import atomic_write_text, make_folder, write_json
 from dcpnas.model import Network
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.space import POLICIES, SearchSpace
@@ -259,8 +259,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     from dcpnas.data import load_dataset
 
     progress = progress or no_progress
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     genotype.validate()
     data = load_dataset(config.data)
     if config.train_subset or config.test_subset:

@@ -507,3 +507,13 @@ def test_cli_options_are_spelled_one_way():
         if name in ("search", "train", "compile", "bench", "tune", "lut build", "lut check"):
             assert set(opts.get("--no-progress", ())) == {"--no-progress", "-q"}, name
     assert "--target-file" not in {o for p in seen["search"].params for o in p.opts}
+
+
+@pytest.mark.parametrize("cmd", [["search", "--budget", "smoke", "-q"], ["train", "DDPNAS_MCN_2", "--epochs", "1", "-q"]])
+def test_search_and_train_output_paths_refused_in_one_line(tmp_path, cmd):
+    (tmp_path / "a_file").write_text("x")
+    for out, why in {tmp_path / "a_file": "is a file", tmp_path / "a_file" / "sub": "is a file",
+                     Path("/proc/dcpnas-run"): "cannot create the output folder"}.items():
+        r, text = cli(*cmd, "-o", out)
+        assert_one_error_line(r, text, contains=why)
+    assert (tmp_path / "a_file").read_text() == "x"
