@@ -17,12 +17,12 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def targets_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout."),
-    target_file: Optional[list[str]] = typer.Option(None, "--target-file", help="Also show a user's target TOML file."),
+    extra: Optional[list[str]] = typer.Option(None, "--target", "-t", help="Also show this target .toml file (repeatable)."),
 ) -> None:
     """List targets: name, arch, threads, RPC key and LUT state (measured on what device, when, entries / modeled / missing)."""
-    from dcpnas.targets import describe, list_targets, load_target_file
+    from dcpnas.targets import describe, get_target, list_targets
 
-    targets = list_targets() + [load_target_file(p) for p in (target_file or [])]
+    targets = list_targets() + [get_target(p) for p in (extra or [])]
     rows = [describe(t) for t in targets]
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
