@@ -121,7 +121,8 @@ class StagedFolder:
     """
 
     def __init__(self, out: str | Path):
-        self.out = Path(out)
+        out = Path(out)
+        self.out = out.resolve() if out.name in ("", ".", "..") else out  # `-o .` has no name to swap
         self.path: Path | None = None
 
     def __enter__(self) -> "StagedFolder":
