@@ -108,23 +108,9 @@ def build_onnx_model(model, target, lib_path: Path) -> Built:
         raise
     except Exception as e:  # TVM's own errors: keep one line
         raise CompileError(f"TVM build for {target.name} failed: {str(e).strip().splitlines()[-1][:300]}") from None
-    lib_path = Path(lib_path)
-    lib_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = lib_path.with_name(f".{lib_path.name}.tmp.so")
-    kw = {}
-    if target.cross_compiler:
-        import shutil
+    from dcpnas.compiler.kernels.targets import export_library
 
-        if shutil.which(target.cross_compiler) is None:
-            raise CompileError(f"cross compiler {target.cross_compiler!r} for {target.name} is not installed "
-                               f"(scripts/install_system_deps.sh installs it)")
-        kw["fcompile"] = tvm.support.cc.cross_compiler(target.cross_compiler)
-    try:
-        ex.export_library(str(tmp), **kw)
-        tmp.replace(lib_path)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise CompileError(f"export_library for {target.name} failed: {str(e).strip().splitlines()[-1][:300]}") from None
+    lib_path = Path(export_library(ex, lib_path, target.cross_compiler, target.name))
     return Built(lib_path, imported, t1 - t0, time.perf_counter() - t1)
 
 

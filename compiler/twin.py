@@ -121,13 +121,7 @@ def kernels_library(model, target, path: Path) -> Path:
     funcs = {gv.name_hint: f.with_attr("global_symbol", gv.name_hint)
              for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     ex = tvm.compile(tvm.IRModule(funcs), target=tvm_target(target))
-    kw = {}
-    if target.cross_compiler:
-        kw["fcompile"] = tvm.support.cc.cross_compiler(target.cross_compiler)
-    tmp = path.with_name(f".{path.name}.tmp.so")
-    try:
-        ex.export_library(str(tmp), **kw)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from dcpnas.compiler.kernels.targets import export_library
+
+    export_library(ex, path, target.cross_compiler, target.name)
     return path

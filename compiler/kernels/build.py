@@ -43,13 +43,9 @@ class BinaryConvModule:
     def export(self, path, cross_compiler: str | None = None) -> str:
         """Write the compiled module as a shared library (for `remote.upload` over TVM RPC, or qemu);
         cross_compiler: e.g. "aarch64-linux-gnu-gcc" for an aarch64 target. Returns the path."""
-        kw = {}
-        if cross_compiler:
-            from tvm.support import cc
+        from .targets import export_library
 
-            kw["fcompile"] = cc.cross_compiler(cross_compiler)
-        self.executable.export_library(str(path), **kw)
-        return str(path)
+        return export_library(self.executable, path, cross_compiler, "one kernel")
 
     def runtime(self):
         """The module loaded in this process (CPU targets of this machine only)."""

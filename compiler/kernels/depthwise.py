@@ -211,13 +211,9 @@ class Pm1ConvModule:
 
     def export(self, path, cross_compiler: str | None = None) -> str:
         """Write the compiled module as a shared library (e.g. cross_compiler="aarch64-linux-gnu-gcc")."""
-        kw = {}
-        if cross_compiler:
-            from tvm.support import cc
+        from .targets import export_library
 
-            kw["fcompile"] = cc.cross_compiler(cross_compiler)
-        self.executable.export_library(str(path), **kw)
-        return str(path)
+        return export_library(self.executable, path, cross_compiler, "one kernel")
 
     def device(self):
         return tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu()

@@ -69,3 +69,31 @@ def word_bits(target: Any, c_out_per_group: int) -> int:
     if c_out_per_group % 16 == 0 and family(target) == "x86" and not has_avx512_popcount(target):
         return 8
     return 32
+
+
+def export_library(executable, path, cross_compiler: str | None = None, what: str = "library") -> str:
+    """Write a compiled TVM module (Executable) as a shared library at `path`, atomically (a temporary
+    file swapped in); cross_compiler: e.g. "aarch64-linux-gnu-gcc" for an aarch64 target (must be
+    installed). CompileError in one line on failure. Returns the path."""
+    import shutil
+    from pathlib import Path
+
+    from dcpnas.errors import CompileError
+
+    kw = {}
+    if cross_compiler:
+        if shutil.which(cross_compiler) is None:
+            raise CompileError(f"cross compiler {cross_compiler!r} for {what} is not installed "
+                               f"(scripts/install_system_deps.sh installs it)")
+        kw["fcompile"] = tvm.support.cc.cross_compiler(cross_compiler)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.so")
+    try:
+        executable.export_library(str(tmp), **kw)
+        tmp.replace(path)
+    except Exception as e:
+        raise CompileError(f"export_library for {what} failed: {str(e).strip().splitlines()[-1][:300]}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
