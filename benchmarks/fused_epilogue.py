@@ -23,7 +23,8 @@ def build(case, fused: bool):
     import tvm
     from tvm import relax
 
-    from dcpnas.compiler.float_schedule import CpuSched, elementwise
+    from dcpnas.compiler.float_schedule import elementwise
+    from dcpnas.compiler.kernels.targets import cpu_params
     from dcpnas.compiler.kernels import BinaryConvAttrs, emit_binary_conv2d, pack_weights
 
     c, co, h, k, g = case
@@ -40,7 +41,7 @@ def build(case, fused: bool):
                                    in_shift=np.zeros(c, np.float32), prelu=vec[2], residual=[rv] if fused else [])
             if not fused:
                 s = (1, co, h, h)
-                f = elementwise([s, s], lambda t, i: t[0][i] + t[1][i], s, name="add", cpu=CpuSched(lanes=16))
+                f = elementwise([s, s], lambda t, i: t[0][i] + t[1][i], s, name="add", cpu=cpu_params(TARGET))
                 y = bb.emit(relax.call_tir(bb.add_func(f, "add"), [y, rv], relax.TensorType(s, "float32")))
             out = bb.emit_output(y)
         bb.emit_func_output(out)

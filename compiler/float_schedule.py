@@ -1,6 +1,6 @@
 """Float ops of the network as TE computes (NCHW, static shapes) with hand CPU schedules (tvm.s_tir.Schedule).
 
-Every function returns a PrimFunc whose parameters are (inputs..., output). With `cpu` (a CpuSched) the
+Every function returns a PrimFunc whose parameters are (inputs..., output). With `cpu` (a CpuParams) the
 PrimFunc is scheduled (parallel + vectorised) and carries `tir.is_scheduled`; with cpu=None it is left
 for the GPU pipeline (dlight) to schedule. The ONNX Runtime tests in tests/test_import.py are the
 references of these computes (one test per op converter).
@@ -11,19 +11,11 @@ per-output-channel epilogue (scale, bias = folded BatchNorm after the conv, PReL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-
-@dataclass(frozen=True)
-class CpuSched:
-    """lanes: float32 lanes of a vector register; min_parallel: elements below which a loop stays serial."""
-
-    lanes: int = 16
-    min_parallel: int = 4096
+from dcpnas.compiler.kernels.schedule_cpu import CpuParams
 
 
 def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
@@ -31,7 +23,7 @@ def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
     return func.with_attr("tir.is_scheduled", True) if scheduled else func
 
 
-def _elementwise(sch: Schedule, block, cpu: CpuSched, parallel_min: int | None = None):
+def _elementwise(sch: Schedule, block, cpu: CpuParams, parallel_min: int | None = None):
     """Spatial block: the last two loops (H, W of NCHW) fused and vectorised by a divisor of their extent
     (per-channel operands then stay scalar broadcasts), the outer loops fused and parallel when large."""
     loops = sch.get_loops(block)
@@ -48,7 +40,7 @@ def _elementwise(sch: Schedule, block, cpu: CpuSched, parallel_min: int | None =
             sch.parallel(outer)
 
 
-def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu: CpuSched | None,
+def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu: CpuParams | None,
                 in_affine=False, bias=False, prelu=False, residual=False) -> tirx.PrimFunc:
     """PrimFunc(x[N,C,H,W], w[Co,C/g,kh,kw], [in_scale[C], in_shift[C]], [scale[Co], bias[Co]], [slope[Co]],
     [res[N,Co,OH,OW]], out[N,Co,OH,OW]): out = ep(conv(pad0(x*in_scale+in_shift), w)), ep(v) = prelu(v*scale+bias)+res.

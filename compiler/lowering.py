@@ -10,6 +10,7 @@ import onnx
 from tvm import relax, tirx
 
 from dcpnas.compiler import float_schedule as fs
+from dcpnas.compiler.kernels.schedule_cpu import CpuParams
 from dcpnas.compiler.graph import Layer, bn_affine
 from dcpnas.compiler.graph import attrs as _attrs
 from dcpnas.compiler.graph import func_name as _func_name
@@ -21,7 +22,7 @@ def _shape(e) -> tuple[int, ...]:
     return tuple(int(v) for v in e.ty.shape)
 
 
-def cpu_sched(target: Any) -> fs.CpuSched | None:
+def cpu_sched(target: Any) -> CpuParams | None:
     """Vector lanes of a CPU target dict; None for CUDA (dlight schedules there)."""
     from dcpnas.compiler.kernels import family
     from dcpnas.compiler.kernels.targets import cpu_params
@@ -29,7 +30,7 @@ def cpu_sched(target: Any) -> fs.CpuSched | None:
     fam = family(target)
     if fam == "cuda":
         return None
-    return fs.CpuSched(lanes=cpu_params(target).lanes)
+    return cpu_params(target)
 
 
 class Lowering:

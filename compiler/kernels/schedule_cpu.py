@@ -19,12 +19,15 @@ from .binary_conv import ConvGeometry
 
 @dataclass(frozen=True)
 class CpuParams:
-    """lanes: uint32 lanes of one vector register; regs: accumulator registers the tile may use."""
+    """The CPU schedule parameters of a target (kernels and the float ops of float_schedule alike):
+    lanes: 32-bit lanes of one vector register; regs: accumulator registers a tile may use;
+    min_parallel: elements below which an elementwise loop stays serial."""
 
     lanes: int
     regs: int
     max_xt: int = 14
     bytes_xt: int = 2  # pixels per tile of the byte-word kernel (32 output channels each)
+    min_parallel: int = 4096
 
 
 def _largest_divisor(n: int, cap: int) -> int:
