@@ -207,7 +207,7 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
             progress("bench", 4, steps)
         threads = s.threads
     lut_pred, lut_info = _lut_column(art, target, threads)
-    layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"])
+    layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"]) if per_layer else []
     binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
     ms = {k: t.median_ms for k, t in timings.items()}
     tb = ms["binary"]
