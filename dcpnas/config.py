@@ -10,7 +10,8 @@ Budgets (the default is sized for a 2-core CPU: see README / the `default` entry
            bound on CPU (~2000 kernels per forward).
            Scaling defaults (METHOD.md "Scaling", issue 12): mu = 20 on L_R per binary weight (Child signs
            keep flipping: benchmarks/scaling.py), lam = 0.5 as a fraction of ||g_C||, psi_init = 1 with a
-           normalised psi step (backtrack measured 0.57x the Adam step), arch_lr 5e-2 (a short search: 36 steps),
+           normalised psi step, the backtrack capped at 1x the Adam step (uncapped it ran away: 0.57x -> 4.3x),
+           arch_lr 5e-2 (a short search: 36 steps),
            curvature refreshed every 4 child arch steps, the Child initialised from the Parent.
   smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
@@ -87,6 +88,7 @@ class SearchConfig:
     eta: float = 0.1
     eta_psi: float = 5e-2  # psi's step per update (normalised, architect.py)
     psi_init: float = 1.0
+    psi_max_ratio: float = 1.0  # backtrack <= this x the Adam step per update (0 = no cap; architect.py)
     tau: float = 0.5
     # hardware awareness
     target: str | None = None
@@ -110,7 +112,7 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lam", "mu", "warmup_epochs", "steps_per_epoch", "n_train", "n_eval", "image_size",
                      "threads", "eval_batches", "weight_decay", "arch_weight_decay", "latency_gamma",
-                     "latency_beta", "psi_init", "bn_calibration"):
+                     "latency_beta", "psi_init", "psi_max_ratio", "bn_calibration"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ("parent_lr", "child_lr", "arch_lr", "eta", "eta_psi"):

@@ -125,7 +125,8 @@ class ParentChild:
         self.c_opt = torch.optim.Adam(self.child.weight_parameters(), lr=config.child_lr,
                                       weight_decay=config.weight_decay)
         arch_kw = dict(lr=config.arch_lr, weight_decay=config.arch_weight_decay, decoupled=config.decoupled,
-                       eta=config.eta, eta_psi=config.eta_psi, tau=config.tau, psi_init=config.psi_init)
+                       eta=config.eta, eta_psi=config.eta_psi, tau=config.tau, psi_init=config.psi_init,
+                       psi_max_ratio=config.psi_max_ratio or None)
         self.p_arch = Architect(self.parent.arch_parameters(), norms_fn=lambda: op_weight_norms(self.parent), **arch_kw)
         self.c_arch = Architect(self.child.arch_parameters(), norms_fn=lambda: op_weight_norms(self.child), **arch_kw)
         self.estimator = make_estimator(config.curvature)

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from dcpnas.architect import Architect, op_weight_norm, op_weight_norms, top_tau_mask
@@ -100,3 +101,15 @@ def test_state_dict_round_trip():
     arch.step([g])
     other.step([g])
     torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0)
+
+
+def test_psi_max_ratio_caps_the_backtrack_at_a_multiple_of_the_optimizer_step():
+    torch.manual_seed(2)
+    ratios = {}
+    for cap in (None, 1.0):
+        a = torch.nn.Parameter(3 * torch.randn(4, 5))  # large alphas: psi * eta * alpha dwarfs the Adam step
+        arch = Architect([a], lr=0.01, weight_decay=0.0, decoupled=True, eta=0.5, psi_init=2.0,
+                         psi_max_ratio=cap, norms_fn=lambda: [torch.rand(4, 5)])
+        ratios[cap] = [arch.step([torch.randn(4, 5)])["psi_step_ratio"] for _ in range(3)]
+    assert min(ratios[None]) > 5  # uncapped it runs away
+    assert max(ratios[1.0]) == pytest.approx(1.0)
