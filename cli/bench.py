@@ -90,6 +90,10 @@ def bench_cmd(
                       f"{report['openvino_binary_kernels']}")
     if report.get("lut_predicted_ms") is not None:
         console.print(f"LUT ({report['lut']}) predicts {report['lut_predicted_ms']:.4f} ms end to end")
+    elif report.get("lut_missing_layers"):
+        miss = report["lut_missing_layers"]
+        console.print(f"LUT ({report['lut']}): no end-to-end prediction, {len(miss)} layers have ops outside "
+                      f"the LUT (e.g. {miss[0]}): it covers the search space's sizes, not this network's")
     elif report.get("lut"):
         console.print(f"LUT: {report['lut']}")
     if report.get("breakdown_ms"):

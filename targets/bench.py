@@ -138,6 +138,7 @@ def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
     pred = {}
     for g, key in art.manifest["op_keys"].items():
         pred[g] = None if key is None or key not in lut else lut.query(key)
+    missing = sorted(g for g, key in art.manifest["op_keys"].items() if key is not None and key not in lut)
     per_cell = float(lut.glue.get("per_cell_ms", 0.0))
     for i in range(space.cells):  # the glue is charged to the pre keys in query(); show it on its own row
         for pre in ("pre0", "pre1"):
@@ -147,7 +148,8 @@ def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
     if pred.get("stem") is not None:
         pred["stem"] -= float(lut.glue.get("call_overhead_ms", 0.0))
     return pred, {"lut": lut.method, "lut_device": lut.device,
-                  "lut_call_overhead_ms": float(lut.glue.get("call_overhead_ms", 0.0))}
+                  "lut_call_overhead_ms": float(lut.glue.get("call_overhead_ms", 0.0)),
+                  "lut_missing_layers": missing}
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
@@ -241,7 +243,11 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
     return report
 
 
-def _lut_total(pred: dict, info: dict) -> float:
+def _lut_total(pred: dict, info: dict) -> float | None:
+    """The LUT's end-to-end prediction; None where some layer's op is not in the LUT (a network larger
+    than the search space the LUT covers): a sum over the layers it does cover would mislead."""
+    if info.get("lut_missing_layers"):
+        return None
     return float(sum(v for v in pred.values() if v is not None) + info.get("lut_call_overhead_ms", 0.0))
 
 

@@ -227,3 +227,12 @@ def test_bench_warns_on_failed_parity(tiny_build, tmp_path):
     res = CliRunner().invoke(app, ["bench", str(copy), "--json", "--repeat", "3", "--no-layers"])
     assert res.exit_code == 0 and "PARITY FAILED" in res.stderr
     json.loads(res.stdout)  # stdout: the JSON alone
+
+
+def test_lut_total_refuses_a_partial_sum():
+    """A network larger than the LUT's search space: no end-to-end prediction from the layers it covers."""
+    from dcpnas.targets.bench import _lut_total
+
+    pred = {"stem": 0.01, "cells.0.pre0": 0.02, "cells.0.glue": None}
+    assert _lut_total(pred, {"lut_call_overhead_ms": 0.001, "lut_missing_layers": []}) == pytest.approx(0.031)
+    assert _lut_total(pred, {"lut_call_overhead_ms": 0.001, "lut_missing_layers": ["cells.1.ops.0"]}) is None
