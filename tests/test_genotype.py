@@ -1,6 +1,7 @@
 """Genotype: JSON and DARTS-string round trips, validation errors, derivation from alphas."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,24 +170,10 @@ def test_from_alphas_bad_shape():
 
 # -- formats from the field (as published; parsed, never run) -----------------------------------------------
 
-AUTHORS_FILE = """from collections import namedtuple
-Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
-
-DDPNAS_MCN_2 = Genotype(
-    normal=[
-        [('sep_conv_5x5', 1), ('max_pool_3x3', 0)],
-        [('dil_conv_3x3', 2), ('skip_connect', 0)],
-        [('sep_conv_3x3', 3), ('avg_pool_3x3', 1)],
-        [('dil_conv_3x3', 4), ('avg_pool_3x3', 3)]
-    ],
-    normal_concat=range(2, 6),
-    reduce=[
-        [('max_pool_3x3', 0), ('sep_conv_3x3', 1)],
-        [('dil_conv_3x3', 1), ('sep_conv_3x3', 0)],
-        [('max_pool_3x3', 1), ('dil_conv_5x5', 2)],
-        [('dil_conv_5x5', 2), ('sep_conv_5x5', 1)]],
-    reduce_concat=range(2, 6))
-"""
+# the authors' genotypes.py as they write it: imports, the namedtuple, then NAME = Genotype(...) entries
+AUTHORS_FILE = ("from collections import namedtuple\n"
+                "Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')\n\n"
+                + (Path(__file__).parent / "data" / "published" / "ddpnas_mcn_2.py").read_text().split("\n", 1)[1])
 
 GDAS_V1 = """Genotype(
   normal=[
@@ -256,7 +243,6 @@ def test_json_file_errors(tmp_path, text, needle):
 
 
 def test_five_published_genotypes_read_as_published():
-    from pathlib import Path
 
     folder = Path(__file__).parent / "data" / "published"
     found = {p.name: load_genotype(p) for p in sorted(folder.iterdir())}
