@@ -243,7 +243,6 @@ def test_json_file_errors(tmp_path, text, needle):
 
 
 def test_five_published_genotypes_read_as_published():
-
     folder = Path(__file__).parent / "data" / "published"
     found = {p.name: load_genotype(p) for p in sorted(folder.iterdir())}
     assert len(found) == 5 and found["ddpnas_mcn_2.py"] == DDPNAS_MCN_2
