@@ -71,10 +71,10 @@ def bench_cmd(
 
     tag = " [magenta](EMULATED: not device speed)[/]" if emulated else ""
     table = Table(title=f"{target.name}, {report['threads']} threads, {report['device']}{tag}")
-    for col in ("layer", "binary/float", "ms 1-bit", "ms float", "speedup", "LUT ms"):
-        table.add_column(col, justify="left" if col in ("layer", "binary/float") else "right")
+    for col in ("layer", "kind", "ms 1-bit", "% of 1-bit", "ms float", "speedup", "LUT ms"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for r in report["layers"]:
-        table.add_row(r["layer"], r["kind"], _ms(r["binary_ms"]), _ms(r["float_ms"]),
+        table.add_row(r["layer"], r["kind"], _ms(r["binary_ms"]), _pct(r.get("share")), _ms(r["float_ms"]),
                       "-" if r["speedup"] is None else f"{r['speedup']:.1f}x", _ms(r["lut_ms"]))
     if report["layers"]:
         console.print(table)
@@ -97,9 +97,8 @@ def bench_cmd(
     elif report.get("lut"):
         console.print(f"LUT: {report['lut']}")
     if report.get("breakdown_ms"):
-        b = report["breakdown_ms"]
-        console.print(f"where the 1-bit time goes: binary conv layers {b['binary_conv_layers']:.4f} ms, other layers "
-                      f"{b['other_layers']:.4f} ms, VM dispatch and glue {b['vm_and_glue']:.4f} ms")
+        for line in breakdown_lines(report):
+            console.print(line)
     if report.get("notes"):
         console.print(report["notes"])
     console.print(f"wrote {js} and {png}")
@@ -107,3 +106,41 @@ def bench_cmd(
 
 def _x(v) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def breakdown_lines(report: dict, top: int = 6) -> list[str]:
+    """Where the 1-bit time goes, in words (Rich markup)."""
+    b = report["breakdown_ms"]
+    if b.get("method") != "in_run":
+        return [f"per layer (PrimFuncs timed alone, hot in cache): binary conv layers {b['binary_conv_layers']:.4f} ms, "
+                f"other layers {b['other_layers']:.4f} ms; no VM dispatch term: times taken alone do not add up "
+                f"to the end to end"]
+    e2e = b["end_to_end"]
+
+    def part(label, v):
+        return f"{label} {v:.4f} ms ({100 * v / e2e:.1f}%)"
+    parts = [part("binary conv layers", b["binary_conv_layers"]), part("other layers", b["other_layers"]),
+             part("VM builtins", b["vm_builtins"])]
+    if b.get("unattributed_kernels"):
+        parts.append(part("kernels no layer lists", b["unattributed_kernels"]))
+    parts.append(part("VM dispatch", b["vm_dispatch"]))
+    calls = b["calls"]
+    lines = [f"[bold]where the 1-bit time goes[/] (timed inside the network's own run; the rows sum to the end to "
+             f"end {e2e:.4f} ms): " + ", ".join(parts),
+             f"  by kernel: " + ", ".join(part(k, v) for k, v in list(b["by_kernel"].items())[:top])
+             + (", ..." if len(b["by_kernel"]) > top else ""),
+             f"  per run: {calls['kernels']} kernel calls, {calls['builtins']} VM builtin calls"
+             + (f", {calls['unattributed']} calls of kernels no layer lists" if calls["unattributed"] else "")
+             + f"; the instrumented run took {100 * b['instrumentation_overhead']:+.1f}% vs the plain one "
+               f"(the timer's cost, between calls: not in the rows)"]
+    if b["scale"] < 1.0:
+        lines.append(f"  in-run times summed to {b['in_run_sum']:.4f} ms, above the end to end: scaled by {b['scale']:.3f}")
+    fb = report.get("float_breakdown_ms") or {}
+    if fb.get("method") == "in_run":
+        lines.append(f"  float TVM twin: layers {fb['binary_conv_layers'] + fb['other_layers']:.4f} ms, VM builtins "
+                     f"{fb['vm_builtins']:.4f} ms, VM dispatch {fb['vm_dispatch']:.4f} ms of {fb['end_to_end']:.4f} ms")
+    return lines

@@ -8,14 +8,33 @@ when it exists; otherwise it is derived from the 1-bit model.onnx and built into
 Timings: end to end, every peer side by side in one process (profiler.interleaved: rounds of one
 sample per peer, order rotating; median and IQR; the same thread count for all; ONNX Runtime and
 OpenVINO on local x86 runs only; `speedup_vs_best_float` = fastest float / 1-bit TVM),
-per layer (every PrimFunc the manifest's `layers` name, timed by name with time_evaluator on
-arguments of the recorded shapes: floats random normal, integers zero, which keeps index tables in
-range; locally from the build's own library, over RPC from `kernels.so`, a plain library of the same
-PrimFuncs, since a remote Relax executable does not expose its kernels by name; these are timed
-alone, hot in cache, so "VM dispatch and glue" = end to end - their sum also holds what the network's
-own run adds to them). Layers are grouped into the network's ops (stem, cells.i.pre0/pre1,
-cells.i.ops.k, cells.i glue, classifier), each shown with its LUT prediction (the OpKeys compile
-recorded in the manifest).
+per layer inside the network's own run: every call the Relax VM makes (each layer's PrimFuncs,
+which the manifest's `layers` name, and the VM's builtins such as alloc_tensor) is timed by a C instrument
+(targets/vmtimer.py; TVM 0.27's VM has no profiler) in extra instrumented peers of the same interleaved
+rounds ("binary_instrumented", "float_tvm_instrumented"); the figures are those of the round whose in-run
+sum is the median (per-call medians would sum low: the host's noise only adds time); each call is attributed to its manifest layer (a kernel shared by several layers: the k-th call to the
+k-th listing, in run order).
+
+The breakdown adds up by construction: binary conv layers + other layers + VM builtins (+ kernels no
+layer lists) + VM dispatch = the plain end to end (`binary_ms`, uninstrumented), where
+VM dispatch = end to end - the sum of the in-run call times: what the interpreter does between calls. It
+is never negative: where the in-run sum exceeds the plain end to end (host noise: the two are medians of
+different samples), every in-run figure is scaled by end to end / in-run sum (`scale` < 1 in the
+breakdown, the raw figures kept as `in_run_ms`) and dispatch is 0. The instrumented run itself is slower
+than the plain one (the instrument's own cost, between calls): `instrumentation_overhead` says by how
+much. The float twin gets the same accounting (`float_breakdown_ms`), so the table compares like with like.
+
+`layers`: one row per network op (stem, cells.i.pre0/pre1, cells.i.ops.k, cells.i glue, classifier), then
+the VM rows (kind "vm": builtins, dispatch, and any kernel no layer lists); the 1-bit column sums to the end
+to end, `share` is each row's fraction of it; each op row shows its LUT prediction (the OpKeys compile
+recorded in the manifest); `breakdown_ms.by_kernel` sums the 1-bit time per kernel family (the project's
+kernels, e.g. dcpnas_binary_pack / _conv / _pm1conv, and the op of every other layer).
+
+Over RPC, for CUDA, and without a C compiler on this host the VM is not instrumented: there the layers' PrimFuncs are timed alone, hot in
+cache, by name with time_evaluator on arguments of the recorded shapes (floats random normal, integers
+zero, which keeps index tables in range), from `kernels.so`, a plain library of the same PrimFuncs (a
+remote Relax executable does not expose its kernels by name); such rows do not add up to the end to end
+and no dispatch term is given (`breakdown_ms.method` = "alone", with a note).
 """
 
 from __future__ import annotations
@@ -27,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcpnas.errors import ArtifactError, DcpnasError
+from dcpnas.errors import ArtifactError, DcpnasError, DeviceError
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.compiler.twin import float_twin, kernels_library
 from dcpnas.targets.profiler import Profiler, interleaved, python_sampler
@@ -117,6 +136,93 @@ def time_layers(sess, lib, layers: list[dict], rng) -> list[dict]:
     return rows
 
 
+# ---- in-run accounting -----------------------------------------------------------------------------
+VM_BUILTIN = "vm."  # the Relax VM's own functions: vm.builtin.alloc_tensor, vm.builtin.reshape, ...
+VM_ROWS = ("vm builtins", "vm dispatch", "unattributed kernels")
+
+
+def attribute_calls(calls: list[str], layers: list[dict]) -> list[int | None]:
+    """Per VM call (symbols in run order): the index of the manifest layer whose PrimFunc it runs, or None
+    (a VM builtin, or a function no layer lists). Identical kernels share one symbol across layers: the
+    k-th call of a symbol goes to its k-th listing in manifest order, the order the network runs them."""
+    from collections import deque
+
+    queues: dict[str, deque] = {}
+    for i, lay in enumerate(layers):
+        for f in lay["funcs"]:
+            queues.setdefault(f["name"], deque()).append(i)
+    return [queues[c].popleft() if queues.get(c) else None for c in calls]
+
+
+def kernel_family(symbol: str, op: str) -> str:
+    """What a layer's kernel is, for `by_kernel`: the project's own kernels by name without the number
+    TVM appends to variants ('dcpnas_binary_pm1conv3' -> 'dcpnas_binary_pm1conv'), every other kernel
+    by its layer's op ('MaxPool')."""
+    return re.sub(r"\d+$", "", symbol) if symbol.startswith("dcpnas_") else op
+
+
+def inrun_accounting(e2e_ms: float, calls: list[str], per_call_ms: list, layers: list[dict]) -> tuple[list[dict], dict]:
+    """(rows, breakdown) of one network from in-run call times (see the module docstring).
+
+    e2e_ms: the plain end to end (median); calls: the VM's calls of one run, in order; per_call_ms: one
+    array per instrumented sample, each call's mean ms in that sample; layers: the manifest's layers.
+    The figures are those of the sample whose in-run sum is the median (the lower middle one of an even
+    count): one sample's calls, each averaged over its runs, consistent with each other.
+    rows: one per layer, `ms` (scaled, see below), `in_run_ms` (measured), `funcs` (calls). breakdown:
+    binary_conv_layers + other_layers + vm_builtins + unattributed_kernels + vm_dispatch = end_to_end,
+    vm_dispatch >= 0; where the in-run sum exceeds e2e_ms every in-run figure is scaled by
+    e2e_ms / in-run sum (`scale`) and dispatch is 0."""
+    if not per_call_ms:
+        raise DeviceError("no instrumented samples to account for")
+    samples = [np.asarray(v, float) for v in per_call_ms]
+    sums = [float(v.sum()) for v in samples]
+    # the sample whose in-run sum is the median: per-call medians would sum to less than the median sum
+    # (the host's noise is skewed: it only ever adds time), which would inflate the dispatch term
+    per = samples[int(np.argsort(sums)[(len(sums) - 1) // 2])]
+    if per.shape != (len(calls),):
+        raise DeviceError(f"internal: {per.shape[0]} call times for {len(calls)} calls")
+    attr = attribute_calls(calls, layers)
+    layer_ms, n_funcs = np.zeros(len(layers)), [0] * len(layers)
+    builtins: dict[str, float] = {}
+    unattributed: dict[str, float] = {}
+    by_kernel: dict[str, float] = {}
+    for c, a, t in zip(calls, attr, per):
+        if a is not None:
+            layer_ms[a] += t
+            n_funcs[a] += 1
+            fam = kernel_family(c, layers[a]["op"])
+            by_kernel[fam] = by_kernel.get(fam, 0.0) + t
+        elif c.startswith(VM_BUILTIN):
+            builtins[c] = builtins.get(c, 0.0) + t
+        else:
+            unattributed[c] = unattributed.get(c, 0.0) + t
+    measured = float(per.sum())
+    scale = min(1.0, e2e_ms / measured) if measured > 0 else 1.0
+    rows = [{"layer": lay["name"], "op": lay["op"], "group": group_of(lay["name"]), "ms": float(layer_ms[i] * scale),
+             "in_run_ms": float(layer_ms[i]), "funcs": n_funcs[i]} for i, lay in enumerate(layers)]
+    binary = sum(r["ms"] for r in rows if r["op"] == "BinaryConv2d")
+    breakdown = {
+        "method": "in_run", "end_to_end": e2e_ms,
+        "binary_conv_layers": binary, "other_layers": sum(r["ms"] for r in rows) - binary,
+        "vm_builtins": sum(builtins.values()) * scale, "unattributed_kernels": sum(unattributed.values()) * scale,
+        "vm_dispatch": max(0.0, e2e_ms - measured * scale),
+        "in_run_sum": measured, "in_run_sums_per_sample": sums, "scale": scale,
+        "calls": {"kernels": sum(n_funcs), "builtins": sum(1 for c, a in zip(calls, attr) if a is None and c.startswith(VM_BUILTIN)),
+                  "unattributed": sum(1 for c, a in zip(calls, attr) if a is None and not c.startswith(VM_BUILTIN))},
+        "by_kernel": {k: v * scale for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])},
+        "vm_builtins_by_name": {k: v * scale for k, v in sorted(builtins.items(), key=lambda kv: -kv[1])},
+        "unattributed_by_name": {k: v * scale for k, v in sorted(unattributed.items(), key=lambda kv: -kv[1])},
+    }
+    return rows, breakdown
+
+
+def alone_accounting(rows: list[dict], note: str) -> dict:
+    """The breakdown of layers timed alone (RPC): no dispatch term, since alone times do not add up."""
+    binary = sum(r["ms"] for r in rows if r["op"] == "BinaryConv2d")
+    return {"method": "alone", "binary_conv_layers": binary, "other_layers": sum(r["ms"] for r in rows) - binary,
+            "vm_builtins": None, "unattributed_kernels": None, "vm_dispatch": None, "note": note}
+
+
 # ---- LUT predictions per group ---------------------------------------------------------------------
 def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
     """({group: predicted ms or None}, info about the LUT): each group's OpKey as `dcpnas compile`
@@ -182,8 +288,17 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
         f_lib, f_layers, f_onnx, f_src, f_dir = float_twin(art, target, progress)
         progress("bench", 0, steps)
         b_mod, f_mod = s.load(art.lib_path), s.load(f_lib)
+        peers = {"binary": s.vm_sampler(b_mod, [x]), "float_tvm": s.vm_sampler(f_mod, [x])}
+        inrun: dict = {}
+        alone_why = None
+        if per_layer:
+            try:
+                inrun = {"binary": s.inrun_sampler(b_mod, [x]), "float_tvm": s.inrun_sampler(f_mod, [x])}
+            except DeviceError as e:
+                alone_why = str(e)
+            peers.update({f"{k}_instrumented": v for k, v in inrun.items()})
         b_kern, f_kern = b_mod, f_mod
-        if per_layer and s.remote is not None:
+        if alone_why and s.remote is not None:
             import onnx as _onnx
 
             progress("kernel libs", 0, 2)
@@ -191,7 +306,6 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
             progress("kernel libs", 1, 2)
             f_kern = s.load(kernels_library(_onnx.load_from_string(f_onnx), target, f_dir / "kernels.so"))
             progress("kernel libs", 2, 2)
-        peers = {"binary": s.vm_sampler(b_mod, [x]), "float_tvm": s.vm_sampler(f_mod, [x])}
         ov_info: dict = {}
         if ort and local_x86:
             peers["float_ort"] = python_sampler(ort_runner(f_onnx, x, s.threads))
@@ -203,15 +317,32 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
         timings = interleaved(peers, warmup=profiler.warmup, rounds=profiler.repeat,
                               min_repeat_ms=profiler.min_repeat_ms)
         progress("bench", 2, steps, binary_ms=timings["binary"].median_ms)
-        b_rows = time_layers(s, b_kern, m["layers"], rng) if per_layer else []
-        f_rows = time_layers(s, f_kern, f_layers, rng) if per_layer else []
+        ms = {k: t.median_ms for k, t in timings.items()}
+        b_rows, f_rows, breakdown, f_breakdown = [], [], None, None
+        if inrun:  # the last `repeat` samples of each instrumented peer are its rounds (warm-up and calibration first)
+            b_rows, breakdown = inrun_accounting(ms["binary"], inrun["binary"].calls,
+                                                 inrun["binary"].per_call_ms[-profiler.repeat:], m["layers"])
+            f_rows, f_breakdown = inrun_accounting(ms["float_tvm"], inrun["float_tvm"].calls,
+                                                   inrun["float_tvm"].per_call_ms[-profiler.repeat:], f_layers)
+            for bd, k in ((breakdown, "binary"), (f_breakdown, "float_tvm")):
+                bd["instrumented_end_to_end"] = ms[f"{k}_instrumented"]
+                bd["instrumentation_overhead"] = ms[f"{k}_instrumented"] / ms[k] - 1.0
+            if breakdown["scale"] < 1.0:
+                notes.append(f"the 1-bit network's in-run call times summed to {breakdown['in_run_sum']:.4f} ms, above "
+                             f"its end to end {ms['binary']:.4f} ms (host noise between samples): per-layer times "
+                             f"scaled by {breakdown['scale']:.3f}, VM dispatch shown as 0")
+        elif per_layer:
+            why = (f"per-layer times are of each layer's PrimFuncs timed alone, hot in cache ({alone_why}): "
+                   f"they do not add up to the end to end, so no VM dispatch term is given")
+            notes.append(why)
+            b_rows = time_layers(s, b_kern, m["layers"], rng)
+            f_rows = time_layers(s, f_kern, f_layers, rng)
+            breakdown, f_breakdown = alone_accounting(b_rows, why), alone_accounting(f_rows, why)
         if per_layer:
             progress("bench", 4, steps)
         threads = s.threads
     lut_pred, lut_info = _lut_column(art, target, threads)
-    layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"]) if per_layer else []
-    binary_layers = sum(r["ms"] for r in b_rows if r["op"] == "BinaryConv2d")
-    ms = {k: t.median_ms for k, t in timings.items()}
+    layers = _group_rows(b_rows, f_rows, lut_pred, m["layers"], breakdown, f_breakdown, ms["binary"]) if per_layer else []
     tb = ms["binary"]
     floats = {k: ms[k] for k in FLOAT_PEERS if k in ms}
     best = min(floats, key=floats.get)
@@ -228,9 +359,7 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
         "speedup_vs_binary_openvino": ms["binary_openvino"] / tb if "binary_openvino" in ms else None,
         "parity_passed": parity.get("passed"), "warnings": warnings, **ov_info,
         "lut_predicted_ms": _lut_total(lut_pred, lut_info) if lut_pred else None, **lut_info,
-        "breakdown_ms": {"binary_conv_layers": binary_layers,
-                         "other_layers": sum(r["ms"] for r in b_rows) - binary_layers,
-                         "vm_and_glue": tb - sum(r["ms"] for r in b_rows)} if per_layer else None,
+        "breakdown_ms": breakdown, "float_breakdown_ms": f_breakdown,
         "timing": {"warmup": profiler.warmup, "rounds": profiler.repeat, "min_repeat_ms": profiler.min_repeat_ms,
                    "statistic": "median of interleaved rounds (every peer sampled once per round, order "
                                 "rotating, one process); iqr = q3 - q1",
@@ -251,7 +380,9 @@ def _lut_total(pred: dict, info: dict) -> float | None:
     return float(sum(v for v in pred.values() if v is not None) + info.get("lut_call_overhead_ms", 0.0))
 
 
-def _group_rows(b_rows, f_rows, lut_pred, layers) -> list[dict]:
+def _group_rows(b_rows, f_rows, lut_pred, layers, breakdown=None, f_breakdown=None, e2e_ms=None) -> list[dict]:
+    """One row per network op, in run order, then (in-run breakdowns) the VM rows: the 1-bit column then
+    sums to the end to end; `share` = a row's fraction of the 1-bit end to end."""
     order = list(dict.fromkeys([group_of(lay["name"]) for lay in layers]))
     out = []
     for g in order:
@@ -263,6 +394,17 @@ def _group_rows(b_rows, f_rows, lut_pred, layers) -> list[dict]:
             lay["op"] == "BinaryConv2d" for lay in layers if group_of(lay["name"]) == g) else "float"
         out.append({"layer": g, "kind": kind, "binary_ms": bms, "float_ms": fms,
                     "speedup": (fms / bms) if bms and fms else None, "lut_ms": lut_pred.get(g)})
+    if breakdown and breakdown.get("method") == "in_run":
+        fb = f_breakdown or {}
+        for name, key in zip(VM_ROWS, ("vm_builtins", "vm_dispatch", "unattributed_kernels")):
+            bms, fms = breakdown.get(key), fb.get(key)
+            if key == "unattributed_kernels" and not bms and not fms:
+                continue
+            out.append({"layer": name, "kind": "vm", "binary_ms": bms, "float_ms": fms,
+                        "speedup": (fms / bms) if bms and fms else None, "lut_ms": None})
+    for r in out:
+        r["share"] = (r["binary_ms"] / e2e_ms) if e2e_ms and r["binary_ms"] is not None and \
+            (breakdown or {}).get("method") == "in_run" else None
     return out
 
 
@@ -283,7 +425,7 @@ def write_outputs(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
 
 
 def render_chart(report: dict) -> bytes:
-    """PNG bytes: per-layer ms (1-bit vs float TVM, log scale) and per-layer speedup."""
+    """PNG bytes: per-layer ms (1-bit vs float TVM, log scale; the VM rows too) and per-layer speedup."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,12 +447,21 @@ def render_chart(report: dict) -> bytes:
     if others:
         title += "\n" + ", ".join(f"{lab} {v:.3f} ms" for lab, v in others)
     title += f"\n1-bit TVM vs best float ({report['best_float']}): {report['speedup_vs_best_float']:.2f}x"
+    bd = report.get("breakdown_ms") or {}
+    if bd.get("method") == "in_run":
+        e2e = bd["end_to_end"]
+        title += ("\n1-bit time, in-run (rows sum to the end to end): " + ", ".join(
+            f"{lab} {100 * bd[k] / e2e:.0f}%" for lab, k in (("binary conv layers", "binary_conv_layers"),
+                                                             ("other layers", "other_layers"),
+                                                             ("VM builtins", "vm_builtins"), ("VM dispatch", "vm_dispatch"))))
+    elif bd.get("method") == "alone":
+        title += "\nper layer: PrimFuncs timed alone (they do not add up to the end to end)"
     if report.get("emulated"):
         title += " (EMULATED: not real device timings)"
     a1.set_title(title)
     a1.legend()
     sp = [r["speedup"] or 0 for r in rows]
-    a2.bar(xs, sp, 0.6, color=["#2ca02c" if r["kind"] == "binary" else "#ff7f0e" for r in rows])
+    a2.bar(xs, sp, 0.6, color=[{"binary": "#2ca02c", "vm": "#7f7f7f"}.get(r["kind"], "#ff7f0e") for r in rows])
     a2.axhline(1.0, color="k", lw=0.8)
     a2.set_ylabel("speedup float / 1-bit")
     a2.set_xticks(xs, names, rotation=90, fontsize=7)

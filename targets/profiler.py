@@ -6,6 +6,7 @@
         mod = s.load("build/net/deploy.so")                        # uploads it when remote
         r = s.time_vm(mod, [x])                                     # Relax VM "main": Timing
         r = s.time_func(mod, "fused_conv", [a, w, out])            # one PrimFunc by name
+        f = s.inrun_sampler(mod, [x])                               # local: every VM call timed in-run
 
 Every timing runs the function `warmup` times, then TVM's time_evaluator (`repeat` samples of
 `number` runs, at least `min_repeat_ms` per sample) with a fixed thread count, and reports the median
@@ -278,6 +279,41 @@ class Session:
                 raise DeviceError(f"timing {func!r} failed on {self.profiler.device_name}: {e}") from None
         return sample
 
+    def vm_calls(self, mod, inputs: Sequence[np.ndarray], func: str = "main") -> list[str]:
+        """The calls one run of the Relax VM function `func` makes, in order: the symbol of each (a
+        PrimFunc's name, or a builtin's such as 'vm.builtin.alloc_tensor'). Local sessions only."""
+        if self.remote is not None:
+            raise DeviceError("the calls of a VM run are recorded on this host only, not over RPC")
+        vm = self.vm(mod)
+        seen: list[str] = []
+
+        def record(_func, symbol, before, _ret, *_args):
+            if before:
+                seen.append(str(symbol))
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        vm.set_instrument(record)
+        try:
+            vm[func](*[self.tensor(a) for a in inputs])
+        except Exception as e:
+            raise DeviceError(f"running {func!r} failed on {self.profiler.device_name}: {e}") from None
+        return seen
+
+    def inrun_sampler(self, mod, inputs: Sequence[np.ndarray], func: str = "main") -> "InRunSampler":
+        """A Sampler of `func` run with the C call timer (targets/vmtimer.py) set as the VM's instrument:
+        each sample also records every call's time inside the run. Local CPU sessions only
+        (DeviceError otherwise, or when the timer cannot be built)."""
+        from dcpnas.targets.vmtimer import call_timer
+
+        if self.remote is not None or self.profiler.target.arch == "cuda":
+            raise DeviceError("in-run timing of a VM's calls runs on a local CPU only")
+        calls = self.vm_calls(mod, inputs, func)
+        timer = call_timer()
+        vm = self.vm(mod)
+        vm.set_instrument(timer.function)
+        return InRunSampler(vm, self.dev, [self.tensor(a) for a in inputs], func, timer, calls,
+                            self.profiler.device_name)
+
     def time_func(self, mod, name: str, args: Sequence) -> Timing:
         """Time one packed function of a loaded module (a PrimFunc by name); `args` numpy or tensors."""
         args = [self.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
@@ -306,6 +342,38 @@ class Session:
 
 # sample(number) -> seconds per run, averaged over `number` back-to-back runs
 Sampler = Callable[[int], float]
+
+
+class InRunSampler:
+    """A Sampler (sample(number) -> seconds per run, TVM's time_evaluator) of a VM whose instrument is the
+    C call timer. Each sample also appends to `per_call_ms` the mean time of every call of the run
+    (ms, in the order of `calls`) over the sample's `number` timed runs: time_evaluator's untimed first
+    run is skipped, so a sample's calls all lie inside its timed window and sum to at most its time."""
+
+    def __init__(self, vm, dev, args, func: str, timer, calls: list[str], device_name: str):
+        self.vm, self.dev, self.args, self.func, self.timer = vm, dev, args, func, timer
+        self.calls = list(calls)
+        self.device_name = device_name
+        self.per_call_ms: list[np.ndarray] = []
+        self.samples_s: list[float] = []
+        self._evs: dict[int, object] = {}
+
+    def __call__(self, number: int) -> float:
+        n = len(self.calls)
+        if number not in self._evs:
+            self._evs[number] = self.vm.time_evaluator(self.func, self.dev, number=number, repeat=1, min_repeat_ms=0)
+        buf = self.timer.start(n, skip=n)  # time_evaluator's first run is untimed: skip its calls
+        try:
+            t = float(self._evs[number](*self.args).results[0])
+        except Exception as e:
+            raise DeviceError(f"timing {self.func!r} (instrumented) failed on {self.device_name}: {e}") from None
+        seen = self.timer.count()
+        if seen != (number + 1) * n:  # a run whose calls vary would misattribute every slot
+            raise DeviceError(f"{self.func!r} made {seen} VM calls in {number + 1} runs, not {n} per run: "
+                              f"its calls are not the same every run, in-run timing cannot attribute them")
+        self.per_call_ms.append(buf / number / 1e6)
+        self.samples_s.append(t)
+        return t
 
 
 def python_sampler(fn: Callable[[], object]) -> Sampler:

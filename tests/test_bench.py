@@ -136,19 +136,65 @@ def test_bench_tiny_local(tiny_build):
     assert s["speedup_vs_best_float"] == pytest.approx(best / s["binary_ms"])
     assert s["speedup_vs_binary_openvino"] == pytest.approx(s["binary_openvino_ms"] / s["binary_ms"])
     assert r["openvino_binary_kernels"] and r["parity_passed"] is True and not r["warnings"]
-    assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm", "float_ort", "float_openvino", "binary_openvino"}
+    assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm", "float_ort", "float_openvino", "binary_openvino",
+                                              "binary_instrumented", "float_tvm_instrumented"}
     assert s["speedup_vs_float_ort"] == pytest.approx(s["float_ort_ms"] / s["binary_ms"])
     assert s["speedup_vs_float_tvm"] == pytest.approx(s["float_tvm_ms"] / s["binary_ms"])
-    groups = [row["layer"] for row in s["layers"]]
+    groups = [row["layer"] for row in s["layers"] if row["kind"] != "vm"]
     assert groups[0] == "stem" and groups[-1] == "classifier" and "cells.0.pre0" in groups
+    assert [row["layer"] for row in s["layers"] if row["kind"] == "vm"] == ["vm builtins", "vm dispatch"]
     assert any(row["kind"] == "binary" and row["binary_ms"] > 0 and row["float_ms"] > 0 for row in s["layers"])
     manifest = json.loads((tiny_build / "manifest.json").read_text())
     assert len(r["layer_detail"]["binary"]) == len(manifest["layers"])  # every layer timed
+    _assert_adds_up(r, manifest)
     assert (tiny_build / "float-twin" / "model.so").is_file()  # the derived float twin was built
     js, png = write_outputs(r, tiny_build / "out")
     assert json.loads(js.read_text())["schema"] == "dcpnas.bench/1"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(s)
+
+
+@pytest.mark.tvm
+def test_bench_breakdown_adds_up(tiny_build):
+    """Issue 11.4 on a small build: the per-layer times (measured inside the network's run) plus the VM rows
+    add up to the plain end to end within 10%, the dispatch term is never negative; the table (`layers`)
+    and the printed lines say so. Only the two TVM peers (no ORT/OpenVINO needed)."""
+    from typer.testing import CliRunner
+
+    from dcpnas.targets.bench import bench
+
+    r = bench(tiny_build, _fast_profiler(), ort=False)
+    assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm", "binary_instrumented", "float_tvm_instrumented"}
+    _assert_adds_up(r, json.loads((tiny_build / "manifest.json").read_text()))
+    res = CliRunner().invoke(cli_app(), ["bench", str(tiny_build), "--repeat", "3", "--min-repeat-ms", "1", "-q",
+                                         "--out", str(tiny_build / "out-cli")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "where the 1-bit time goes" in text and "VM dispatch" in text and "vm dispatch" in text
+
+
+def _assert_adds_up(r, manifest):
+    """The 1-bit breakdown of a local bench: in-run, every manifest layer's every kernel call attributed and
+    timed, and the rows (network ops + VM builtins + VM dispatch) adding up to the plain end to end."""
+    b = r["breakdown_ms"]
+    assert b["method"] == "in_run" and b["end_to_end"] == r["binary_ms"]
+    assert b["vm_dispatch"] >= 0 and 0 < b["scale"] <= 1
+    assert b["calls"]["kernels"] == sum(len(lay["funcs"]) for lay in manifest["layers"])
+    assert b["calls"]["unattributed"] == 0 and b["unattributed_kernels"] == 0 and b["calls"]["builtins"] > 0
+    assert all(row["in_run_ms"] > 0 and row["funcs"] == len(lay["funcs"])
+               for row, lay in zip(r["layer_detail"]["binary"], manifest["layers"]))
+    parts = b["binary_conv_layers"] + b["other_layers"] + b["vm_builtins"] + b["unattributed_kernels"]
+    assert parts + b["vm_dispatch"] == pytest.approx(r["binary_ms"], rel=0.10)
+    assert sum(b["by_kernel"].values()) == pytest.approx(b["binary_conv_layers"] + b["other_layers"], rel=1e-9)
+    rows = sum(row["binary_ms"] for row in r["layers"] if row["binary_ms"] is not None)
+    assert rows == pytest.approx(r["binary_ms"], rel=0.10)  # the table's 1-bit column sums to the end to end
+    assert sum(row["share"] for row in r["layers"] if row["share"] is not None) == pytest.approx(1.0, rel=0.10)
+    # the in-run sum of the chosen sample is one of the samples' sums, and below the instrumented end to end
+    # of that sample (its calls lie inside its timed window): checked on the samples themselves
+    assert b["in_run_sum"] in b["in_run_sums_per_sample"]
+    assert b["in_run_sum"] == pytest.approx(sorted(b["in_run_sums_per_sample"])[(len(b["in_run_sums_per_sample"]) - 1) // 2])
+    fb = r["float_breakdown_ms"]
+    assert fb["method"] == "in_run" and fb["vm_dispatch"] >= 0 and fb["end_to_end"] == r["float_tvm_ms"]
 
 
 @pytest.mark.tvm
@@ -191,6 +237,10 @@ def test_bench_through_loopback_rpc(tiny_build):
     assert r["device"] == f"rpc dcpnas-bench-test@{addr}" and r["threads"] == 2
     assert r["binary_ms"] > 0 and r["float_tvm_ms"] > 0 and r["float_ort_ms"] is None
     assert all(row["binary_ms"] is None or row["binary_ms"] > 0 for row in r["layers"])
+    # no in-run timing over RPC: PrimFuncs timed alone, said so, and no dispatch term
+    b = r["breakdown_ms"]
+    assert b["method"] == "alone" and b["vm_dispatch"] is None and "alone" in r["notes"]
+    assert not any(row["kind"] == "vm" for row in r["layers"])
 
 
 def test_newest_build(tmp_path):
@@ -236,3 +286,101 @@ def test_lut_total_refuses_a_partial_sum():
     pred = {"stem": 0.01, "cells.0.pre0": 0.02, "cells.0.glue": None}
     assert _lut_total(pred, {"lut_call_overhead_ms": 0.001, "lut_missing_layers": []}) == pytest.approx(0.031)
     assert _lut_total(pred, {"lut_call_overhead_ms": 0.001, "lut_missing_layers": ["cells.1.ops.0"]}) is None
+
+
+# ---- in-run accounting ---------------------------------------------------------------------------------
+def _layers(*spec):
+    return [{"name": n, "op": op, "funcs": [{"name": f, "args": []} for f in fs]} for n, op, fs in spec]
+
+
+def test_attribute_calls_matches_shared_kernels_in_run_order():
+    """A kernel shared by several layers (TVM deduplicates identical PrimFuncs) goes to its k-th listing on
+    its k-th call; builtins and unknown functions go to no layer."""
+    from dcpnas.targets.bench import attribute_calls
+
+    layers = _layers(("a", "BinaryConv2d", ["pack", "conv"]), ("b", "MaxPool", ["pool"]),
+                     ("c", "BinaryConv2d", ["pack", "conv1"]))
+    calls = ["vm.builtin.alloc_tensor", "pack", "conv", "pool", "vm.builtin.reshape", "pack", "conv1", "mystery", "pack"]
+    assert attribute_calls(calls, layers) == [None, 0, 0, 1, None, 2, 2, None, None]
+
+
+@pytest.mark.parametrize("symbol, op, family", [
+    ("dcpnas_binary_pm1conv3", "BinaryConv2d", "dcpnas_binary_pm1conv"), ("dcpnas_binary_pack", "BinaryConv2d",
+                                                                         "dcpnas_binary_pack"),
+    ("cells_0_ops_1_max_pool", "MaxPool", "MaxPool"), ("stem_conv", "Conv", "Conv"),
+])
+def test_kernel_family(symbol, op, family):
+    from dcpnas.targets.bench import kernel_family
+
+    assert kernel_family(symbol, op) == family
+
+
+def test_inrun_accounting_adds_up_and_never_goes_negative():
+    """Rows + builtins + dispatch = the end to end: dispatch is the remainder when the in-run sum is below
+    it, and 0 with every figure scaled down (the raw ones kept) when host noise puts the sum above it.
+    The figures come from the sample whose in-run sum is the median."""
+    from dcpnas.targets.bench import inrun_accounting
+
+    layers = _layers(("stem.conv", "Conv", ["stem_conv"]),
+                     ("cells.0.pre0.conv", "BinaryConv2d", ["dcpnas_binary_pack", "dcpnas_binary_conv1"]),
+                     ("cells.0.ops.1.max_pool", "MaxPool", ["pool"]))
+    calls = ["vm.builtin.alloc_tensor", "stem_conv", "dcpnas_binary_pack", "dcpnas_binary_conv1", "pool", "mystery"]
+    samples = [np.array([0.01, 0.10, 0.05, 0.20, 0.04, 0.02]),   # sum 0.42: the median
+               np.array([0.01, 0.50, 0.05, 0.20, 0.04, 0.02]),   # sum 0.82 (a loaded sample)
+               np.array([0.01, 0.05, 0.05, 0.10, 0.04, 0.02])]   # sum 0.27
+    rows, b = inrun_accounting(0.60, calls, samples, layers)
+    assert b["in_run_sum"] == pytest.approx(0.42) and b["scale"] == 1.0
+    assert [r["ms"] for r in rows] == pytest.approx([0.10, 0.25, 0.04])
+    assert b["binary_conv_layers"] == pytest.approx(0.25) and b["other_layers"] == pytest.approx(0.14)
+    assert b["vm_builtins"] == pytest.approx(0.01) and b["unattributed_kernels"] == pytest.approx(0.02)
+    assert b["vm_dispatch"] == pytest.approx(0.60 - 0.42)
+    assert b["by_kernel"] == pytest.approx({"dcpnas_binary_conv": 0.20, "Conv": 0.10, "dcpnas_binary_pack": 0.05,
+                                            "MaxPool": 0.04})
+    assert list(b["by_kernel"])[0] == "dcpnas_binary_conv"  # largest first
+    assert b["calls"] == {"kernels": 4, "builtins": 1, "unattributed": 1}
+    total = b["binary_conv_layers"] + b["other_layers"] + b["vm_builtins"] + b["unattributed_kernels"] + b["vm_dispatch"]
+    assert total == pytest.approx(0.60)
+
+    rows, b = inrun_accounting(0.35, calls, samples, layers)  # the in-run sum (0.42) above the end to end
+    assert b["vm_dispatch"] == 0.0 and b["scale"] == pytest.approx(0.35 / 0.42)
+    total = b["binary_conv_layers"] + b["other_layers"] + b["vm_builtins"] + b["unattributed_kernels"] + b["vm_dispatch"]
+    assert total == pytest.approx(0.35)
+    assert [r["in_run_ms"] for r in rows] == pytest.approx([0.10, 0.25, 0.04])  # the measured figures kept
+    with pytest.raises(DeviceError):
+        inrun_accounting(0.35, calls[:-1], samples, layers)
+
+
+@pytest.mark.tvm
+def test_inrun_sampler_times_each_call_inside_the_run():
+    """The C call timer (targets/vmtimer.py) on a Relax function that calls a Python function sleeping a
+    known time: that call's slot holds at least the sleep, every sample's calls sum to at most the sample's
+    time per run (they lie inside its timed window), and the calls are recorded in run order."""
+    import time
+
+    import tvm
+    from tvm.script import relax as R
+
+    nap_s = 0.003
+
+    @tvm.register_global_func("dcpnas_test.nap", override=True)
+    def _nap(x, out):
+        time.sleep(nap_s)
+
+    @tvm.script.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((4,), "float32")):
+            y = R.call_dps_packed("dcpnas_test.nap", (x,), out_ty=R.Tensor((4,), "float32"))
+            z = R.call_dps_packed("dcpnas_test.nap", (y,), out_ty=R.Tensor((4,), "float32"))
+            return z
+
+    ex = tvm.compile(Mod, target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    with _fast_profiler().session() as s:
+        smp = s.inrun_sampler(ex, [np.zeros(4, np.float32)])
+        naps = [i for i, c in enumerate(smp.calls) if c == "dcpnas_test.nap"]
+        assert len(naps) == 2 and all(c.startswith("vm.builtin.") for i, c in enumerate(smp.calls) if i not in naps)
+        per_run = [smp(number) for number in (1, 2)]
+    assert len(smp.per_call_ms) == 2
+    for t, per in zip(per_run, smp.per_call_ms):
+        assert all(per[i] >= nap_s * 1e3 for i in naps)
+        assert per.sum() <= t * 1e3
