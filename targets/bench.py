@@ -11,8 +11,11 @@ OpenVINO on local x86 runs only; `speedup_vs_best_float` = fastest float / 1-bit
 per layer inside the network's own run: every call the Relax VM makes (each layer's PrimFuncs,
 which the manifest's `layers` name, and the VM's builtins such as alloc_tensor) is timed by a C instrument
 (targets/vmtimer.py; TVM 0.27's VM has no profiler) in extra instrumented peers of the same interleaved
-rounds ("binary_instrumented", "float_tvm_instrumented"); the figures are those of the round whose in-run
-sum is the median (per-call medians would sum low: the host's noise only adds time); each call is attributed to its manifest layer (a kernel shared by several layers: the k-th call to the
+rounds ("binary_instrumented", "float_tvm_instrumented"). Their total is the plain end to end x the median
+over the rounds of (in-run sum / plain sample of the same round): a load swing hits both alike and cancels
+in the ratio; each call's figure is its median over the rounds, scaled so that all sum to that total
+(`noise_spread`: a loaded host's preemptions, which per-call medians drop and the end to end holds, spread
+over the calls in proportion to their time). Each call is attributed to its manifest layer (a kernel shared by several layers: the k-th call to the
 k-th listing, in run order).
 
 The breakdown adds up by construction: binary conv layers + other layers + VM builtins (+ kernels no
@@ -49,7 +52,7 @@ import numpy as np
 from dcpnas.errors import ArtifactError, DcpnasError, DeviceError
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.compiler.twin import float_twin, kernels_library
-from dcpnas.targets.profiler import Profiler, interleaved, python_sampler
+from dcpnas.targets.profiler import Profiler, Timing, interleaved_samples, python_sampler
 
 SCHEMA = "dcpnas.bench/1"
 JSON_KEYS = ("target", "threads", "binary_ms", "float_tvm_ms", "float_ort_ms", "float_openvino_ms",
@@ -161,26 +164,41 @@ def kernel_family(symbol: str, op: str) -> str:
     return re.sub(r"\d+$", "", symbol) if symbol.startswith("dcpnas_") else op
 
 
-def inrun_accounting(e2e_ms: float, calls: list[str], per_call_ms: list, layers: list[dict]) -> tuple[list[dict], dict]:
+def inrun_accounting(e2e_ms: float, calls: list[str], per_call_ms: list, layers: list[dict],
+                     plain_ms: list[float] | None = None) -> tuple[list[dict], dict]:
     """(rows, breakdown) of one network from in-run call times (see the module docstring).
 
     e2e_ms: the plain end to end (median); calls: the VM's calls of one run, in order; per_call_ms: one
     array per instrumented sample, each call's mean ms in that sample; layers: the manifest's layers.
-    The figures are those of the sample whose in-run sum is the median (the lower middle one of an even
-    count): one sample's calls, each averaged over its runs, consistent with each other.
+    plain_ms: the plain samples of the same rounds, one per instrumented sample (None: unpaired).
+    The in-run total (`in_run_sum`) is e2e_ms x the median over the rounds of (the round's in-run sum / its
+    plain sample) (`in_run_fraction_per_round`: a load swing hits both samples of a round alike and
+    cancels in the ratio); unpaired, the median of the in-run sums. Each call's figure is its median over
+    the samples times `noise_spread`, which makes them sum to that total (usually >= 1: per-call medians
+    drop the preemptions that a typical sample, and the end to end, holds; they go to the calls in
+    proportion to their time, the odds of a call being hit).
     rows: one per layer, `ms` (scaled, see below), `in_run_ms` (measured), `funcs` (calls). breakdown:
     binary_conv_layers + other_layers + vm_builtins + unattributed_kernels + vm_dispatch = end_to_end,
     vm_dispatch >= 0; where the in-run sum exceeds e2e_ms every in-run figure is scaled by
     e2e_ms / in-run sum (`scale`) and dispatch is 0."""
     if not per_call_ms:
         raise DeviceError("no instrumented samples to account for")
-    samples = [np.asarray(v, float) for v in per_call_ms]
-    sums = [float(v.sum()) for v in samples]
-    # the sample whose in-run sum is the median: per-call medians would sum to less than the median sum
-    # (the host's noise is skewed: it only ever adds time), which would inflate the dispatch term
-    per = samples[int(np.argsort(sums)[(len(sums) - 1) // 2])]
-    if per.shape != (len(calls),):
-        raise DeviceError(f"internal: {per.shape[0]} call times for {len(calls)} calls")
+    samples = np.stack([np.asarray(v, float) for v in per_call_ms])
+    if samples.shape[1] != len(calls):
+        raise DeviceError(f"internal: {samples.shape[1]} call times for {len(calls)} calls")
+    sums = samples.sum(axis=1)
+    ratios = None
+    if plain_ms is not None:
+        plain = np.asarray(plain_ms, float)
+        if plain.shape != sums.shape:
+            raise DeviceError(f"internal: {plain.size} plain samples for {sums.size} instrumented ones")
+        ratios = sums / plain
+        total = e2e_ms * float(np.median(ratios))
+    else:
+        total = float(np.median(sums))
+    med = np.median(samples, axis=0)  # robust: a preemption of the shared host lands on one call of one sample
+    norm = total / float(med.sum()) if med.sum() > 0 else 1.0
+    per = med * norm
     attr = attribute_calls(calls, layers)
     layer_ms, n_funcs = np.zeros(len(layers)), [0] * len(layers)
     builtins: dict[str, float] = {}
@@ -206,7 +224,9 @@ def inrun_accounting(e2e_ms: float, calls: list[str], per_call_ms: list, layers:
         "binary_conv_layers": binary, "other_layers": sum(r["ms"] for r in rows) - binary,
         "vm_builtins": sum(builtins.values()) * scale, "unattributed_kernels": sum(unattributed.values()) * scale,
         "vm_dispatch": max(0.0, e2e_ms - measured * scale),
-        "in_run_sum": measured, "in_run_sums_per_sample": sums, "scale": scale,
+        "in_run_sum": measured, "in_run_sums_per_sample": [float(v) for v in sums], "noise_spread": norm,
+        "in_run_fraction_per_round": None if ratios is None else [float(v) for v in ratios],
+        "scale": scale,
         "calls": {"kernels": sum(n_funcs), "builtins": sum(1 for c, a in zip(calls, attr) if a is None and c.startswith(VM_BUILTIN)),
                   "unattributed": sum(1 for c, a in zip(calls, attr) if a is None and not c.startswith(VM_BUILTIN))},
         "by_kernel": {k: v * scale for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])},
@@ -314,23 +334,26 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
         elif ort:
             notes.append("ONNX Runtime and OpenVINO run on this host only: not timed for an RPC device")
         progress("bench", 1, steps)
-        timings = interleaved(peers, warmup=profiler.warmup, rounds=profiler.repeat,
-                              min_repeat_ms=profiler.min_repeat_ms)
+        raw, number = interleaved_samples(peers, warmup=profiler.warmup, rounds=profiler.repeat,
+                                          min_repeat_ms=profiler.min_repeat_ms)
+        timings = {k: Timing.from_samples(v, number[k]) for k, v in raw.items()}
         progress("bench", 2, steps, binary_ms=timings["binary"].median_ms)
         ms = {k: t.median_ms for k, t in timings.items()}
         b_rows, f_rows, breakdown, f_breakdown = [], [], None, None
         if inrun:  # the last `repeat` samples of each instrumented peer are its rounds (warm-up and calibration first)
             b_rows, breakdown = inrun_accounting(ms["binary"], inrun["binary"].calls,
-                                                 inrun["binary"].per_call_ms[-profiler.repeat:], m["layers"])
+                                                 inrun["binary"].per_call_ms[-profiler.repeat:], m["layers"],
+                                                 [1e3 * v for v in raw["binary"]])
             f_rows, f_breakdown = inrun_accounting(ms["float_tvm"], inrun["float_tvm"].calls,
-                                                   inrun["float_tvm"].per_call_ms[-profiler.repeat:], f_layers)
+                                                   inrun["float_tvm"].per_call_ms[-profiler.repeat:], f_layers,
+                                                   [1e3 * v for v in raw["float_tvm"]])
             for bd, k in ((breakdown, "binary"), (f_breakdown, "float_tvm")):
                 bd["instrumented_end_to_end"] = ms[f"{k}_instrumented"]
                 bd["instrumentation_overhead"] = ms[f"{k}_instrumented"] / ms[k] - 1.0
             if breakdown["scale"] < 1.0:
                 notes.append(f"the 1-bit network's in-run call times summed to {breakdown['in_run_sum']:.4f} ms, above "
-                             f"its end to end {ms['binary']:.4f} ms (host noise between samples): per-layer times "
-                             f"scaled by {breakdown['scale']:.3f}, VM dispatch shown as 0")
+                             f"its end to end {ms['binary']:.4f} ms (host noise, or the instrument slowing the "
+                             f"kernels): per-layer times scaled by {breakdown['scale']:.3f}, VM dispatch shown as 0")
         elif per_layer:
             why = (f"per-layer times are of each layer's PrimFuncs timed alone, hot in cache ({alone_why}): "
                    f"they do not add up to the end to end, so no VM dispatch term is given")

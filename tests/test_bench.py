@@ -189,10 +189,10 @@ def _assert_adds_up(r, manifest):
     rows = sum(row["binary_ms"] for row in r["layers"] if row["binary_ms"] is not None)
     assert rows == pytest.approx(r["binary_ms"], rel=0.10)  # the table's 1-bit column sums to the end to end
     assert sum(row["share"] for row in r["layers"] if row["share"] is not None) == pytest.approx(1.0, rel=0.10)
-    # the in-run sum of the chosen sample is one of the samples' sums, and below the instrumented end to end
-    # of that sample (its calls lie inside its timed window): checked on the samples themselves
-    assert b["in_run_sum"] in b["in_run_sums_per_sample"]
-    assert b["in_run_sum"] == pytest.approx(sorted(b["in_run_sums_per_sample"])[(len(b["in_run_sums_per_sample"]) - 1) // 2])
+    # the in-run total: the end to end x the median over the rounds of in-run sum / plain sample
+    assert len(b["in_run_sums_per_sample"]) == len(b["in_run_fraction_per_round"]) == r["timing"]["rounds"]
+    assert b["in_run_sum"] == pytest.approx(r["binary_ms"] * float(np.median(b["in_run_fraction_per_round"])))
+    assert b["scale"] == pytest.approx(min(1.0, r["binary_ms"] / b["in_run_sum"]))
     fb = r["float_breakdown_ms"]
     assert fb["method"] == "in_run" and fb["vm_dispatch"] >= 0 and fb["end_to_end"] == r["float_tvm_ms"]
 
@@ -318,18 +318,19 @@ def test_kernel_family(symbol, op, family):
 def test_inrun_accounting_adds_up_and_never_goes_negative():
     """Rows + builtins + dispatch = the end to end: dispatch is the remainder when the in-run sum is below
     it, and 0 with every figure scaled down (the raw ones kept) when host noise puts the sum above it.
-    The figures come from the sample whose in-run sum is the median."""
+    Each call's figure: its median over the samples, all scaled to sum to the median in-run sum."""
     from dcpnas.targets.bench import inrun_accounting
 
     layers = _layers(("stem.conv", "Conv", ["stem_conv"]),
                      ("cells.0.pre0.conv", "BinaryConv2d", ["dcpnas_binary_pack", "dcpnas_binary_conv1"]),
                      ("cells.0.ops.1.max_pool", "MaxPool", ["pool"]))
     calls = ["vm.builtin.alloc_tensor", "stem_conv", "dcpnas_binary_pack", "dcpnas_binary_conv1", "pool", "mystery"]
-    samples = [np.array([0.01, 0.10, 0.05, 0.20, 0.04, 0.02]),   # sum 0.42: the median
-               np.array([0.01, 0.50, 0.05, 0.20, 0.04, 0.02]),   # sum 0.82 (a loaded sample)
-               np.array([0.01, 0.05, 0.05, 0.10, 0.04, 0.02])]   # sum 0.27
+    samples = [np.array([0.01, 0.10, 0.05, 0.20, 0.04, 0.02]),   # sum 0.42: the median sum
+               np.array([0.01, 0.10, 0.05, 0.30, 0.04, 0.02]),   # sum 0.52 (preempted in the conv)
+               np.array([0.01, 0.05, 0.05, 0.20, 0.04, 0.02])]   # sum 0.37
+    med = np.array([0.01, 0.10, 0.05, 0.20, 0.04, 0.02])          # per-call medians: sum 0.42 here too
     rows, b = inrun_accounting(0.60, calls, samples, layers)
-    assert b["in_run_sum"] == pytest.approx(0.42) and b["scale"] == 1.0
+    assert b["in_run_sum"] == pytest.approx(0.42) and b["noise_spread"] == pytest.approx(1.0) and b["scale"] == 1.0
     assert [r["ms"] for r in rows] == pytest.approx([0.10, 0.25, 0.04])
     assert b["binary_conv_layers"] == pytest.approx(0.25) and b["other_layers"] == pytest.approx(0.14)
     assert b["vm_builtins"] == pytest.approx(0.01) and b["unattributed_kernels"] == pytest.approx(0.02)
@@ -340,6 +341,21 @@ def test_inrun_accounting_adds_up_and_never_goes_negative():
     assert b["calls"] == {"kernels": 4, "builtins": 1, "unattributed": 1}
     total = b["binary_conv_layers"] + b["other_layers"] + b["vm_builtins"] + b["unattributed_kernels"] + b["vm_dispatch"]
     assert total == pytest.approx(0.60)
+
+    # a loaded host: preemptions in different calls of different samples; per-call medians drop them, the
+    # median sum holds them: spread over the calls in proportion to their time
+    loaded = [med + np.eye(6)[1] * 0.3, med + np.eye(6)[3] * 0.2, med + np.eye(6)[4] * 0.1]  # sums 0.72, 0.62, 0.52
+    rows, b = inrun_accounting(0.90, calls, loaded, layers)
+    assert b["in_run_sum"] == pytest.approx(0.62) and b["noise_spread"] == pytest.approx(0.62 / 0.42)
+    assert [r["in_run_ms"] for r in rows] == pytest.approx([0.10 * 0.62 / 0.42, 0.25 * 0.62 / 0.42, 0.04 * 0.62 / 0.42])
+    assert b["vm_dispatch"] == pytest.approx(0.90 - 0.62)
+
+    # paired with the plain samples of the same rounds: the in-run total is e2e x the median ratio
+    rows, b = inrun_accounting(0.60, calls, samples, layers, plain_ms=[0.60, 0.65, 0.74])  # ratios .7, .8, .5
+    assert b["in_run_fraction_per_round"] == pytest.approx([0.70, 0.80, 0.50])
+    assert b["in_run_sum"] == pytest.approx(0.60 * 0.70) and b["vm_dispatch"] == pytest.approx(0.60 * 0.30)
+    with pytest.raises(DeviceError):
+        inrun_accounting(0.60, calls, samples, layers, plain_ms=[0.60, 0.65])
 
     rows, b = inrun_accounting(0.35, calls, samples, layers)  # the in-run sum (0.42) above the end to end
     assert b["vm_dispatch"] == 0.0 and b["scale"] == pytest.approx(0.35 / 0.42)
