@@ -400,3 +400,21 @@ def test_inrun_sampler_times_each_call_inside_the_run():
     for t, per in zip(per_run, smp.per_call_ms):
         assert all(per[i] >= nap_s * 1e3 for i in naps)
         assert per.sum() <= t * 1e3
+
+
+@pytest.mark.tvm
+def test_bench_without_the_call_timer_falls_back_to_kernels_alone(tiny_build, monkeypatch):
+    """No C compiler (the in-run instrument cannot be built): the layers' kernels are timed alone, the report
+    says so and gives no dispatch term instead of a remainder that would mislead."""
+    from dcpnas.targets import vmtimer
+    from dcpnas.targets.bench import bench
+
+    def no_timer():
+        raise DeviceError("in-run timing needs a C compiler")
+    monkeypatch.setattr(vmtimer, "call_timer", no_timer)
+    r = bench(tiny_build, _fast_profiler(), ort=False)
+    b = r["breakdown_ms"]
+    assert b["method"] == "alone" and b["vm_dispatch"] is None and "C compiler" in r["notes"]
+    assert b["binary_conv_layers"] > 0 and not any(row["kind"] == "vm" for row in r["layers"])
+    assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm"}
+    assert len(r["layer_detail"]["binary"]) == len(json.loads((tiny_build / "manifest.json").read_text())["layers"])
