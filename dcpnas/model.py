@@ -15,7 +15,7 @@ from torch import nn
 
 from dcpnas.errors import ConfigError, GenotypeError
 from dcpnas.genotype import Genotype
-from dcpnas.operations import ConvUnit, FactorizedReduce, make_op
+from dcpnas.operations import ConvUnit, FactorizedReduce, Zero, make_op
 from dcpnas.space import SearchSpace, edge_index
 
 
@@ -93,14 +93,16 @@ class Classifier(nn.Module):
 
 
 class MixedOp(nn.Module):
-    """sum_m w_m * op_m(x) over the candidate ops of one edge."""
+    """sum_m w_m * op_m(x) over the candidate ops of one edge. The `none` op's term w * 0 is left out
+    (the same sum, and the same gradients: d/dw of w * 0 is 0) unless every op is `none`."""
 
     def __init__(self, C: int, stride: int, space: SearchSpace, binary: bool, affine: bool):
         super().__init__()
         self.ops = nn.ModuleList(make_op(p, C, stride, binary, space.policy, affine) for p in space.primitives)
+        self.active = [m for m, op in enumerate(self.ops) if not isinstance(op, Zero)] or [0]
 
     def forward(self, x, weights):
-        return sum(w * op(x) for w, op in zip(weights, self.ops))
+        return sum(weights[m] * self.ops[m](x) for m in self.active)
 
 
 class SearchCell(nn.Module):

@@ -117,6 +117,9 @@ class ParentChild:
             torch.manual_seed(config.seed)
             self.parent = Supernet(space, binary=False).to(device)
             self.child = Supernet(space, binary=True).to(device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.parent.to(memory_format=self.memory_format)
+        self.child.to(memory_format=self.memory_format)
         self.copy_alphas(self.parent, self.child)
         self.dist.broadcast_state(self.parent)
         self.dist.broadcast_state(self.child)
@@ -137,6 +140,10 @@ class ParentChild:
         self.step_count = {"parent": 0, "child": 0}
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the supernets' memory format (a no-op when it already is)."""
+        return x.contiguous(memory_format=self.memory_format)
+
     def _lr(self, base: float, phase: str) -> float:
         """Cosine schedule over the search's steps of that phase, down to 10% of base."""
         t = min(self.step_count[phase], self.total_steps) / self.total_steps
@@ -173,6 +180,7 @@ class ParentChild:
 
     # -- parent ----------------------------------------------------------------------------------------
     def parent_weight_step(self, x, y) -> dict:
+        x = self._input(x)
         logits = self.parent(x)
         loss = F.cross_entropy(logits, y)
         self._weight_update(self.parent, self.p_opt, loss, self.config.parent_lr, "parent")
@@ -180,7 +188,7 @@ class ParentChild:
 
     def parent_arch_grad(self, x, y) -> tuple[float, list[torch.Tensor]]:
         """L_P and g_P = dL_P/dalpha on a (validation) batch."""
-        loss = F.cross_entropy(self.parent(x), y)
+        loss = F.cross_entropy(self.parent(self._input(x)), y)
         return float(loss.detach()), [g.detach() for g in torch.autograd.grad(loss, self.parent.arch_parameters())]
 
     def parent_arch_step(self, x, y) -> dict:
@@ -197,6 +205,7 @@ class ParentChild:
     # -- child -----------------------------------------------------------------------------------------
     def child_weight_step(self, x, y) -> dict:
         """KL to the detached parent + mu * L_R (L_R per binary weight: binary.reconstruction_loss)."""
+        x = self._input(x)
         p = self._parent_probs(x)
         logits = self.child(x)
         kl = kl_to_parent(p, logits)
@@ -216,6 +225,7 @@ class ParentChild:
         rescaled so that ||2 lambda_abs M v|| = lam * ||g_C||, i.e. lambda_abs = lam ||g_C|| / ||2 M v||
         (METHOD.md "Scaling": a fixed lambda made the term ~1e-4 of g_C). Otherwise lambda_abs = lam.
         Metrics: tangent_ratio = ||2 lambda_abs M v|| / ||g_C||, lambda_abs."""
+        x = self._input(x)
         p = self._parent_probs(x)
         alphas = self.child.arch_parameters()
         lam = self.config.effective_lambda
@@ -284,8 +294,9 @@ class ParentChild:
         calib: training images on which the BN running statistics are first re-estimated (exact averages,
         not the momentum trace: after a few dozen steps of a changing supernet that trace is so stale that a
         Parent with 38% train accuracy scored chance in eval mode). The same images on every rank."""
+        x = self._input(x)
         if calib is not None and len(calib):
-            recalibrate_bn(model, calib, batch)
+            recalibrate_bn(model, self._input(calib), batch)
         self.dist.broadcast_state(model, buffers_only=True)
         model.eval()
         correct = 0
