@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,8 @@ def run_search(config: SearchConfig, out_dir: str | Path, *, progress: ProgressF
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif dist.enabled:  # ranks on one machine share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
     # 1-bit nets drive BN/PReLU/Adam values into denormal floats, which are ~100x slower on x86 CPUs
     flush = torch.set_flush_denormal(True)
     try:
