@@ -7,7 +7,7 @@ Budgets (the default is sized for a 2-core CPU: see README / the `default` entry
   default  3 cells (normal, reduce, reduce), 8 channels, Fashion-MNIST resized to 16x16, 2000 search
            images (1000 weight / 1000 architecture), batch 64, 5 epochs x 12 steps, the first epoch weights
            only; val accuracies on 1000 held-out test images; the `authors` binarisation policy (the one
-           `dcpnas train` deploys: real activations into the depthwise convs), NHWC tensors, every core.
+           `dcpnas train` deploys: real activations into the depthwise convs), NHWC tensors, 1 thread.
            Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
            Scaling defaults (METHOD.md "Scaling", issue 12): mu = 20 on L_R per binary weight (Child signs
            keep flipping: benchmarks/scaling.py), lam = 0.5 as a fraction of ||g_C||, psi_init = 1 with a
@@ -100,7 +100,9 @@ class SearchConfig:
     # execution
     device: str = "cpu"
     channels_last: bool = True  # supernets and batches in NHWC: 1.5x faster steps on x86 CPUs (oneDNN)
-    threads: int = 0  # 0: every core (split between ranks under torchrun); 2 threads: 1.2-1.3x a step of 1
+    # 0: every core (split between ranks under torchrun). 1 by default: 2 threads make a step 1.2-1.3x
+    # faster on an idle 2-core host, but ~5x slower when another job holds a core (OpenMP barriers)
+    threads: int = 1
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
