@@ -4,7 +4,9 @@ Same supernet, same batches, same alphas. Each variant runs in interleaved round
 all of them alike); a round is `curvature_every` consecutive architecture steps of the search config, so a
 curvature estimator's time is what the search pays per step: one M v refresh plus curvature_every - 1
 first-order steps that reuse it. `*_refresh_s` is the cost of a step that refreshes M v (curvature_every
-= 1). Ratios are to the first-order step (g_C only, what lambda = 0 costs).
+= 1). Ratios are to the first-order step (g_C only, what lambda = 0 costs). Seconds are this process's CPU
+seconds (time.process_time, all its threads), the median over rounds: on a shared host, other jobs stretch
+wall time but hardly the CPU time a step needs.
 
     python benchmarks/curvature.py --json          # {"first_order_s", "ggn_s", "exact_s", "fisher_s", ...}
     python benchmarks/curvature.py --json --out benchmarks/results/curvature.json
@@ -56,14 +58,15 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for name, pc in variants.items():
             pc.arch_count = 0  # each round starts with a refresh
-            t = time.perf_counter()
+            t = time.process_time()  # this process's CPU seconds: robust to other jobs on a shared host
             for x, y in batches:
                 pc.child_arch_step(x, y)
-            times[name].append((time.perf_counter() - t) / len(batches))
+            times[name].append((time.process_time() - t) / len(batches))
     sec = {f"{k}_s": statistics.median(v) for k, v in times.items()}
     fo = sec["first_order_s"]
     result = {**sec, "ratio_to_first_order": {k[:-2]: v / fo for k, v in sec.items() if k != "first_order_s"},
               "curvature_every": every, "batch_size": bs, "threads": args.threads, "rounds": args.rounds,
+              "clock": "process CPU seconds per architecture step (median over rounds)",
               "space": space.to_dict(), "schema": "dcpnas.bench-curvature/1"}
     if args.out:
         write_json(args.out, result)
