@@ -25,7 +25,7 @@ from tvm.s_tir import Schedule
 
 from .binary_conv import ConvGeometry, input_placeholders
 from .reference import unpack_weights
-from .schedule_cpu import CpuParams, _largest_divisor, _vectorize
+from .schedule_cpu import CpuParams, _largest_divisor, _vectorize, row_tile, rows_per_task, vector_plan
 from .shapes import geometry
 from .shapes import per_channel as _vec
 from .targets import as_target, cpu_params, family
@@ -50,45 +50,58 @@ def pm1_weights(w_bits: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     return np.ascontiguousarray(unpack_weights(np.asarray(w_bits), geo.cg), np.float32)
 
 
-def vector_plan(ow: int, lanes: int) -> tuple[int, int]:
-    """-> (ji, owp): vector width along output columns and the row width computed (owp >= ow, a multiple
-    of ji): whole power-of-two vectors, since LLVM splits a 14- or 7-lane vector into 3 instructions."""
-    ji = min(lanes, 1 << max(0, (ow - 1).bit_length()))
-    return ji, -(-ow // ji) * ji
-
-
 def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None = None,
-                  residual: int = 0) -> tvm.tirx.PrimFunc:
+                  residual: int = 0, full_width: bool = True) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc (parameters: module doc); blocks "sgn", "pmconv", "pmconv_out".
-    owp: columns computed per output row (>= OW; the extra ones read zero signs and are not stored)."""
+    "pmconv" runs along W at stride 1 (full resolution) whatever the conv's stride: a strided conv takes
+    every sw-th column in the epilogue, so that every load of the sign plane is contiguous (strided loads
+    of 16 lanes are 16 scalar loads or a gather, once per tap; this subsampling is once per output).
+    full_width=False: "pmconv" at the conv's stride (one thread per output on CUDA, where loads are scalar).
+    owp: columns computed per output row (>= OW, or (OW-1)*sw+1 with full_width; the extra ones read zero
+    signs and are never stored)."""
     n, co_, (oh, ow) = geo.n, geo.c_out, geo.out_hw
-    owp = ow if owp is None else owp
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    csw = 1 if full_width else sw  # column stride of "pmconv"; the epilogue takes every (sw/csw)-th column
+    owf = (ow - 1) * (sw // csw) + 1
+    owp = owf if owp is None else max(owp, owf)
+    owp = -(-owp // (sw // csw)) * (sw // csw)
     pt, pl, pb, pr = geo.attrs.pads
     cg, cog = geo.cg, geo.cog
     x, s, t, args = input_placeholders(geo, affine)
     one, mone, zero = (tvm.tirx.const(v, "float32") for v in (1.0, -1.0, 0.0))
 
     def sign(i, c, y, xx):
-        v = x[i, c, y - pt, xx - pl]
+        inside = tvm.tirx.all(y >= pt, y < pt + geo.h, xx >= pl, xx < pl + geo.w)
+        # only the load is conditional (a masked vector load); in_scale/in_shift stay scalar broadcasts
+        # (inside the condition they became one gather per vector)
+        v = tvm.tirx.if_then_else(inside, x[i, c, y - pt, xx - pl], zero)
         if affine:
             v = v * s[c] + t[c]  # as pack_compute and the BatchNorm: multiply, then add
-        inside = tvm.tirx.all(y >= pt, y < pt + geo.h, xx >= pl, xx < pl + geo.w)
-        return tvm.tirx.if_then_else(inside, tvm.tirx.Select(v < 0, mone, one), zero)
+        return tvm.tirx.Select(inside, tvm.tirx.Select(v < 0, mone, one), zero)
 
-    wq = max(geo.w + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
+    wq = max(geo.w + pl + pr, (owp - 1) * csw + (kw - 1) * dw + 1)
     sgn = te.compute((geo.n, geo.c_in, geo.h + pt + pb, wq), sign, name="sgn")
     wpm = te.placeholder((co_, cg, kh, kw), "float32", "Wpm")
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-    acc = te.compute((n, co_, oh, owp), lambda i, c, y, xx: te.sum(
-        sgn[i, (c // cog) * cg + rc, y * sh + ry * dh, xx * sw + rx * dw] * wpm[c, rc, ry, rx], axis=[rc, ry, rx]),
-        name="pmconv")
+
+    def tap_sum(i, c, y, col):
+        return te.sum(sgn[i, (c // cog) * cg + rc, y * sh + ry * dh, col * csw + rx * dw] * wpm[c, rc, ry, rx],
+                      axis=[rc, ry, rx])
+
+    sub = sw // csw
+    if sub == 1:
+        acc = te.compute((n, co_, oh, owp), tap_sum, name="pmconv")
+        taken = lambda i, c, y, xx: acc[i, c, y, xx]  # noqa: E731
+    else:  # [.., owp/sub, sub]: same memory as [.., owp]; the epilogue reads phase 0 (an affine access)
+        acc = te.compute((n, co_, oh, owp // sub, sub), lambda i, c, y, q, ph: tap_sum(i, c, y, q * sub + ph),
+                         name="pmconv")
+        taken = lambda i, c, y, xx: acc[i, c, y, xx, 0]  # noqa: E731
     scale = te.placeholder((co_,), "float32", "scale")
     bias = te.placeholder((co_,), "float32", "bias")
     slope = te.placeholder((co_,), "float32", "slope") if prelu else None
 
     def epilogue(i, c, y, xx):
-        o = scale[c] * acc[i, c, y, xx] + bias[c]
+        o = scale[c] * taken(i, c, y, xx) + bias[c]
         if slope is not None:
             o = tvm.tirx.Select(o >= 0, o, o * slope[c])
         for r in res:
@@ -101,40 +114,41 @@ def make_pm1_func(geo: ConvGeometry, affine: bool, prelu: bool, owp: int | None 
     return te.create_prim_func(args)
 
 
-def _rows_per_task(oh: int, blocks: int, min_tasks: int = 8) -> int:
-    """Output rows per parallel task: the whole plane when `blocks` (images x channel blocks) already
-    gives min_tasks, else fewer rows."""
-    return max(d for d in range(1, oh + 1) if oh % d == 0 and (blocks * (oh // d) >= min_tasks or d == 1))
-
-
-def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel_min: int = 16384):
+def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel_min: int = 16384,
+                     row_cap: int = 8):
     """x86 / aarch64: tasks of (image, block of cb output channels of one group, block of rows), parallel
     when the conv has >= parallel_min MACs; each task computes the signs it reads (its group's channels x
-    its rows) into a local buffer, then register tiles of cb output channels x one output row (vectors of
-    ji pixels), taps unrolled; the epilogue is fused into the row's write-back."""
+    its rows) into a local buffer, then register tiles of cb output channels x R output rows (row_tile,
+    at most row_cap) x one row of vectors of ji pixels, taps unrolled; the epilogue is fused into the
+    tile's write-back."""
     co_, (oh, ow) = geo.c_out, geo.out_hw
     kh, kw = geo.attrs.kernel_shape
     sch = Schedule(tvm.IRModule({"main": func}))
     sg, pc, ep = sch.get_sblock("sgn"), sch.get_sblock("pmconv"), sch.get_sblock("pmconv_out")
+    loops = sch.get_loops(pc)
+    if len(loops) == 8:  # strided: [.., q, phase] -> one full-resolution column loop
+        sch.fuse(loops[3], loops[4])
     owp = int(sch.get(sch.get_loops(pc)[3]).extent)
-    ji = vector_plan(ow, cpu.lanes)[0]
+    ji = vector_plan(owp, cpu.lanes)[0]
     ji = ji if owp % ji == 0 else _largest_divisor(owp, cpu.lanes)
     n_jo = owp // ji
     budget = 16 if cpu.lanes >= 16 else 12
     cb = next((b for b in (8, 4, 2, 1) if geo.cog % b == 0 and b * n_jo <= budget), 1)
-    rt = _rows_per_task(oh, geo.n * (co_ // cb))
+    rt = rows_per_task(oh, geo.n * (co_ // cb))
+    r = row_tile(rt, cb * n_jo, budget, row_cap)
     n, c, y, x, rc, ry, rx = sch.get_loops(pc)
     coo, coi = sch.split(c, [None, cb])
-    yo, yi = sch.split(y, [None, rt])
+    yo, yr, yi = sch.split(y, [None, rt // r, r])
     jo, jv = sch.split(x, [n_jo, ji])
-    sch.reorder(n, coo, yo, yi, rc, ry, rx, coi, jo, jv)
+    sch.reorder(n, coo, yo, yr, rc, ry, rx, coi, yi, jo, jv)
     outer = sch.fuse(n, coo, yo)
     macs = geo.n * co_ * oh * ow * geo.cg * kh * kw
     if macs >= parallel_min and int(sch.get(outer).extent) > 1:
         sch.parallel(outer)
-    sch.reverse_compute_at(ep, yi)
-    sch.set_scope(pc, 0, "local")  # the [cb, OW] accumulator tile lives in registers
+    sch.reverse_compute_at(ep, yr)
+    sch.set_scope(pc, 0, "local")  # the [cb, R, OW] accumulator tile lives in registers
     sch.unroll(coi)
+    sch.unroll(yi)
     sch.unroll(jo)
     sch.unroll(ry)
     sch.unroll(rx)
@@ -174,7 +188,7 @@ def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, sched
              residual: int = 0):
     """The ±1 conv PrimFunc, scheduled for `target` (attr tir.is_scheduled) unless schedule=False."""
     if family(target) == "cuda":
-        f = make_pm1_func(geo, affine, prelu, residual=residual)
+        f = make_pm1_func(geo, affine, prelu, residual=residual, full_width=False)
         if not schedule:
             return f
         with as_target(target):
@@ -182,7 +196,8 @@ def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, sched
     cpu = cpu_params(target)
     # padded rows pay off when the sign plane has a border anyway; a 1x1 conv measured 2x slower with them
     kh, kw = geo.attrs.kernel_shape
-    owp = vector_plan(geo.out_hw[1], cpu.lanes)[1] if kh * kw > 1 or any(geo.attrs.pads) else None
+    owf = (geo.out_hw[1] - 1) * geo.attrs.strides[1] + 1
+    owp = vector_plan(owf, cpu.lanes)[1] if kh * kw > 1 or any(geo.attrs.pads) else None
     f = make_pm1_func(geo, affine, prelu, owp, residual)
     return schedule_pm1_cpu(f, geo, cpu) if schedule else f
 

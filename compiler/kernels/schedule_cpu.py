@@ -41,6 +41,26 @@ def _vectorize(sch: Schedule, loop) -> None:
         sch.vectorize(loop)
 
 
+def vector_plan(ow: int, lanes: int) -> tuple[int, int]:
+    """-> (ji, owp): vector width along output columns and the row width computed (owp >= ow, a multiple
+    of ji): whole power-of-two vectors, since LLVM splits a 14- or 7-lane vector into 3 instructions."""
+    ji = min(lanes, 1 << max(0, (ow - 1).bit_length()))
+    return ji, -(-ow // ji) * ji
+
+
+def rows_per_task(oh: int, blocks: int, min_tasks: int = 8) -> int:
+    """Output rows per parallel task: the whole plane when `blocks` (images x channel blocks) already
+    gives min_tasks, else fewer rows."""
+    return max(d for d in range(1, oh + 1) if oh % d == 0 and (blocks * (oh // d) >= min_tasks or d == 1))
+
+
+def row_tile(rows: int, vectors: int, budget: int, cap: int = 8) -> int:
+    """Output rows computed together (a divisor of `rows`): as many as `budget` accumulator registers
+    allow at `vectors` per row, up to `cap`. Rows computed together share the loads of the sign rows
+    they overlap in (a kh-tap conv loads R+kh-1 rows for R outputs instead of R*kh)."""
+    return max(d for d in range(1, min(rows, cap) + 1) if rows % d == 0 and d * vectors <= budget)
+
+
 def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
     """Pick (form, fv, fn, xt): vector width, vectors per tile along channels, pixels per tile."""
     cog, ow = geo.cog, geo.out_hw[1]
