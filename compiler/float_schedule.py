@@ -15,7 +15,7 @@ import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from dcpnas.compiler.kernels.schedule_cpu import CpuParams
+from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, row_tile, rows_per_task, vector_plan
 
 
 def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
@@ -139,22 +139,41 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
                 residual: bool = False) -> tirx.PrimFunc:
     """Max or average pool, NCHW. Average divides by the number of taps inside the image unless
     count_include_pad (then by kh*kw). Max pads with -inf. residual: PrimFunc (x, res, out) adding
-    res [N, C, OH, OW] to the pooled value (an Add after the pool, fused)."""
+    res [N, C, OH, OW] to the pooled value (an Add after the pool, fused).
+
+    With `cpu` the window is reduced at stride 1 along W (block "pool" is [N, C, OH, OWP] or, strided,
+    [N, C, OH, OWP/sw, sw], the same memory) and the output takes every sw-th column: every vector load
+    of the padded plane is contiguous (as the ±1 conv, kernels/depthwise.py)."""
     N, C, H, W = (int(v) for v in x_shape)
     (KH, KW), (sh, sw), (pt, pl, pb, pr) = kernel, strides, pads
     OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1
     x = te.placeholder((N, C, H, W), "float32", "x")
     fill = tirx.const(float("-inf") if kind == "max" else 0.0, "float32")
-    src = te.compute((N, C, H + pt + pb, W + pl + pr), lambda n, c, i, j: tirx.if_then_else(
+    sub = sw if cpu is not None else 1  # columns of "pool" per output column
+    csw = sw // sub                      # column stride of "pool"
+    owp = (OW - 1) * sub + 1
+    if cpu is not None:
+        owp = vector_plan(owp, cpu.lanes)[1] if sub > 1 or KW > 1 else owp
+        owp = -(-owp // sub) * sub
+    wq = max(W + pl + pr, (owp - 1) * csw + KW)
+    src = te.compute((N, C, H + pt + pb, wq), lambda n, c, i, j: tirx.if_then_else(
         tirx.all(i >= pt, i < H + pt, j >= pl, j < W + pl), x[n, c, i - pt, j - pl], fill), name="pad")
     ry, rx = te.reduce_axis((0, KH), "ry"), te.reduce_axis((0, KW), "rx")
     red = te.max if kind == "max" else te.sum
-    acc = te.compute((N, C, OH, OW), lambda n, c, i, j: red(src[n, c, i * sh + ry, j * sw + rx], axis=[ry, rx]),
-                     name="pool")
+
+    def window(n, c, i, col):
+        return red(src[n, c, i * sh + ry, col * csw + rx], axis=[ry, rx])
+
+    if sub == 1:
+        acc = te.compute((N, C, OH, owp), window, name="pool")
+        taken = lambda n, c, i, j: acc[n, c, i, j]  # noqa: E731
+    else:
+        acc = te.compute((N, C, OH, owp // sub, sub), lambda n, c, i, q, ph: window(n, c, i, q * sub + ph), name="pool")
+        taken = lambda n, c, i, j: acc[n, c, i, j, 0]  # noqa: E731
     res = te.placeholder((N, C, OH, OW), "float32", "res") if residual else None
     if kind == "max":
-        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] + res[n, c, i, j] if residual
-                         else acc[n, c, i, j], name="out")
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: taken(n, c, i, j) + res[n, c, i, j] if residual
+                         else taken(n, c, i, j), name="out")
     else:
         def cnt(i, j):
             if count_include_pad:
@@ -163,29 +182,77 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
             hy = tirx.min(y0 + KH, H) - tirx.max(y0, 0)
             wx = tirx.min(x0 + KW, W) - tirx.max(x0, 0)
             return (hy * wx).astype("float32")
-        out = te.compute((N, C, OH, OW), lambda n, c, i, j: acc[n, c, i, j] / cnt(i, j) + res[n, c, i, j]
-                         if residual else acc[n, c, i, j] / cnt(i, j), name="out")
+        out = te.compute((N, C, OH, OW), lambda n, c, i, j: taken(n, c, i, j) / cnt(i, j) + res[n, c, i, j]
+                         if residual else taken(n, c, i, j) / cnt(i, j), name="out")
     func = te.create_prim_func([x] + ([res] if residual else []) + [out])
     if cpu is None:
         return _finish(func, name, False)
     sch = Schedule(tvm.IRModule({"main": func}))
     pool, ob, pad = sch.get_sblock("pool"), sch.get_sblock("out"), sch.get_sblock("pad")
+    loops = sch.get_loops(pool)
+    if len(loops) == 7:  # strided: [.., q, phase] -> one full-resolution column loop
+        sch.fuse(loops[3], loops[4])
     n, c, i, j, r_y, r_x = sch.get_loops(pool)
-    sch.reorder(n, c, i, r_y, r_x, j)
-    outer = sch.fuse(n, c, i)
-    if N * C * OH * OW >= cpu.min_parallel:
+    # tasks: (image, channel, block of rows), each with its padded rows in a buffer of its own; register
+    # tiles of R output rows x the row's vectors (rows of a tile share the loads of the rows they overlap in)
+    ji = vector_plan(owp, cpu.lanes)[0]
+    ji = ji if owp % ji == 0 else _largest_divisor(owp, cpu.lanes)
+    n_jo = owp // ji
+    rt = rows_per_task(OH, N * C)
+    # no row tiles (row_cap 1): measured at the pools of DDPNAS_MCN_2 8x32, tiles of up to 8 rows were no faster
+    # (0.71x vs 0.66x of the old kernel in one run, noise +-0.05) and slower at 7x7
+    r = row_tile(rt, n_jo, 16 if cpu.lanes >= 16 else 12, 1)
+    io, ir, ii = sch.split(i, [None, rt // r, r])
+    jo, jv = sch.split(j, [n_jo, ji])
+    sch.reorder(n, c, io, ir, r_y, r_x, ii, jo, jv)
+    outer = sch.fuse(n, c, io)
+    if N * C * OH * OW >= cpu.min_parallel and int(sch.get(outer).extent) > 1:
         sch.parallel(outer)
-    sch.reverse_compute_at(ob, outer)
-    sch.vectorize(j)
+    sch.reverse_compute_at(ob, ir)
+    sch.set_scope(pool, 0, "local")
+    sch.unroll(ii)
+    sch.unroll(jo)
+    sch.unroll(r_y)
+    sch.unroll(r_x)
+    if ji > 1:
+        sch.vectorize(jv)
     init = sch.decompose_reduction(pool, r_y)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(sch.get_loops(ob)[-1])
-    pn, pc, pi, pj = sch.get_loops(pad)
-    fused = sch.fuse(pn, pc)
-    if N * C * H * W >= cpu.min_parallel:
-        sch.parallel(fused)
-    sch.vectorize(pj)
+    il = sch.get_loops(init)[-1]
+    if int(sch.get(il).extent) > 1:
+        sch.vectorize(il)
+    ol = sch.get_loops(ob)[-1]
+    if int(sch.get(ol).extent) > 1:
+        sch.vectorize(ol)
+    sch.compute_at(pad, outer)
+    pl_ = sch.get_loops(pad)[-1]
+    wp = int(sch.get(pl_).extent)
+    _, v = sch.split(pl_, [None, max(d for d in range(1, min(wp, 4 * cpu.lanes) + 1) if wp % d == 0)])
+    if int(sch.get(v).extent) > 1:
+        sch.vectorize(v)
     return _finish(sch.mod["main"], name, True)
+
+
+def pool2d_reference(x, *, kind, kernel, strides, pads, count_include_pad=False, res=None):
+    """Slow numpy reference of pool2d_nchw (float64 sums, float32 result): max over the taps inside the
+    image (padding never wins), or their sum / (taps inside, or kh*kw with count_include_pad); + res."""
+    import numpy as np
+
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    (KH, KW), (sh, sw), (pt, pl, pb, pr) = kernel, strides, pads
+    OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1
+    out = np.zeros((N, C, OH, OW))
+    for i in range(OH):
+        for j in range(OW):
+            y0, x0 = i * sh - pt, j * sw - pl
+            win = x[:, :, max(y0, 0):min(y0 + KH, H), max(x0, 0):min(x0 + KW, W)]
+            if kind == "max":
+                out[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                out[:, :, i, j] = win.sum(axis=(2, 3)) / (KH * KW if count_include_pad else win.shape[2] * win.shape[3])
+    if res is not None:
+        out = out + np.asarray(res, np.float64)
+    return out.astype(np.float32)
 
 
 def elementwise(shapes, fn, out_shape, *, name, cpu) -> tirx.PrimFunc:
