@@ -80,6 +80,9 @@ CASES = [
     (1, 256, 7, 7, 512, 3, 1, 1, 1, 1),
     (1, 24, 9, 13, 32, 3, 2, 1, 1, 1),
     (1, 32, 5, 5, 16, 1, 1, 1, 1, 1),
+    # unpadded: the pack's tasks are chunks of whole rows of the contiguous plane (2 images, 9x13, 40 channels)
+    (2, 40, 9, 13, 32, 1, 1, 0, 1, 1),
+    (1, 64, 28, 28, 64, 1, 1, 0, 1, 1),
 ]
 
 

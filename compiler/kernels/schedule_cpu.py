@@ -128,17 +128,29 @@ def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams
 
 
 def schedule_pack_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True):
-    """Schedule the pack PrimFunc: rows in parallel, width vectorised, bits unrolled."""
+    """Schedule the pack PrimFunc: bits unrolled, pixels vectorised. Without padding a word's plane is one
+    contiguous run of H*W pixels: tasks are (image, word, chunk of whole rows, at most 4 vectors of pixels where
+    a row fits), not single rows (at 7x7 or 14x14 a row is one part-filled vector, and a task per row costs more than its work).
+    With padding: tasks are rows, the width vectorised."""
     sch = Schedule(tvm.IRModule({"main": func}))
     pk = sch.get_sblock("pack")
     acc = sch.cache_write(pk, 0, "local")
     n, gq, y, x, b = sch.get_loops(pk)
-    wp = geo.packed_shape[3]
-    vw = _largest_divisor(wp, 4 * cpu.lanes)
-    xo, xi = sch.split(x, [None, vw])
-    sch.reorder(n, gq, y, xo, b, xi)
-    outer = sch.fuse(n, gq, y)
-    if parallel:
+    if not any(geo.attrs.pads) and geo.h * geo.w > 1:
+        # whole rows per chunk (the local tile is written back as a rectangle): 7x7 -> 49 pixels, 14x14 -> 28
+        vw = geo.w * max(1, _largest_divisor(geo.h, max(1, 4 * cpu.lanes // geo.w)))
+        p = sch.fuse(y, x)
+        po, xi = sch.split(p, [None, vw])
+        sch.reorder(n, gq, po, b, xi)
+        outer = sch.fuse(n, gq, po)
+        xo = outer
+    else:
+        wp = geo.packed_shape[3]
+        vw = _largest_divisor(wp, 4 * cpu.lanes)
+        xo, xi = sch.split(x, [None, vw])
+        sch.reorder(n, gq, y, xo, b, xi)
+        outer = sch.fuse(n, gq, y)
+    if parallel and int(sch.get(outer).extent) > 1:
         sch.parallel(outer)
     sch.reverse_compute_at(acc, xo)
     sch.unroll(b)
