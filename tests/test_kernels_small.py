@@ -24,7 +24,9 @@ pytestmark = pytest.mark.tvm
 # (8, 16, 24, 130), spatial size (1, 7, 15, 28), kernel, stride and dilation appears; last two: 1x1 Cg > 1
 CASES = [(8, 28, 3, 1, 1, 1, 1), (16, 15, 3, 2, 1, 1, 1), (24, 7, 5, 1, 2, 1, 1), (130, 7, 3, 1, 1, 1, 1),
          (8, 1, 3, 1, 1, 1, 1), (16, 28, 5, 2, 2, 1, 1), (24, 15, 3, 1, 2, 2, 1), (130, 1, 5, 2, 1, 1, 1),
-         (8, 28, 1, 1, 1, 8, 8), (16, 15, 1, 2, 1, 4, 8)]
+         (8, 28, 1, 1, 1, 8, 8), (16, 15, 1, 2, 1, 4, 8),
+         # DDPNAS_MCN_2 8x32 shapes: parallel chunks of several channels, each with one sign buffer (stride 2 too)
+         (64, 14, 5, 1, 2, 1, 1), (64, 28, 3, 2, 1, 1, 1)]
 
 
 def _problem(case, seed):
