@@ -15,7 +15,7 @@ import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, row_tile, rows_per_task, vector_plan
+from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, chunk_tasks, row_tile, rows_per_task, vector_plan
 
 
 def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
@@ -206,8 +206,11 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
     jo, jv = sch.split(j, [n_jo, ji])
     sch.reorder(n, c, io, ir, r_y, r_x, ii, jo, jv)
     outer = sch.fuse(n, c, io)
-    if N * C * OH * OW >= cpu.min_parallel and int(sch.get(outer).extent) > 1:
-        sch.parallel(outer)
+    # parallel chunks of tasks, each padding the rows of all its tasks first (kernels.schedule_cpu.chunk_tasks)
+    pad_w = int(sch.get(sch.get_loops(pad)[-1]).extent)
+    par, outer = chunk_tasks(sch, outer, 4 * ((rt - 1) * sh + KH) * pad_w)
+    if N * C * OH * OW >= cpu.min_parallel and int(sch.get(par).extent) > 1:
+        sch.parallel(par)
     sch.reverse_compute_at(ob, ir)
     sch.set_scope(pool, 0, "local")
     sch.unroll(ii)
@@ -223,7 +226,7 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
     ol = sch.get_loops(ob)[-1]
     if int(sch.get(ol).extent) > 1:
         sch.vectorize(ol)
-    sch.compute_at(pad, outer)
+    sch.compute_at(pad, par)
     pl_ = sch.get_loops(pad)[-1]
     wp = int(sch.get(pl_).extent)
     _, v = sch.split(pl_, [None, max(d for d in range(1, min(wp, 4 * cpu.lanes) + 1) if wp % d == 0)])

@@ -25,7 +25,7 @@ from tvm.s_tir import Schedule
 
 from .binary_conv import ConvGeometry, input_placeholders
 from .reference import unpack_weights
-from .schedule_cpu import CpuParams, _largest_divisor, _vectorize, row_tile, rows_per_task, vector_plan
+from .schedule_cpu import CpuParams, _largest_divisor, _vectorize, chunk_tasks, row_tile, rows_per_task, vector_plan
 from .shapes import geometry
 from .shapes import per_channel as _vec
 from .targets import as_target, cpu_params, family
@@ -36,8 +36,6 @@ from .targets import as_target, cpu_params, family
 # 16->16 14x14 0.0048 vs 0.0045, 32->32 7x7 0.0057 vs 0.0020; dense 3x3 with 2 or 4 input channels
 # 0.021/0.037 vs 0.017/0.019 (XNOR wins).
 SMALL_CG_1X1 = 8
-MIN_CHUNKS = 8  # parallel chunks of tasks of the CPU schedule (load balance on up to 8 threads)
-SIGN_CHUNK_BYTES = 32768  # sign buffer of one chunk
 
 
 def use_pm1_kernel(geo: ConvGeometry) -> bool:
@@ -145,21 +143,10 @@ def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams,
     sch.reorder(n, coo, yo, yr, rc, ry, rx, coi, yi, jo, jv)
     outer = sch.fuse(n, coo, yo)
     macs = geo.n * co_ * oh * ow * geo.cg * kh * kw
-    # Parallel chunks of tasks, each computing the signs of all its tasks first: a sign buffer allocated inside
-    # the parallel loop is a TVMBackendAllocWorkspace + Free per task (23% of a 128-channel 7x7 conv, measured);
-    # per chunk it is a few allocations per call. Chunks: at least MIN_CHUNKS (load balance) and a sign buffer
-    # of at most SIGN_CHUNK_BYTES (it stays in L1/L2).
-    tasks = int(sch.get(outer).extent)
+    # parallel chunks of tasks, each computing the signs of all its tasks first (schedule_cpu.chunk_tasks)
     rows_in = (rt - 1) * geo.attrs.strides[0] + (kh - 1) * geo.attrs.dilations[0] + 1
     sg_width = int(sch.get(sch.get_loops(sg)[-1]).extent)
-    task_bytes = 4 * geo.cg * cb * rows_in * sg_width
-    per = max(d for d in range(1, tasks + 1) if tasks % d == 0
-              and (tasks // d >= MIN_CHUNKS or d == 1) and d * task_bytes <= SIGN_CHUNK_BYTES)
-    sg_at = outer
-    par = outer
-    if per > 1:
-        par, outer = sch.split(outer, [tasks // per, per])
-        sg_at = par
+    par, outer = chunk_tasks(sch, outer, 4 * geo.cg * cb * rows_in * sg_width)
     if macs >= parallel_min and int(sch.get(par).extent) > 1:
         sch.parallel(par)
     sch.reverse_compute_at(ep, yr)
@@ -174,7 +161,7 @@ def schedule_pm1_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams,
     _vectorize(sch, sch.get_loops(init)[-1])
     el = sch.get_loops(ep)
     _vectorize(sch, el[-1])
-    sch.compute_at(sg, sg_at)
+    sch.compute_at(sg, par)
     sl = sch.get_loops(sg)
     wp = int(sch.get(sl[-1]).extent)
     _, v = sch.split(sl[-1], [None, _largest_divisor(wp, 4 * cpu.lanes)])

@@ -61,6 +61,25 @@ def row_tile(rows: int, vectors: int, budget: int, cap: int = 8) -> int:
     return max(d for d in range(1, min(rows, cap) + 1) if rows % d == 0 and d * vectors <= budget)
 
 
+MIN_CHUNKS = 8  # parallel chunks of tasks (load balance on up to 8 threads)
+CHUNK_BUFFER_BYTES = 32768  # the per-chunk buffer (signs, padded rows) stays in L1/L2
+
+
+def chunk_tasks(sch: Schedule, tasks_loop, task_bytes: int, min_chunks: int = MIN_CHUNKS,
+                max_bytes: int = CHUNK_BUFFER_BYTES):
+    """Split a loop of parallel tasks into chunks of several tasks -> (chunk loop, task loop): a buffer that each
+    task computes first (signs, padded rows) is then computed per chunk, before its tasks. Inside the parallel
+    loop such a buffer is a TVMBackendAllocWorkspace + Free per iteration (measured: 23% of a 128-channel 7x7
+    +-1 conv); per chunk, a few per call. Chunks: at least min_chunks, each buffer at most max_bytes
+    (task_bytes per task). Returns (tasks_loop, tasks_loop) where no split fits."""
+    tasks = int(sch.get(tasks_loop).extent)
+    per = max(d for d in range(1, tasks + 1) if tasks % d == 0
+              and (tasks // d >= min_chunks or d == 1) and d * task_bytes <= max_bytes)
+    if per == 1:
+        return tasks_loop, tasks_loop
+    return tuple(sch.split(tasks_loop, [tasks // per, per]))
+
+
 def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
     """Pick (form, fv, fn, xt): vector width, vectors per tile along channels, pixels per tile."""
     cog, ow = geo.cog, geo.out_hw[1]
