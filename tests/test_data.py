@@ -204,6 +204,23 @@ def test_imagefolder_gray_and_rgb(tmp_path):
     assert d.train_x.shape == (6, 3, 8, 6)
 
 
+def test_smoke_search_on_a_grayscale_imagefolder(tmp_path):
+    """`dcpnas search --data imagefolder:DIR` on small grayscale PNGs (8x6: resized to the smoke budget's 8x8)."""
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+    from dcpnas.genotype import load_genotype
+
+    root, out = _png_folder(tmp_path / "g"), tmp_path / "run"
+    r = CliRunner().invoke(app, ["search", "--data", f"imagefolder:{root}", "--budget", "smoke", "--threads", "1",
+                                 "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    s = load_genotype(out / "genotype.json").search
+    assert s["dataset"] == "imagefolder:g" and s["config"]["data"] == f"imagefolder:{root}"
+    assert s["space"]["input_shape"] == [1, 8, 8] and s["space"]["num_classes"] == 2
+    assert 0 <= s["val_accuracy"] <= 1
+
+
 def test_imagefolder_errors(tmp_path):
     with pytest.raises(DataError, match="expected subfolders train"):
         (tmp_path / "e").mkdir()
