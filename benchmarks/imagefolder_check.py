@@ -3,16 +3,16 @@ grayscale images").
 
 Writes scikit-learn's bundled digits (1797 8x8 grayscale images, 10 classes, no download) as an
 ImageFolder, DIR/train/<digit>/*.png and DIR/test/<digit>/*.png (a stratified split, the images kept at
-their native 8x8: the search resizes them to its image_size, 16 by default), runs
+their native 8x8: the search resizes them to its image_size, 16 by default, bilinear), runs
 
     dcpnas search --data imagefolder:DIR -o OUT/search -q [SEARCH ARGS]
 
-and writes OUT/imagefolder_check.json: the Child's and Parent's val accuracy on the test split, the final
-alpha entropy per cell type (fraction of uniform), the per-epoch diagnostics, wall and CPU time (the
-search's own record in genotype.json), the command and the dataset split.
+and writes OUT/imagefolder_check.json (or --json PATH): the Child's and Parent's val accuracy on the test
+split, the final alpha entropy per cell type (fraction of uniform), the per-epoch diagnostics, wall and CPU
+time (the search's own record in genotype.json), the command and the dataset split.
 
-    python benchmarks/imagefolder_check.py -o benchmarks/results/imagefolder_check           # the default search
-    python benchmarks/imagefolder_check.py -o /tmp/ifc --search-args="--budget smoke"         # a pipeline check
+    python benchmarks/imagefolder_check.py -o runs/imagefolder-check --json benchmarks/results/imagefolder_check.json
+    python benchmarks/imagefolder_check.py -o /tmp/ifc --search-args="--budget smoke"    # a pipeline check
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from dcpnas.io import write_json
 
 SCHEMA = "dcpnas.imagefolder-check/1"
 
@@ -75,7 +77,8 @@ def summarize(genotype_json: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-o", "--out", type=Path, required=True, help="folder of the data, the search and the JSON")
+    ap.add_argument("-o", "--out", type=Path, required=True, help="a new folder: the images (digits/) and the search")
+    ap.add_argument("--json", type=Path, default=None, help="the result [default: OUT/imagefolder_check.json]")
     ap.add_argument("--search-args", default="", help="more `dcpnas search` arguments, e.g. \"--budget smoke\"")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
@@ -94,11 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"the search failed (exit {done.returncode}): {shlex.join(cmd)}")
-    record = {"schema": SCHEMA, "command": shlex.join(cmd), "data": split,
+    check = shlex.join([Path(sys.executable).name, "benchmarks/imagefolder_check.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    record = {"schema": SCHEMA, "command": shlex.join(cmd), "check_command": check, "data": split,
               **summarize(search_dir / "genotype.json"), "subprocess_wall_s": wall}
-    from dcpnas.io import write_json
-
-    path = write_json(args.out / "imagefolder_check.json", record)
+    path = write_json(args.json or args.out / "imagefolder_check.json", record)
     shown = {k: record[k] for k in ("val_accuracy", "parent_val_accuracy", "entropy_normal", "entropy_reduce",
                                      "time_s", "cpu_s")}
     print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()) + f" -> {path}")

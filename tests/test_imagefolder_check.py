@@ -42,8 +42,9 @@ def test_digits_are_written_as_a_stratified_imagefolder(check, tmp_path):
 
 def test_check_runs_a_smoke_search_end_to_end(check, tmp_path):
     out = tmp_path / "c"
-    record = check.main(["-o", str(out), "--search-args", "--budget smoke --threads 1"])
-    saved = json.loads((out / "imagefolder_check.json").read_text())
+    record = check.main(["-o", str(out), "--json", str(tmp_path / "r.json"),
+                         "--search-args", "--budget smoke --threads 1"])
+    saved = json.loads((tmp_path / "r.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["schema"] == "dcpnas.imagefolder-check/1" and f"imagefolder:{out / 'digits'}" in saved["command"]
     assert saved["budget"] == "smoke" and saved["dataset"] == "imagefolder:digits"
