@@ -90,7 +90,7 @@ def mean_weights(genotype, cell: str) -> dict[str, float]:
     """Mean over the cell type's edges of softmax(alpha), per op."""
     alphas = np.asarray(genotype.search["alphas"][cell], dtype=np.float64)
     p = np.exp(alphas - alphas.max(1, keepdims=True))
-    return dict(zip(PLANTED_OPS, (p / p.sum(1, keepdims=True)).mean(0)))
+    return {op: round(float(v), 4) for op, v in zip(PLANTED_OPS, (p / p.sum(1, keepdims=True)).mean(0))}
 
 
 def test_search_picks_avg_pool_where_the_signal_is_the_image_mean(tmp_path):
