@@ -1,7 +1,7 @@
-"""Short real searches learn (issue 12): the 1-bit Child beats chance clearly on Fashion-MNIST, and on planted
-tasks the search picks the op the task needs. The thresholds come from measurements over seeds (the numbers
-are beside them); a search that does not learn (child_lr ~ 0, mu huge, arch_lr ~ 0, labels independent of
-the images) fails them."""
+"""Short real searches learn (issue 12): the 1-bit Child beats chance clearly on Fashion-MNIST, and on a planted
+task the search picks the op the task needs. The thresholds come from measurements over seeds (the numbers
+are beside them); a search that does not learn (child_lr ~ 0, arch_lr ~ 0, labels independent of the
+images) fails them."""
 
 import numpy as np
 import pytest
@@ -10,15 +10,15 @@ from dcpnas.config import SearchConfig
 from dcpnas.search import run_search
 
 # A smaller supernet than the default (8x8 images, 400 search images, 2 epochs x 6 steps, the first weights
-# only): ~30 s of CPU (40 s wall on a loaded 2-core host); 5 steps per epoch was not enough (seed 4: 0.14).
-# The learning knobs (lrs, mu, lambda, curvature) are the defaults.
+# only): ~35 s of CPU. The learning knobs (lrs, mu, lambda, curvature, policy) are the defaults.
 SHORT = {"mode": "dcp", "cells": 3, "channels": 8, "image_size": 8, "n_train": 400, "n_eval": 300,
          "batch_size": 32, "epochs": 2, "warmup_epochs": 1, "steps_per_epoch": 6, "bn_calibration": 64,
          "threads": 1, "seed": 0}
 CHANCE = 0.10  # 10 balanced classes
-# Child val accuracy measured over seeds 0-9: 0.28 .. 0.41 (seed 0: 0.293). A Child that cannot learn, seeds
-# 0-2: child_lr 1e-7 0.10 .. 0.17, mu 1e4 (signs frozen) 0.19 .. 0.20 (above chance: it starts from the
-# Parent's weights)
+# The Child from its own initialisation: what it scores is what the Child phase taught it. Inheriting the
+# Parent's weights (the default) a Child with child_lr 1e-7 scored 0.11-0.30 (seeds 0-2), as much as some
+# learning ones. Measured, seeds 0-9: 0.29-0.43 (seed 0: 0.287); child_lr 1e-7: 0.10, 0.07 (seeds 0, 1);
+# mu 1e4 (binary weight signs frozen, the real-valued parameters still learn): 0.21, 0.20.
 CHILD_MIN = 0.25
 
 
@@ -28,7 +28,7 @@ def short_search(out, **changes):
 
 @pytest.mark.slow
 def test_child_beats_chance_clearly_after_a_short_budget(tmp_path):
-    s = short_search(tmp_path).search
+    s = short_search(tmp_path, child_from_parent=False).search
     assert s["dataset"] == "fashion-mnist-subset" and s["space"]["num_classes"] == 1 / CHANCE
     assert s["val_accuracy"] >= CHILD_MIN, s["diagnostics"]
 
@@ -94,13 +94,14 @@ def mean_weights(genotype, cell: str) -> dict[str, float]:
 
 
 def test_search_picks_avg_pool_where_the_signal_is_the_image_mean(tmp_path):
-    """Measured over seeds 0-7: avg_pool_3x3 on 3 or 4 of the 4 normal-cell edges of the genotype, its mean
-    softmax weight 1.6-3.6x that of any other op. Labels independent of the images (seeds 0-2): avg_pool on
-    0-1 of 4, 0.7-1.0x; alphas frozen (arch_lr 1e-6): 1 of 4, 1.0x."""
+    """Measured over seeds 0-7: avg_pool_3x3's mean softmax weight over the normal edges 1.7-2.5x that of any
+    other op, the largest alpha on 2-5 of the 5 edges (3 or more on 7 seeds), 2-4 of the genotype's 4 normal
+    edges and more than any other op on every seed. Labels independent of the images (seeds 0-2): 0.8-0.9x,
+    on 0-1 of the 4 edges (sep_conv_3x3 on 2-3); alphas frozen (arch_lr 1e-6): 1.0x, 1 of 4 (a 4-way tie)."""
     g = planted_search(tmp_path, "bright")
     assert g.search["space"]["primitives"] == list(PLANTED_OPS)
     w = mean_weights(g, "normal")
     others = max(v for op, v in w.items() if op not in ("none", "avg_pool_3x3"))
     assert w["avg_pool_3x3"] >= 1.4 * others, w
     picked = [op for op, _ in g.normal]  # the derived genotype: per node the 2 strongest of its input edges
-    assert picked.count("avg_pool_3x3") >= 3, picked
+    assert all(picked.count("avg_pool_3x3") > picked.count(op) for op in set(picked) - {"avg_pool_3x3"}), picked
