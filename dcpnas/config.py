@@ -129,6 +129,8 @@ class SearchConfig:
         for name, hi in (("cells", MAX_CELLS), ("channels", MAX_CHANNELS), ("threads", MAX_THREADS)):
             if getattr(self, name) > hi:
                 raise ConfigError(f"{name} must be <= {hi}, got {getattr(self, name)}")
+        if self.cells < 3:  # the supernet's reduction cells sit at cells // 3 and 2 * cells // 3
+            raise ConfigError(f"cells must be >= 3 for a search (a normal and two reduction cells), got {self.cells}")
         if self.image_size and self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
 

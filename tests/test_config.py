@@ -61,3 +61,11 @@ def test_bad_files(tmp_path):
     typo.write_text("epoch = 3\n")
     with pytest.raises(ConfigError, match="unknown key"):
         SearchConfig.load(typo)
+
+
+@pytest.mark.parametrize("cells", [1, 2])
+def test_a_search_needs_a_normal_and_two_reduction_cells(cells):
+    # with fewer cells alpha_reduce (or alpha_normal) takes no part in the forward pass, and the architecture
+    # gradient was a raw RuntimeError from autograd deep inside the search
+    with pytest.raises(ConfigError, match="cells must be >= 3"):
+        SearchConfig(cells=cells)
