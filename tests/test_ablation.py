@@ -1,24 +1,18 @@
 """benchmarks/ablation.py: piece claiming, resumption, the report, and a refused change of budget."""
 
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ablation(benchmark_script):
+    return benchmark_script("ablation")
 
 
 def test_claim_is_exclusive_and_dies_with_its_holder(ablation, tmp_path):

@@ -1,21 +1,15 @@
 """benchmarks/accuracy.py: rows train and resume through dcpnas.train, the report joins finished and running
 rows, a distilled row uses the float row as its teacher."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def acc():
-    spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def acc(benchmark_script):
+    return benchmark_script("accuracy")
 
 
 def test_rows_train_report_and_skip(acc, tmp_path, monkeypatch):

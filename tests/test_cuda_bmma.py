@@ -180,11 +180,9 @@ def test_without_prelu_signature():
     assert m.geo.mma == "and" and len(m.ir_module["binconv"].params) == 8 == len(m.arrays(x)["binconv"])
 
 
-def test_module_constants_through_the_model():
+def test_module_constants_through_the_model(benchmark_script):
     """The constants the compiler emits for the AND kernel (conv_constants: 2 popc(b) folded into corr) give
     the reference through the numpy model; the GPU benchmark's PyTorch reference agrees with the numpy one."""
-    import importlib.util
-    from pathlib import Path
 
     from dcpnas.compiler.kernels import conv_constants, geometry
 
@@ -195,24 +193,16 @@ def test_module_constants_through_the_model():
     got = model_conv(geo, "and", pack_activations_reference(x, attrs), *consts)
     want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"])
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    spec = importlib.util.spec_from_file_location(
-        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
-    cc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cc)
+    cc = benchmark_script("cuda_check")
     plain = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs)
     torch_ref = cc.sign_conv_reference(x, wb, ep["scale"], ep["bias"], 64, {"stride": 1, "padding": 1}, "cpu")
     np.testing.assert_allclose(torch_ref, plain, rtol=1e-6, atol=1e-6 * np.abs(plain).max())
 
 
-def test_goal_evaluation():
+def test_goal_evaluation(benchmark_script):
     """cuda_check's verdict on issue 15's goal reads only batch-16 3x3 MMA rows of >= 128 channels."""
-    import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
-    cc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cc)
+    cc = benchmark_script("cuda_check")
 
     def row(name, batch, c_in, k, kernel, speedup, ms):
         return {"name": name, "batch": batch, "c_in": c_in, "k": k, "kernel": kernel, "speedup_vs_fp16": speedup,
@@ -231,20 +221,15 @@ def test_goal_evaluation():
     assert cc.b1_goal(rows, [])["batch16_3x3_ge128_min_speedup_vs_fp16"] is None  # a failed kernel fails the goal
 
 
-def test_check_run_survives_a_failing_stage(tmp_path, monkeypatch):
+def test_check_run_survives_a_failing_stage(benchmark_script, tmp_path, monkeypatch):
     """cuda_check run: a stage that raises (a faulting kernel) is recorded, the others' results are written,
     and the run fails."""
-    import importlib.util
     import json
     import types
-    from pathlib import Path
 
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "cuda_check", Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py")
-    cc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cc)
+    cc = benchmark_script("cuda_check")
     dev = types.SimpleNamespace(exist=True, compute_version="9.0")
     monkeypatch.setattr(cc, "_import_tvm_runtime", lambda: types.SimpleNamespace(cuda=lambda i: dev, __version__="x"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "fake")

@@ -1,17 +1,15 @@
 """benchmarks/deploy.py: rows saved as they finish, resumed, the 224x224 rows skippable."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("deploy_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "deploy.py")
-deploy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(deploy)
+@pytest.fixture(scope="module")
+def deploy(benchmark_script):
+    return benchmark_script("deploy")
 
 
-def _fake_row(calls, fail_on=None):
+def _fake_row(deploy, calls, fail_on=None):
     def measure_row(gname, geno, cells, channels, shape, target, build_root, rounds, min_repeat_ms):
         name = deploy.row_name(gname, cells, channels, shape)
         calls.append(name)
@@ -22,22 +20,22 @@ def _fake_row(calls, fail_on=None):
     return measure_row
 
 
-def test_rows_resume_after_a_crash(tmp_path, monkeypatch):
+def test_rows_resume_after_a_crash(deploy, tmp_path, monkeypatch):
     out = tmp_path / "deploy.json"
     calls = []
-    monkeypatch.setattr(deploy, "measure_row", _fake_row(calls, fail_on="ddpnas_mcn_2-20x36-3x32x32"))
+    monkeypatch.setattr(deploy, "measure_row", _fake_row(deploy, calls, fail_on="ddpnas_mcn_2-20x36-3x32x32"))
     with pytest.raises(RuntimeError, match="killed"):
         deploy.main(["--out", str(out), "--skip-large"])
     saved = json.loads(out.read_text())
     assert [r["name"] for r in saved["rows"]] == ["ddpnas_mcn_2-8x32-1x28x28", "darts_v2-8x32-1x28x28"]
     calls.clear()
-    monkeypatch.setattr(deploy, "measure_row", _fake_row(calls))
+    monkeypatch.setattr(deploy, "measure_row", _fake_row(deploy, calls))
     assert deploy.main(["--out", str(out), "--skip-large", "--json"]) == 0
     assert calls == ["ddpnas_mcn_2-20x36-3x32x32", "darts_v2-20x36-3x32x32"]  # finished rows kept
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and not any("224" in r["name"] for r in rows)
 
 
-def test_darts_v2_is_the_papers_cell():
+def test_darts_v2_is_the_papers_cell(deploy):
     g = deploy.genotypes()["darts_v2"]
     assert g.normal[-1] == ("dil_conv_3x3", 2) and g.reduce[0] == ("max_pool_3x3", 0)

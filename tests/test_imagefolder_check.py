@@ -1,9 +1,7 @@
 """benchmarks/imagefolder_check.py: sklearn's digits written as a stratified ImageFolder that the `imagefolder:`
 loader reads back unchanged, and the check end to end with a smoke search."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +9,11 @@ import pytest
 from dcpnas.data import load_dataset
 
 pytest.importorskip("sklearn")  # the `dev` extra
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("imagefolder_check", REPO / "benchmarks" / "imagefolder_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def check(benchmark_script):
+    return benchmark_script("imagefolder_check")
 
 
 def test_digits_are_written_as_a_stratified_imagefolder(check, tmp_path):
