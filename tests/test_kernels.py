@@ -83,6 +83,9 @@ CASES = [
     # unpadded: the pack's tasks are chunks of whole rows of the contiguous plane (2 images, 9x13, 40 channels)
     (2, 40, 9, 13, 32, 1, 1, 0, 1, 1),
     (1, 64, 28, 28, 64, 1, 1, 0, 1, 1),
+    # the pointwise kernel (pixels in the lanes): 49 pixels (a shifted last block), exactly one vector, 3 images
+    (1, 96, 7, 7, 36, 1, 1, 0, 1, 1),
+    (3, 32, 4, 4, 8, 1, 1, 0, 1, 1),
 ]
 
 
@@ -275,3 +278,31 @@ def test_build_binary_conv_random_weights_runs_and_times():
     assert m.run(x, s, t).shape == (1, 32, 8, 8)
     ms = m.time_ms(x, number=2, repeat=2, in_scale=s, in_shift=t)
     assert set(ms) == {"binpack", "binconv"} and all(v > 0 for v in ms.values())
+
+
+@pytest.mark.tvm
+def test_pointwise_kernel_is_chosen_where_it_applies():
+    """Dense unpadded stride-1 1x1 convs with >= 16 pixels and C_out % 4 == 0 take the pixels-in-lanes kernel
+    (compiler/kernels/pointwise.py) on AVX-512; everything else keeps the channel-vector XNOR kernel."""
+    from dcpnas.compiler.kernels.pointwise import use_pointwise_kernel
+    from dcpnas.compiler.kernels.shapes import geometry
+    from dcpnas.compiler.kernels.targets import cpu_params
+
+    cpu = cpu_params(X86)
+
+    def chosen(n, c, h, w, co, k, s, p, d, g, target=X86):
+        attrs = _attrs(c, k, s, p, d, g)
+        geo = geometry((n, c, h, w), np.zeros((co, -(-(c // g) // 8), k, k), np.uint8), attrs, target)
+        return use_pointwise_kernel(geo, cpu, target is X86)
+
+    assert chosen(1, 64, 14, 14, 64, 1, 1, 0, 1, 1) and chosen(3, 32, 4, 4, 8, 1, 1, 0, 1, 1)
+    assert not chosen(1, 64, 3, 5, 64, 1, 1, 0, 1, 1)  # 15 pixels: less than a vector
+    assert not chosen(1, 64, 14, 14, 66, 1, 1, 0, 1, 1)  # C_out not a multiple of 4
+    assert not chosen(1, 64, 14, 14, 64, 1, 2, 0, 1, 1) and not chosen(1, 64, 14, 14, 64, 1, 1, 1, 1, 1)
+    assert not chosen(1, 64, 14, 14, 64, 3, 1, 1, 1, 1) and not chosen(1, 64, 14, 14, 64, 1, 1, 0, 1, 2)
+    assert not chosen(1, 64, 14, 14, 64, 1, 1, 0, 1, 1, target=X86_AVX2)
+    rng = np.random.default_rng(3)
+    attrs = _attrs(64, 1, 1, 0, 1, 1)
+    x, wb = _case(rng, 1, 64, 14, 14, 64, attrs)
+    m = BinaryConvModule(x.shape, wb, np.ones(64, np.float32), np.zeros(64, np.float32), attrs, X86)
+    assert 'sblock("popc' not in m.ir_module["binconv"].script()  # hand-written TIR, no TE blocks

@@ -13,12 +13,13 @@ from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
 from .bmma_cuda import fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .pack import border_classes, border_correction, weights_to_words
+from .pointwise import make_pointwise_func, use_pointwise_kernel
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
 from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
 from .shapes import geometry  # noqa: F401  (public here too)
 from .shapes import per_channel as _vec
-from .targets import as_target, cpu_params, family
+from .targets import as_target, cpu_params, family, has_avx512_popcount
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
@@ -48,6 +49,9 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     cpu = cpu_params(target)
     if geo.word_bits == 8:
         return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
+    if use_pointwise_kernel(geo, cpu, has_avx512_popcount(target)):  # pixels in the lanes (pointwise.py)
+        return schedule_pack_cpu(pack, geo, cpu), make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu,
+                                                                      residual, cpu)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
 
