@@ -185,7 +185,7 @@ def throughput(args, geno, rounds: int = 3, steps: int = 2) -> dict:
     for label, cells, ch, red, policy, binary, bs, cl in THROUGHPUT_PEERS:
         torch.manual_seed(0)
         net = Network(geno, default_eval_space(cells=cells, channels=ch, policy=policy or "authors",
-                                               reductions=red), binary=binary)
+                                               reductions=red, steps=geno.steps), binary=binary)
         fmt = torch.channels_last if cl else torch.contiguous_format
         net = net.to(memory_format=fmt).train()
         if binary:

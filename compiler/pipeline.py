@@ -85,14 +85,16 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
             net = twin.eval()
         label = str(weights)
     elif input_shape is not None and tuple(input_shape) != tuple(dataset.input_shape):
-        space = default_eval_space(tuple(input_shape), dataset.num_classes, policy or "book", cells, channels)
+        space = default_eval_space(tuple(input_shape), dataset.num_classes, policy or "book", cells, channels,
+                                   steps=genotype.steps)
         torch.manual_seed(0)
         net = Network(genotype, space, binary=not float_)
         with torch_threads(1):
             calibrate_batchnorm(net, torch.randn(32, *space.input_shape), batches=4, batch_size=8)
         return net.eval(), space, genotype, None, None, "fresh (BatchNorm calibrated on random normal images)"
     else:
-        space = default_eval_space(dataset.input_shape, dataset.num_classes, policy or "book", cells, channels)
+        space = default_eval_space(dataset.input_shape, dataset.num_classes, policy or "book", cells, channels,
+                                   steps=genotype.steps)
         torch.manual_seed(0)
         net = Network(genotype, space, binary=not float_)
         norm = dataset.normalization()

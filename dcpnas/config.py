@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dcpnas.errors import ConfigError
 from dcpnas.io import atomic_write_text, read_toml
-from dcpnas.space import POLICIES, SearchSpace
+from dcpnas.space import POLICIES, PRIMITIVES, STEPS, SearchSpace
 
 MODES = ("dcp", "cp", "direct", "random")
 # Sanity limits on sizes that allocate memory or threads: far above any network this CPU/GPU pipeline is for,
@@ -35,6 +35,7 @@ MODES = ("dcp", "cp", "direct", "random")
 MAX_CHANNELS = 4096
 MAX_CELLS = 64
 MAX_THREADS = 1024
+MAX_STEPS = 8  # intermediate nodes per cell (edges grow as steps^2)
 CURVATURES = ("exact", "ggn", "fisher")
 LATENCY_FORMS = ("add", "mul")
 DEVICES = ("cpu", "cuda")
@@ -79,6 +80,8 @@ class SearchConfig:
     # search space
     cells: int = 3
     channels: int = 8
+    primitives: tuple[str, ...] = PRIMITIVES  # the candidate ops of every edge (a subset of space.PRIMITIVES)
+    steps: int = STEPS  # intermediate nodes per cell (DARTS: 4, i.e. 14 edges; 2 nodes: 5 edges)
     policy: str = "authors"  # the policy `dcpnas train` deploys; `book` Child: 0.50 vs 0.60 val after 2 epochs
     # optimisation
     parent_lr: float = 3e-3
@@ -131,6 +134,13 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be <= {hi}, got {getattr(self, name)}")
         if self.cells < 3:  # the supernet's reduction cells sit at cells // 3 and 2 * cells // 3
             raise ConfigError(f"cells must be >= 3 for a search (a normal and two reduction cells), got {self.cells}")
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+        unknown = [op for op in self.primitives if op not in PRIMITIVES]
+        if unknown or len(set(self.primitives)) != len(self.primitives) or not set(self.primitives) - {"none"}:
+            raise ConfigError(f"primitives must be distinct ops of {', '.join(PRIMITIVES)}, at least one of them not "
+                              f"'none'; got {list(self.primitives)}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps (intermediate nodes per cell) must be in 1..{MAX_STEPS}, got {self.steps}")
         if self.image_size and self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
 
@@ -150,11 +160,12 @@ class SearchConfig:
         if self.image_size:
             h = w = self.image_size
         return SearchSpace(cells=self.cells, channels=self.channels, input_shape=(c, h, w),
-                           num_classes=num_classes, policy=self.policy)
+                           num_classes=num_classes, policy=self.policy, primitives=self.primitives, steps=self.steps)
 
     # -- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self) if f.name != "extra"}
 
     def to_toml(self) -> str:
         import tomli_w
@@ -215,6 +226,10 @@ def coerce(key: str, value, type_str, source: str):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(f"expected an integer, got {value!r}")
             return int(value)
+        if t.startswith("tuple[str"):  # tuple[str, ...]: a list of names
+            if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected a list of names, got {value!r}")
+            return tuple(value)
         if t.startswith("tuple"):  # tuple[int, ...]: a list of integers
             if isinstance(value, (str, bytes)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"expected a list of cell indices (integers), got {value!r}")

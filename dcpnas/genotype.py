@@ -40,12 +40,24 @@ class Genotype:
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
 
     # -- validation -----------------------------------------------------------------------------
-    def validate(self, primitives: tuple[str, ...] = PRIMITIVES, steps: int = STEPS) -> "Genotype":
-        """Raise GenotypeError naming the first problem; return self when valid."""
+    @property
+    def steps(self) -> int:
+        """Intermediate nodes per cell (2 edges each): 4 in DARTS; a search with the `steps` key finds others."""
+        return len(self.normal) // 2
+
+    def validate(self, primitives: tuple[str, ...] = PRIMITIVES, steps: int | None = None) -> "Genotype":
+        """Raise GenotypeError naming the first problem; return self when valid. steps: the nodes per cell
+        expected (None: as many as the normal cell has, at least one, the same in the reduction cell)."""
+        if steps is None:
+            if len(self.normal) < 2 or len(self.normal) % 2:
+                raise GenotypeError(f"normal cell has {len(self.normal)} edges, expected 2 per node (at least one node)")
+            steps = self.steps
+        for cell in ("normal", "reduce"):
+            if len(getattr(self, cell)) != 2 * steps:
+                raise GenotypeError(f"{cell} cell has {len(getattr(self, cell))} edges, expected {2 * steps} "
+                                    f"(2 per node, {steps} node{'s' * (steps > 1)})")
         for cell in ("normal", "reduce"):
             edges = getattr(self, cell)
-            if len(edges) != 2 * steps:
-                raise GenotypeError(f"{cell} cell has {len(edges)} edges, expected {2 * steps} (2 per node)")
             for k, (op, inp) in enumerate(edges):
                 node = k // 2 + 2
                 if op not in primitives or op == "none":
@@ -57,7 +69,8 @@ class Genotype:
                     )
             concat = getattr(self, f"{cell}_concat")
             if not concat or any(not 2 <= c < steps + 2 for c in concat) or len(set(concat)) != len(concat):
-                raise GenotypeError(f"{cell}_concat {list(concat)} must be distinct nodes in 2..{steps + 1}")
+                raise GenotypeError(f"{cell}_concat {list(concat)} must be distinct nodes in 2..{steps + 1} "
+                                    f"(cells of {steps} node{'s' * (steps > 1)})")
         return self
 
     # -- serialisation ----------------------------------------------------------------------------

@@ -128,7 +128,8 @@ def _load_checkpoint(path: Path, config: SearchConfig) -> dict:
     missing = [k for k in ("epoch", "config", "pc", "elapsed_s", "final") if k not in state]
     if missing or not isinstance(state["config"], dict):
         raise ArtifactError(f"{path}: damaged search checkpoint (missing {', '.join(missing) or 'config'})")
-    saved, now = state["config"], config.to_dict()
+    # a key the checkpoint lacks was added since, with the default that keeps the old behaviour
+    saved, now = {**type(config)().to_dict(), **state["config"]}, config.to_dict()
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
     if diff:
         raise ConfigError(f"{path}: --resume needs the same config; differs in {', '.join(diff)}")

@@ -29,7 +29,7 @@ from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
 from dcpnas.model import Network
 from dcpnas.progress import ProgressFn, no_progress
-from dcpnas.space import POLICIES, SearchSpace
+from dcpnas.space import POLICIES, STEPS, SearchSpace
 
 # Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
 # sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
@@ -41,13 +41,14 @@ CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
 
 def default_eval_space(input_shape=(1, 28, 28), num_classes: int = 10, policy: str = "book",
                        cells: int | None = None, channels: int | None = None,
-                       reductions: tuple[int, ...] | None = None) -> SearchSpace:
+                       reductions: tuple[int, ...] | None = None, steps: int = STEPS) -> SearchSpace:
     """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS;
-    reductions: indices of the reduction cells, default cells//3 and 2*cells//3 as in DARTS)."""
+    reductions: indices of the reduction cells, default cells//3 and 2*cells//3 as in DARTS; steps: the
+    genotype's nodes per cell)."""
     return SearchSpace(cells=EVAL_CELLS if cells is None else cells,
                        channels=EVAL_CHANNELS if channels is None else channels,
                        input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy,
-                       reductions=tuple(reductions or ()))
+                       reductions=tuple(reductions or ()), steps=steps)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes
     when that is None the binarisation policy recorded by the search that found `genotype` (book if none)."""
     searched = genotype.search.get("space", {}) if isinstance(genotype.search, dict) else {}
     policy = config.policy or (searched.get("policy") if isinstance(searched, dict) else None) or "book"
-    return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels, config.reductions)
+    return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels, config.reductions,
+                              genotype.steps)
 
 
 def run_folder(genotype_file: str | Path, binary: bool = True) -> Path:

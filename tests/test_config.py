@@ -43,6 +43,12 @@ def test_round_trip_through_written_toml(tmp_path):
     ({"latency_ms": 0.0}, "latency_ms"),
     ({"image_size": 10}, "image_size"),
     ({"colour": "red"}, "unknown key"),
+    ({"primitives": ["none", "conv_7x7"]}, "primitives"),
+    ({"primitives": ["none"]}, "primitives"),
+    ({"primitives": ["skip_connect", "skip_connect"]}, "primitives"),
+    ({"primitives": "skip_connect"}, "list of names"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 9}, "steps"),
 ])
 def test_bad_values_raise_one_line_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -69,3 +75,16 @@ def test_a_search_needs_a_normal_and_two_reduction_cells(cells):
     # gradient was a raw RuntimeError from autograd deep inside the search
     with pytest.raises(ConfigError, match="cells must be >= 3"):
         SearchConfig(cells=cells)
+
+
+def test_primitives_and_steps_are_keys_that_shape_the_space(tmp_path):
+    """A search over a subset of the ops and fewer nodes per cell, from a TOML file, round trip included."""
+    p = tmp_path / "s.toml"
+    p.write_text('[search]\nprimitives = ["none", "max_pool_3x3", "sep_conv_3x3"]\nsteps = 2\n')
+    c = SearchConfig.load(p)
+    assert c.primitives == ("none", "max_pool_3x3", "sep_conv_3x3") and c.steps == 2
+    space = c.space()
+    assert space.primitives == c.primitives and space.steps == 2 and space.edges == 5
+    c.save(tmp_path / "again.toml")
+    assert SearchConfig.load(tmp_path / "again.toml").to_dict() == c.to_dict()
+    assert SearchConfig().space().primitives == SearchConfig().primitives and SearchConfig().space().steps == 4

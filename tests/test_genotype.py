@@ -86,7 +86,7 @@ def _edges(normal=None, reduce=None):
     (lambda d: d["normal"].__setitem__(0, ["none", 1]), "unknown op 'none'"),
     (lambda d: d["normal"].__setitem__(2, ["sep_conv_3x3", 3]), "input node 3 is out of range for node 3"),
     (lambda d: d["reduce"].__setitem__(0, ["sep_conv_3x3", -1]), "input node -1"),
-    (lambda d: d["normal"].pop(), "normal cell has 7 edges, expected 8"),
+    (lambda d: d["normal"].pop(), "normal cell has 7 edges, expected 2 per node"),
     (lambda d: d["reduce"].append(["sep_conv_3x3", 0]), "reduce cell has 9 edges"),
     (lambda d: d.pop("reduce_concat"), "missing field 'reduce_concat'"),
     (lambda d: d.pop("normal"), "missing field 'normal'"),
@@ -125,7 +125,7 @@ def test_bad_darts_strings():
         Genotype.from_darts("Genotype([], [2], [], [2])")
     with pytest.raises(GenotypeError, match="not a DARTS"):
         Genotype.from_darts("Genotype(normal=[")
-    with pytest.raises(GenotypeError, match="normal cell has 2 edges"):
+    with pytest.raises(GenotypeError, match="reduce cell has 0 edges, expected 2"):
         Genotype.from_darts("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], normal_concat=range(2, 6),"
                             " reduce=[], reduce_concat=range(2, 6))")
 
@@ -248,3 +248,25 @@ def test_five_published_genotypes_read_as_published():
     assert len(found) == 5 and found["ddpnas_mcn_2.py"] == DDPNAS_MCN_2
     assert found["gdas_v1.txt"].normal[3] == ("sep_conv_5x5", 2)
     assert all(g.normal_concat == (2, 3, 4, 5) for g in found.values())
+
+
+def test_a_genotype_of_two_nodes_per_cell_builds_its_evaluation_network(tmp_path):
+    """A search with `steps = 2` finds 4-edge cells: the genotype infers its node count, train/compile build
+    the evaluation network with it, and an odd edge count or cells of different sizes are refused."""
+    from dcpnas.model import Network
+    from dcpnas.train import default_eval_space
+
+    g = Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("sep_conv_3x3", 2)],
+                 normal_concat=[2, 3], reduce=[("max_pool_3x3", 0), ("skip_connect", 1), ("skip_connect", 2),
+                                               ("avg_pool_3x3", 0)], reduce_concat=[2, 3])
+    assert g.steps == 2 and g.validate() is g
+    g.save(tmp_path / "g.json")
+    assert load_genotype(tmp_path / "g.json") == g
+    net = Network(g, default_eval_space(cells=3, channels=4, steps=g.steps), binary=True).eval()
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(GenotypeError, match="expected 8"):
+        g.validate(steps=4)
+    with pytest.raises(GenotypeError, match="2 per node"):
+        Genotype(normal=g.normal[:3], normal_concat=[2], reduce=g.reduce[:3], reduce_concat=[2]).validate()
+    with pytest.raises(GenotypeError, match="reduce cell has 2 edges"):
+        Genotype(normal=g.normal, normal_concat=[2, 3], reduce=g.reduce[:2], reduce_concat=[2]).validate()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dcpnas.checkpoint import load_torch, save_torch
 from dcpnas.config import SearchConfig
 from dcpnas.errors import ConfigError
 from dcpnas.genotype import load_genotype
@@ -91,6 +92,11 @@ def test_interrupted_and_resumed_search_is_bit_identical(cli_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_search(config, tmp_path, progress=interrupt)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_001.pt"]
+    # a checkpoint written before the config had the keys primitives and steps resumes with their defaults
+    ckpt = tmp_path / "checkpoints" / "epoch_001.pt"
+    state = load_torch(ckpt)
+    del state["config"]["primitives"], state["config"]["steps"]
+    save_torch(ckpt, state)
     resumed = run_search(config, tmp_path, resume=True)
     full = load_genotype(out_full / "genotype.json")
     assert resumed.search["alphas"] == full.search["alphas"]  # exact float equality
