@@ -28,7 +28,7 @@ def tune_cmd(
 
     from dcpnas.compiler.kernels import BinaryConvAttrs
     from dcpnas.compiler.kernels.binary_conv import ConvGeometry
-    from dcpnas.compiler.kernels.tuning import RECORDS_DIR, save_records, tune_conv, workload_key
+    from dcpnas.compiler.kernels.tuning import RECORDS_DIR, save_records, tunable, tune_conv, workload_key
     from dcpnas.errors import ConfigError
     from dcpnas.targets import get_target
 
@@ -48,8 +48,14 @@ def tune_cmd(
         for k, h, c in shapes:
             attrs = BinaryConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), 1, c)
             geo = ConvGeometry(1, c, h, h, c, attrs)
+            if not tunable(geo, tgt.tvm):
+                console.print(f"{workload_key(geo)}: skipped (the pointwise kernel serves this 1x1 conv: no tile to tune)")
+                continue
             rec = tune_conv(geo, tgt.tvm, progress)
             entries[workload_key(geo)] = rec
             console.print(f"{workload_key(geo)}: tile {rec['tile']} {rec['ms']:.4f} ms (default tile {rec['default_ms']:.4f} ms)")
+    if not entries:
+        console.print("nothing to tune: no records written")
+        return
     path = save_records(tgt.tvm, entries, Path(records_dir) if records_dir else RECORDS_DIR)
     console.print(f"wrote {path}")

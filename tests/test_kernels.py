@@ -306,3 +306,12 @@ def test_pointwise_kernel_is_chosen_where_it_applies():
     x, wb = _case(rng, 1, 64, 14, 14, 64, attrs)
     m = BinaryConvModule(x.shape, wb, np.ones(64, np.float32), np.zeros(64, np.float32), attrs, X86)
     assert 'sblock("popc' not in m.ir_module["binconv"].script()  # hand-written TIR, no TE blocks
+    # `dcpnas tune` has no register tile to choose for it, and says so
+    from dcpnas.compiler.kernels.binary_conv import ConvGeometry
+    from dcpnas.compiler.kernels.tuning import tunable, tune_conv
+    from dcpnas.errors import CompileError
+
+    assert not tunable(m.geo, X86) and tunable(ConvGeometry(1, 64, 7, 7, 64, _attrs(64, 3)), X86)
+    assert tunable(m.geo, X86_AVX2)
+    with pytest.raises(CompileError, match="pointwise kernel"):
+        tune_conv(m.geo, X86)

@@ -42,6 +42,14 @@ def candidate_tiles(geo: ConvGeometry, target: Any) -> list[tuple]:
     return out
 
 
+def tunable(geo: ConvGeometry, target: Any) -> bool:
+    """False for the convs that the pointwise kernel serves (pixels in the lanes: no register tile to choose)."""
+    from .pointwise import use_pointwise_kernel
+    from .targets import has_avx512_popcount
+
+    return not use_pointwise_kernel(geo, cpu_params(target), has_avx512_popcount(target))
+
+
 def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, number: int = 50) -> dict:
     """Time every candidate tile (after a bit-exact check) -> {"tile", "ms", "default_ms"} for the best."""
     from .build import BinaryConvModule
@@ -50,6 +58,9 @@ def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, 
 
     if family(target) == "cuda" or as_target(target).attrs.get("mtriple", "").startswith("aarch64"):
         raise TargetError("dcpnas tune measures on this machine: only x86 targets can be tuned here")
+    if not tunable(geo, target):
+        raise CompileError(f"{workload_key(geo)}: this 1x1 conv runs the pointwise kernel (pixels in the vector "
+                           f"lanes), which has no register tile to tune")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((geo.n, geo.c_in, geo.h, geo.w)).astype(np.float32)
     wb = pack_weights(rng.standard_normal((geo.c_out, geo.cg) + geo.attrs.kernel_shape))
