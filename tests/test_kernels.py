@@ -286,14 +286,11 @@ def test_pointwise_kernel_is_chosen_where_it_applies():
     (compiler/kernels/pointwise.py) on AVX-512; everything else keeps the channel-vector XNOR kernel."""
     from dcpnas.compiler.kernels.pointwise import use_pointwise_kernel
     from dcpnas.compiler.kernels.shapes import geometry
-    from dcpnas.compiler.kernels.targets import cpu_params
-
-    cpu = cpu_params(X86)
 
     def chosen(n, c, h, w, co, k, s, p, d, g, target=X86):
         attrs = _attrs(c, k, s, p, d, g)
         geo = geometry((n, c, h, w), np.zeros((co, -(-(c // g) // 8), k, k), np.uint8), attrs, target)
-        return use_pointwise_kernel(geo, cpu, target is X86)
+        return use_pointwise_kernel(geo, target)
 
     assert chosen(1, 64, 14, 14, 64, 1, 1, 0, 1, 1) and chosen(3, 32, 4, 4, 8, 1, 1, 0, 1, 1)
     assert not chosen(1, 64, 3, 5, 64, 1, 1, 0, 1, 1)  # 15 pixels: less than a vector

@@ -19,7 +19,7 @@ from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_
 from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
 from .shapes import geometry  # noqa: F401  (public here too)
 from .shapes import per_channel as _vec
-from .targets import as_target, cpu_params, family, has_avx512_popcount
+from .targets import as_target, cpu_params, family
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
@@ -49,7 +49,7 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     cpu = cpu_params(target)
     if geo.word_bits == 8:
         return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
-    if use_pointwise_kernel(geo, cpu, has_avx512_popcount(target)):  # pixels in the lanes (pointwise.py)
+    if use_pointwise_kernel(geo, target):  # pixels in the lanes (pointwise.py)
         return schedule_pack_cpu(pack, geo, cpu), make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu,
                                                                       residual, cpu)
     tile = lookup_tile(load_records(target) if records is None else records, geo)

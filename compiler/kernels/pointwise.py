@@ -23,24 +23,21 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .binary_conv import ConvGeometry
-from .schedule_cpu import MIN_CHUNKS, CpuParams
+from .schedule_cpu import CpuParams, tasks_per_chunk
+from .targets import cpu_params, has_avx512_popcount
 
 CHANNELS_PER_TASK = 4  # measured best on the 8 x 32 network's shapes (1-2 pixel vectors x 4-8 channels)
 
 
-def use_pointwise_kernel(geo: ConvGeometry, cpu: CpuParams, avx512_popcount: bool) -> bool:
+def use_pointwise_kernel(geo: ConvGeometry, target) -> bool:
     """True for a dense 1x1 conv, stride 1, no padding, 32-bit words, with at least one vector of pixels
-    and C_out a multiple of CHANNELS_PER_TASK, on a CPU with a vector popcount of 32-bit lanes."""
+    and C_out a multiple of CHANNELS_PER_TASK, on a CPU target with a vector popcount of 32-bit lanes."""
     a = geo.attrs
     oh, ow = geo.out_hw
-    return (avx512_popcount and not geo.mma and geo.word_bits == 32 and geo.g == 1
-            and a.kernel_shape == (1, 1) and a.strides == (1, 1) and a.dilations == (1, 1) and not any(a.pads)
-            and oh * ow >= cpu.lanes and geo.cog % CHANNELS_PER_TASK == 0)
-
-
-def _chunk(tasks: int, min_chunks: int = MIN_CHUNKS) -> int:
-    """Tasks per parallel chunk: the largest divisor of `tasks` that still leaves min_chunks chunks."""
-    return max(d for d in range(1, tasks + 1) if tasks % d == 0 and (tasks // d >= min_chunks or d == 1))
+    return (not geo.mma and geo.word_bits == 32 and geo.g == 1 and a.kernel_shape == (1, 1)
+            and a.strides == (1, 1) and a.dilations == (1, 1) and not any(a.pads)
+            and geo.cog % CHANNELS_PER_TASK == 0 and has_avx512_popcount(target)
+            and oh * ow >= cpu_params(target).lanes)
 
 
 def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool, residual: int,
@@ -53,7 +50,7 @@ def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
         raise ValueError("internal: a 1x1 conv without padding has one border class")
     blocks, cob = -(-hw // lanes), cog // cn
     tasks = n * cob * blocks
-    per = _chunk(tasks)
+    per = tasks_per_chunk(tasks)  # the accumulators: registers, no buffer bound
     kt = geo.cg
     with IRBuilder() as ib:
         with T.prim_func():

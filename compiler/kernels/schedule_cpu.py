@@ -65,6 +65,14 @@ MIN_CHUNKS = 8  # parallel chunks of tasks (load balance on up to 8 threads)
 CHUNK_BUFFER_BYTES = 32768  # the per-chunk buffer (signs, padded rows) stays in L1/L2
 
 
+def tasks_per_chunk(tasks: int, task_bytes: int = 0, min_chunks: int = MIN_CHUNKS,
+                    max_bytes: int = CHUNK_BUFFER_BYTES) -> int:
+    """The largest divisor of `tasks` that leaves at least min_chunks chunks and keeps a chunk's buffer
+    (task_bytes per task) within max_bytes; 1 where none does."""
+    return max(d for d in range(1, tasks + 1) if tasks % d == 0
+               and (tasks // d >= min_chunks or d == 1) and d * task_bytes <= max_bytes)
+
+
 def chunk_tasks(sch: Schedule, tasks_loop, task_bytes: int, min_chunks: int = MIN_CHUNKS,
                 max_bytes: int = CHUNK_BUFFER_BYTES):
     """Split a loop of parallel tasks into chunks of several tasks -> (chunk loop, task loop): a buffer that each
@@ -73,8 +81,7 @@ def chunk_tasks(sch: Schedule, tasks_loop, task_bytes: int, min_chunks: int = MI
     +-1 conv); per chunk, a few per call. Chunks: at least min_chunks, each buffer at most max_bytes
     (task_bytes per task). Returns (tasks_loop, tasks_loop) where no split fits."""
     tasks = int(sch.get(tasks_loop).extent)
-    per = max(d for d in range(1, tasks + 1) if tasks % d == 0
-              and (tasks // d >= min_chunks or d == 1) and d * task_bytes <= max_bytes)
+    per = tasks_per_chunk(tasks, task_bytes, min_chunks, max_bytes)
     if per == 1:
         return tasks_loop, tasks_loop
     return tuple(sch.split(tasks_loop, [tasks // per, per]))

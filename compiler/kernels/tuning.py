@@ -45,9 +45,8 @@ def candidate_tiles(geo: ConvGeometry, target: Any) -> list[tuple]:
 def tunable(geo: ConvGeometry, target: Any) -> bool:
     """False for the convs that the pointwise kernel serves (pixels in the lanes: no register tile to choose)."""
     from .pointwise import use_pointwise_kernel
-    from .targets import has_avx512_popcount
 
-    return not use_pointwise_kernel(geo, cpu_params(target), has_avx512_popcount(target))
+    return not use_pointwise_kernel(geo, target)
 
 
 def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, number: int = 50) -> dict:
