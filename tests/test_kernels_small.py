@@ -92,6 +92,60 @@ def test_routing_rule():
     assert not use_pm1_kernel(geo(64, 3, 1, 64))
 
 
+def test_flat_kernel_routing_rule():
+    """Depthwise planes of >= MIN_OUTPUTS outputs on AVX-512 take the int8 flat kernel (depthwise_flat.py)."""
+    from dcpnas.compiler.kernels.depthwise_flat import use_flat_kernel
+
+    def geo(c, h, k, s, cg=1, cog=1, target=X86):
+        attrs = BinaryConvAttrs((k, k), (s, s), (k // 2,) * 4, (1, 1), c // cg, c)
+        return geometry((1, c, h, h), np.zeros((c // cg * cog, -(-cg // 8), k, k), np.uint8), attrs, target)
+
+    assert use_flat_kernel(geo(32, 28, 5, 1), X86) and use_flat_kernel(geo(64, 28, 3, 2), X86)  # 14x14 out
+    assert not use_flat_kernel(geo(128, 7, 3, 1), X86)  # 7x7 planes: depthwise.py measured faster
+    assert not use_flat_kernel(geo(32, 28, 3, 1, target=X86_AVX2), X86_AVX2)  # needs AVX-512 byte lanes
+    assert not use_flat_kernel(geo(32, 28, 3, 1, target=A72), A72)
+    assert not use_flat_kernel(geo(32, 28, 1, 1, cg=8), X86) and not use_flat_kernel(geo(16, 28, 3, 1, cog=2), X86)
+    assert not use_flat_kernel(geo(8, 28, 13, 1), X86)  # 169 taps: byte sums could overflow
+
+
+@pytest.mark.parametrize("pads,stride,dil,k", [((1, 0, 2, 1), 1, 1, 3), ((2, 2, 2, 2), 2, 2, 3), ((3, 3, 3, 3), 1, 1, 7),
+                                               ((0, 0, 0, 0), 2, 1, 5)])
+def test_flat_kernel_exact_and_bit_identical_to_float_form(pads, stride, dil, k):
+    """Two images, a non-square plane, asymmetric padding, two fused residuals: the flat kernel equals the
+    reference, and bit for bit the float-lane schedule of depthwise.py on the same conv."""
+    from dcpnas.compiler.kernels.depthwise import float_lanes_func
+    from dcpnas.compiler.kernels.depthwise_flat import make_flat_func, use_flat_kernel
+
+    c, rng = 12, np.random.default_rng(7)
+    attrs = BinaryConvAttrs((k, k), (stride, stride), pads, (dil, dil), c, c)
+    x = rng.standard_normal((2, c, 23, 30)).astype(np.float32)
+    x[:, :, 3, 4] = 0.0  # sign(0) = +1
+    wb = pack_weights(rng.standard_normal((c, 1, k, k)))
+    geo = geometry(x.shape, wb, attrs, X86)
+    assert use_flat_kernel(geo, X86)
+    aff = dict(in_scale=rng.uniform(-2, 2, c).astype(np.float32), in_shift=rng.standard_normal(c).astype(np.float32))
+    ep = dict(scale=rng.uniform(0.5, 2, c).astype(np.float32), bias=rng.standard_normal(c).astype(np.float32),
+              prelu=rng.uniform(-0.3, 0.3, c).astype(np.float32))
+    res = [rng.standard_normal(geo.out_shape).astype(np.float32) for _ in range(2)]
+    m = Pm1ConvModule(x.shape, wb, ep["scale"], ep["bias"], attrs, X86, prelu=ep["prelu"], in_affine=True)
+    args = m.arrays(x, **aff)
+    args = args[:-1] + res + args[-1:]
+
+    def run(f):
+        import tvm
+
+        ex = tvm.compile(tvm.IRModule({"k": f.with_attr("global_symbol", "k")}), target=tvm.target.Target(X86))
+        t = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+        ex.jit()["k"](*t)
+        return t[-1].numpy()
+
+    flat = run(make_flat_func(geo, True, True, residual=2))
+    lanes = run(float_lanes_func(geo, X86, affine=True, prelu=True, residual=2))
+    np.testing.assert_array_equal(flat, lanes)
+    want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff) + res[0] + res[1]
+    np.testing.assert_allclose(flat, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_emit_uses_one_kernel_for_depthwise_and_runs_exact():
     import tvm
     from tvm import relax

@@ -24,6 +24,7 @@ from tvm import te
 from tvm.s_tir import Schedule
 
 from .binary_conv import ConvGeometry, input_placeholders
+from .depthwise_flat import make_flat_func, use_flat_kernel
 from .reference import unpack_weights
 from .schedule_cpu import CpuParams, _largest_divisor, _vectorize, chunk_tasks, row_tile, rows_per_task, vector_plan
 from .shapes import geometry
@@ -197,6 +198,14 @@ def pm1_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, sched
             return f
         with as_target(target):
             return schedule_pm1_cuda(f, geo)
+    if schedule and use_flat_kernel(geo, target):  # int8 sums over the flat sign plane (depthwise_flat.py)
+        return make_flat_func(geo, affine, prelu, residual)
+    return float_lanes_func(geo, target, affine=affine, prelu=prelu, schedule=schedule, residual=residual)
+
+
+def float_lanes_func(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
+                     residual: int = 0):
+    """This module's CPU form (float32 lanes, register tiles), whatever use_flat_kernel says."""
     cpu = cpu_params(target)
     # padded rows pay off when the sign plane has a border anyway; a 1x1 conv measured 2x slower with them
     kh, kw = geo.attrs.kernel_shape

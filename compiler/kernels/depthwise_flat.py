@@ -1,0 +1,153 @@
+"""The depthwise ±1 conv as int8 sums over a flat padded sign plane (x86 with AVX-512 BW: 64 byte lanes).
+
+depthwise.py computes a depthwise binary conv in float32 (±1 signs times ±1 weights, 16 lanes, one fused
+multiply-add per tap and pixel); its taps run load-bound. Here one task is one (image, channel) plane, with
+4x the lanes per instruction and no multiply:
+
+  u   int8 [2, U]: u[0] = +1 / -1 = sign(x*in_scale + in_shift), 0 on the zero border, the padded plane
+      stored row after row (Hp x Wp); u[1] = -u[0]. A per-chunk buffer, zeroed once per chunk (tasks only
+      write inside the border).
+  acc int8 at every flat position o = r * Wp + col of the padded plane:
+      acc[o] = sum over taps t = (ry, rx) of u[w_t < 0][o + ry*dh*Wp + rx*dw]   (= sum of u * w_t, exact)
+  so a tap is one unaligned 64-byte load from the half its weight picks and one byte add per 64 positions,
+  the sum of all taps one expression (accumulators in registers). A position whose column lies in the
+  right border, or whose row lies between strided rows, is computed and never read. |acc| <= taps <= 127.
+  out = scale * acc + bias, then PReLU, then + res: the epilogue expression of depthwise.py and the XNOR
+  kernel on the same exact integer, so all three agree bit for bit. Output (y, x) reads flat position
+  (y*sh) * Wp + x*sw.
+
+Measured on the Intel Xeon (AVX-512, 1 thread, us, this kernel vs depthwise.py's): 32ch 28x28 5x5 10.2 vs
+20.7, 3x3 7.7 vs 12.4; 128ch 14x14 5x5 stride 2 15.0 vs 32.1; 64ch 14x14 3x3 7.5 vs 8.4; but 128ch 7x7 3x3
+8.9 vs 7.3 and 256ch 4x4 9.3 vs 7.8 (per-plane costs: sign pass, narrow epilogue vectors): planes of fewer
+than MIN_OUTPUTS outputs stay on depthwise.py.
+
+Same PrimFunc parameters as depthwise.make_pm1_func: (x, [in_scale, in_shift], Wpm [C,1,kh,kw] float32 ±1,
+scale, bias, [slope], [res0, res1...], out), so that emit.py and the tests drive both alike. Rows of the
+sign pass and of the epilogue are covered by power-of-two vectors, the last one shifted back to end at the
+row's end (a few values written twice, with the same value).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from .binary_conv import ConvGeometry
+from .schedule_cpu import tasks_per_chunk
+from .targets import family, has_avx512_popcount
+
+BYTE_LANES = 64  # one zmm register of int8
+MAX_VECTORS = 8  # accumulator registers per block of flat positions
+MAX_TAPS = 127  # byte sums stay exact: |acc| <= taps
+MIN_OUTPUTS = 100  # output pixels per plane (module doc: 7x7 planes measured slower here, 14x14 faster)
+
+
+def use_flat_kernel(geo: ConvGeometry, target) -> bool:
+    """True for a depthwise binary conv (one input and one output channel per group) with at most MAX_TAPS
+    taps and at least MIN_OUTPUTS outputs per plane, on an x86 target with AVX-512 (the VPOPCNTDQ models,
+    all of which have AVX-512 BW)."""
+    kh, kw = geo.attrs.kernel_shape
+    oh, ow = geo.out_hw
+    return (not geo.mma and geo.cg == 1 and geo.cog == 1 and kh * kw <= MAX_TAPS and oh * ow >= MIN_OUTPUTS
+            and family(target) == "x86" and has_avx512_popcount(target))
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    return min(cap, 1 << (n.bit_length() - 1))
+
+
+def _row_blocks(n: int, width: int):
+    """Starts of the vectors of `width` lanes that cover [0, n), the last one shifted back to end at n."""
+    return [min(j * width, n - width) for j in range(-(-n // width))]
+
+
+def flat_plan(geo: ConvGeometry) -> dict:
+    """Static sizes: padded width wp, flat positions computed (blocks x vectors x 64), buffer bytes."""
+    (kh, kw), (sh, _), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    pt, pl, pb, pr = geo.attrs.pads
+    oh, _ = geo.out_hw
+    wp, hp = geo.w + pl + pr, geo.h + pt + pb
+    positions = ((oh - 1) * sh + 1) * wp
+    n_vec = -(-positions // BYTE_LANES)
+    blocks = -(-n_vec // MAX_VECTORS)
+    vectors = -(-n_vec // blocks)
+    computed = blocks * vectors * BYTE_LANES
+    reach = (kh - 1) * dh * wp + (kw - 1) * dw
+    u_bytes = -(-max(hp * wp, computed + reach) // BYTE_LANES) * BYTE_LANES
+    return dict(wp=wp, blocks=blocks, vectors=vectors, computed=computed, u_bytes=u_bytes)
+
+
+def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int = 0,
+                   parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
+    """The scheduled PrimFunc (attr tir.is_scheduled); parameters: module doc."""
+    if not (geo.cg == 1 and geo.cog == 1):
+        raise ValueError("internal: the flat kernel is for depthwise convs")
+    n, c = geo.n, geo.c_in
+    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    pt, pl, _, _ = geo.attrs.pads
+    oh, ow = geo.out_hw
+    plan = flat_plan(geo)
+    wp, blocks, vectors, computed, u_bytes = (plan[k] for k in ("wp", "blocks", "vectors", "computed", "u_bytes"))
+    taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
+    vs, ve = _pow2_at_most(geo.w, 16), _pow2_at_most(ow, 16)  # float vectors of the sign pass, the epilogue
+    tasks = n * c
+    per = tasks_per_chunk(tasks)
+    parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
+    i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            x = T.arg("x", T.buffer((n, c, geo.h, geo.w), "float32"))
+            s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
+            t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
+            wpm = T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
+            scale = T.arg("scale", T.buffer((c,), "float32"))
+            bias = T.arg("bias", T.buffer((c,), "float32"))
+            slope = T.arg("slope", T.buffer((c,), "float32")) if prelu else None
+            res = [T.arg(f"res{k}", T.buffer((n, c, oh, ow), "float32")) for k in range(residual)]
+            out = T.arg("out", T.buffer((n, c, oh, ow), "float32"))
+            with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
+                u = T.alloc_local((2 * u_bytes,), "int8")  # [signs | negated signs]
+                acc = T.alloc_local((computed,), "int8")
+                with T.serial(0, 2 * u_bytes // BYTE_LANES) as k:
+                    with T.vectorized(0, BYTE_LANES) as lane:
+                        T.buffer_store(u, i8(0), [k * BYTE_LANES + lane])
+                with T.serial(0, per) as k:
+                    task = chunk * per + k
+                    i, ch = task // c, task % c
+                    with T.serial(0, geo.h) as y:  # the sign plane, inside the border
+                        for x0 in _row_blocks(geo.w, vs):
+                            with T.vectorized(0, vs) as lane:
+                                v = x[i, ch, y, x0 + lane]
+                                if affine:
+                                    v = v * s[ch] + t[ch]  # as pack_compute and the BatchNorm: multiply, then add
+                                neg = v < f32(0.0)
+                                at = (y + pt) * wp + pl + x0 + lane
+                                T.buffer_store(u, tirx.Select(neg, i8(-1), i8(1)), [at])
+                                T.buffer_store(u, tirx.Select(neg, i8(1), i8(-1)), [u_bytes + at])
+                    # tap t reads the negated half where its weight is -1: u * w = the chosen half
+                    half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
+                    offs = [ry * dh * wp + rx * dw for ry, rx in taps]
+                    with T.serial(0, blocks) as b:
+                        with T.unroll(0, vectors) as v:
+                            with T.vectorized(0, BYTE_LANES) as lane:
+                                a = b * (vectors * BYTE_LANES) + v * BYTE_LANES + lane
+                                total = u[half[0] + a + offs[0]]
+                                for h_t, o_t in zip(half[1:], offs[1:]):  # one expression: sums in registers
+                                    total = total + u[h_t + a + o_t]
+                                T.buffer_store(acc, total, [a])
+                    with T.serial(0, oh) as y:
+                        for x0 in _row_blocks(ow, ve):
+                            with T.vectorized(0, ve) as lane:
+                                q = acc[y * (sh * wp) + (x0 + lane) * sw]
+                                o = scale[ch] * q.astype("float32") + bias[ch]
+                                if slope is not None:
+                                    o = tirx.Select(o >= f32(0.0), o, o * slope[ch])
+                                for r in res:  # in graph order, as the other kernels
+                                    o = o + r[i, ch, y, x0 + lane]
+                                T.buffer_store(out, o, [i, ch, y, x0 + lane])
+    return ib.get()
