@@ -101,7 +101,8 @@ def test_flat_kernel_routing_rule():
         return geometry((1, c, h, h), np.zeros((c // cg * cog, -(-cg // 8), k, k), np.uint8), attrs, target)
 
     assert use_flat_kernel(geo(32, 28, 5, 1), X86) and use_flat_kernel(geo(64, 28, 3, 2), X86)  # 14x14 out
-    assert not use_flat_kernel(geo(128, 7, 3, 1), X86)  # 7x7 planes: depthwise.py measured faster
+    assert use_flat_kernel(geo(128, 8, 3, 1), X86) and use_flat_kernel(geo(128, 14, 5, 2), X86)  # 7x7 out
+    assert not use_flat_kernel(geo(128, 7, 3, 1), X86)  # 7x7 3x3: depthwise.py measured faster
     assert not use_flat_kernel(geo(32, 28, 3, 1, target=X86_AVX2), X86_AVX2)  # needs AVX-512 byte lanes
     assert not use_flat_kernel(geo(32, 28, 3, 1, target=A72), A72)
     assert not use_flat_kernel(geo(32, 28, 1, 1, cg=8), X86) and not use_flat_kernel(geo(16, 28, 3, 1, cog=2), X86)

@@ -16,10 +16,11 @@ multiply-add per tap and pixel); its taps run load-bound. Here one task is one (
   kernel on the same exact integer, so all three agree bit for bit. Output (y, x) reads flat position
   (y*sh) * Wp + x*sw.
 
-Measured on the Intel Xeon (AVX-512, 1 thread, us, this kernel vs depthwise.py's): 32ch 28x28 5x5 10.2 vs
-20.7, 3x3 7.7 vs 12.4; 128ch 14x14 5x5 stride 2 15.0 vs 32.1; 64ch 14x14 3x3 7.5 vs 8.4; but 128ch 7x7 3x3
-8.9 vs 7.3 and 256ch 4x4 9.3 vs 7.8 (per-plane costs: sign pass, narrow epilogue vectors): planes of fewer
-than MIN_OUTPUTS outputs stay on depthwise.py.
+Measured on the Intel Xeon (AVX-512, 1 thread, us per call, this kernel vs depthwise.py's float lanes):
+32ch 28x28 5x5 7.9 vs 21.7, 3x3 5.0 vs 13.6; 128ch 14x14 5x5 stride 2 10.2 vs 23.5; 64ch 14x14 3x3 4.1 vs
+5.4; 128ch 7x7 5x5 dil 2 6.3 vs 8.9; 64ch 8x8 3x3 2.4 vs 2.7; but 128ch 7x7 3x3 4.8 vs 4.4, 256ch 4x4 3x3
+6.8 vs 4.5 (per-plane costs: the sign pass and narrow epilogue vectors): planes with fewer than MIN_WORK
+taps x input pixels stay on depthwise.py.
 
 Same PrimFunc parameters as depthwise.make_pm1_func: (x, [in_scale, in_shift], Wpm [C,1,kh,kw] float32 ±1,
 scale, bias, [slope], [res0, res1...], out), so that emit.py and the tests drive both alike. Rows of the
@@ -41,16 +42,15 @@ from .targets import family, has_avx512_popcount
 BYTE_LANES = 64  # one zmm register of int8
 MAX_VECTORS = 8  # accumulator registers per block of flat positions
 MAX_TAPS = 127  # byte sums stay exact: |acc| <= taps
-MIN_OUTPUTS = 100  # output pixels per plane (module doc: 7x7 planes measured slower here, 14x14 faster)
+MIN_WORK = 512  # taps x input pixels per plane (module doc: 7x7 3x3 measured slower here, 8x8 3x3 faster)
 
 
 def use_flat_kernel(geo: ConvGeometry, target) -> bool:
     """True for a depthwise binary conv (one input and one output channel per group) with at most MAX_TAPS
-    taps and at least MIN_OUTPUTS outputs per plane, on an x86 target with AVX-512 (the VPOPCNTDQ models,
-    all of which have AVX-512 BW)."""
+    taps and at least MIN_WORK taps x input pixels per plane, on an x86 target with AVX-512 (the VPOPCNTDQ
+    models, all of which have AVX-512 BW)."""
     kh, kw = geo.attrs.kernel_shape
-    oh, ow = geo.out_hw
-    return (not geo.mma and geo.cg == 1 and geo.cog == 1 and kh * kw <= MAX_TAPS and oh * ow >= MIN_OUTPUTS
+    return (not geo.mma and geo.cg == 1 and geo.cog == 1 and kh * kw <= MAX_TAPS and kh * kw * geo.h * geo.w >= MIN_WORK
             and family(target) == "x86" and has_avx512_popcount(target))
 
 
@@ -92,6 +92,9 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     wp, blocks, vectors, computed, u_bytes = (plan[k] for k in ("wp", "blocks", "vectors", "computed", "u_bytes"))
     taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
     vs, ve = _pow2_at_most(geo.w, 16), _pow2_at_most(ow, 16)  # float vectors of the sign pass, the epilogue
+    span = geo.h * wp  # bytes of the rows that hold signs
+    vn = _pow2_at_most(span, BYTE_LANES)
+    neg_blocks = _row_blocks(span, vn)
     tasks = n * c
     per = tasks_per_chunk(tasks)
     parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
@@ -119,16 +122,21 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                 with T.serial(0, per) as k:
                     task = chunk * per + k
                     i, ch = task // c, task % c
+                    # scalars bound once: inside the parallel body LLVM cannot tell the buffers apart
+                    # and would reload them after every store
+                    aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
                     with T.serial(0, geo.h) as y:  # the sign plane, inside the border
                         for x0 in _row_blocks(geo.w, vs):
                             with T.vectorized(0, vs) as lane:
                                 v = x[i, ch, y, x0 + lane]
-                                if affine:
-                                    v = v * s[ch] + t[ch]  # as pack_compute and the BatchNorm: multiply, then add
-                                neg = v < f32(0.0)
-                                at = (y + pt) * wp + pl + x0 + lane
-                                T.buffer_store(u, tirx.Select(neg, i8(-1), i8(1)), [at])
-                                T.buffer_store(u, tirx.Select(neg, i8(1), i8(-1)), [u_bytes + at])
+                                if aff:
+                                    v = v * aff[0] + aff[1]  # as pack_compute and the BatchNorm: multiply, then add
+                                T.buffer_store(u, tirx.Select(v < f32(0.0), i8(-1), i8(1)),
+                                               [(y + pt) * wp + pl + x0 + lane])
+                    with T.serial(0, len(neg_blocks)) as k:  # the negated half: the rows with signs, flat
+                        with T.vectorized(0, vn) as lane:
+                            at = pt * wp + tirx.min(k * vn, span - vn) + lane
+                            T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
                     # tap t reads the negated half where its weight is -1: u * w = the chosen half
                     half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
                     offs = [ry * dh * wp + rx * dw for ry, rx in taps]
@@ -140,13 +148,15 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                                 for h_t, o_t in zip(half[1:], offs[1:]):  # one expression: sums in registers
                                     total = total + u[h_t + a + o_t]
                                 T.buffer_store(acc, total, [a])
+                    sc, bs = T.bind(scale[ch]), T.bind(bias[ch])
+                    sl = T.bind(slope[ch]) if slope is not None else None
                     with T.serial(0, oh) as y:
                         for x0 in _row_blocks(ow, ve):
                             with T.vectorized(0, ve) as lane:
                                 q = acc[y * (sh * wp) + (x0 + lane) * sw]
-                                o = scale[ch] * q.astype("float32") + bias[ch]
-                                if slope is not None:
-                                    o = tirx.Select(o >= f32(0.0), o, o * slope[ch])
+                                o = sc * q.astype("float32") + bs
+                                if sl is not None:
+                                    o = tirx.Select(o >= f32(0.0), o, o * sl)
                                 for r in res:  # in graph order, as the other kernels
                                     o = o + r[i, ch, y, x0 + lane]
                                 T.buffer_store(out, o, [i, ch, y, x0 + lane])
