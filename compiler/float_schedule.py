@@ -16,6 +16,7 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, chunk_tasks, row_tile, rows_per_task, vector_plan
+from dcpnas.compiler.pool_flat import make_flat_pool, use_flat_pool
 
 
 def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
@@ -144,6 +145,9 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
     With `cpu` the window is reduced at stride 1 along W (block "pool" is [N, C, OH, OWP] or, strided,
     [N, C, OH, OWP/sw, sw], the same memory) and the output takes every sw-th column: every vector load
     of the padded plane is contiguous (as the ±1 conv, kernels/depthwise.py)."""
+    if use_flat_pool(x_shape, kernel, strides, cpu):  # separable, over the flat padded plane
+        return _finish(make_flat_pool(x_shape, kind=kind, kernel=kernel, strides=strides, pads=pads,
+                                      count_include_pad=count_include_pad, residual=residual), name, True)
     N, C, H, W = (int(v) for v in x_shape)
     (KH, KW), (sh, sw), (pt, pl, pb, pr) = kernel, strides, pads
     OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1

@@ -62,6 +62,39 @@ def test_pool_matches_reference(case):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+# stride-1 pools over planes >= 14x14 on AVX-512 take compiler/pool_flat.py (separable, flat padded plane)
+FLAT_CASES = [("avg", 8, 15, 21, (3, 5), 1, (1, 2, 2, 0), False), ("avg", 4, 14, 14, 3, 1, (1, 1, 1, 1), True),
+              ("max", 6, 16, 20, (2, 3), 1, (0, 1, 1, 0), False), ("max", 3, 28, 28, 3, 1, (1, 1, 1, 1), False)]
+
+
+@pytest.mark.parametrize("case", FLAT_CASES, ids=_ids)
+@pytest.mark.parametrize("residual", [False, True])
+def test_flat_pool_matches_reference(case, residual):
+    from dcpnas.compiler.lowering import cpu_sched
+    from dcpnas.compiler.pool_flat import use_flat_pool
+
+    kind, c, h, w, k, s = case[:6]
+    k = k if isinstance(k, tuple) else (k, k)
+    assert use_flat_pool((1, c, h, w), k, (s, s), cpu_sched(X86))
+    assert not use_flat_pool((1, c, h, w), k, (s, s), cpu_sched(X86_AVX2))
+    got, want = _run(case, X86, residual=residual)
+    if kind == "max" and not residual:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_flat_pool_rule():
+    from dcpnas.compiler.lowering import cpu_sched
+    from dcpnas.compiler.pool_flat import use_flat_pool
+
+    cpu = cpu_sched(X86)
+    assert use_flat_pool((1, 32, 28, 28), (3, 3), (1, 1), cpu)
+    assert not use_flat_pool((1, 32, 28, 28), (3, 3), (2, 2), cpu)  # strided: pool2d_nchw
+    assert not use_flat_pool((1, 128, 7, 7), (3, 3), (1, 1), cpu)  # 7x7: pool2d_nchw measured faster
+    assert not use_flat_pool((1, 32, 28, 28), (3, 3), (1, 1), None)  # unscheduled (GPU) form
+
+
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4]], ids=_ids)
 def test_pool_with_residual_and_avx2(case):
     got, want = _run(case, X86_AVX2, residual=True)
