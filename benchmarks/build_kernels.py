@@ -71,9 +71,8 @@ def problem(key, target):
     from dcpnas.compiler import float_schedule as fs
     from dcpnas.compiler.kernels import BinaryConvAttrs, binary_conv2d_reference, pack_weights
     from dcpnas.compiler.kernels import depthwise as dwm
-    from dcpnas.compiler.kernels.binary_conv import make_pack_func
     from dcpnas.compiler.kernels.pack import pack_activations_reference
-    from dcpnas.compiler.kernels.schedule_cpu import schedule_pack_cpu
+    from dcpnas.compiler.kernels.emit import cpu_pack_func
     from dcpnas.compiler.kernels.shapes import geometry
     from dcpnas.compiler.kernels.targets import cpu_params
 
@@ -95,7 +94,7 @@ def problem(key, target):
     ins, ish = rng.uniform(-2, 2, ci).astype(np.float32), rng.standard_normal(ci).astype(np.float32)
     geo = geometry(xs, wb, attrs, target)
     if kind == "pack":
-        build = lambda: schedule_pack_cpu(make_pack_func(geo, True), geo, cpu_params(target))  # noqa: E731
+        build = lambda: cpu_pack_func(geo, target, True)  # noqa: E731
         return build, [x, ins, ish, np.zeros(geo.packed_shape, geo.word_dtype)], \
             (lambda: pack_activations_reference(x, attrs, ins, ish, word_bits=geo.word_bits)), True
     sc, bi = rng.uniform(0.5, 2, co).astype(np.float32), rng.standard_normal(co).astype(np.float32)

@@ -312,3 +312,53 @@ def test_pointwise_kernel_is_chosen_where_it_applies():
     assert tunable(m.geo, X86_AVX2)
     with pytest.raises(CompileError, match="pointwise kernel"):
         tune_conv(m.geo, X86)
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("n,c,h,w,g,affine", [(1, 32, 28, 28, 1, True), (2, 40, 13, 11, 1, True), (1, 96, 14, 14, 1, False),
+                                              (2, 16, 16, 9, 2, True), (1, 72, 4, 4, 1, True)])
+def test_flat_pack_bit_exact(n, c, h, w, g, affine):
+    """pack_flat.py (unpadded planes, AVX-512): bit for bit the TE pack, and the reference away from the
+    threshold; whole and partial words, groups, planes of one vector, a tail shifted back, two images, with
+    and without the affine before the sign."""
+    import tvm
+
+    from dcpnas.compiler.kernels.binary_conv import make_pack_func
+    from dcpnas.compiler.kernels.emit import geometry
+    from dcpnas.compiler.kernels.pack_flat import make_pack_flat, use_pack_flat
+    from dcpnas.compiler.kernels.schedule_cpu import schedule_pack_cpu
+    from dcpnas.compiler.kernels.targets import cpu_params
+
+    attrs = _attrs(c, 1, 1, 0, 1, g)
+    rng = np.random.default_rng(c + h)
+    x, wb = _case(rng, n, c, h, w, 32 * g, attrs)
+    geo = geometry(x.shape, wb, attrs, X86)
+    assert use_pack_flat(geo, X86) and not use_pack_flat(geometry(x.shape, wb, attrs, X86_AVX2), X86_AVX2)
+    s, t = rng.uniform(-2, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    x[0, :, 0, 0] = -t / s  # x*s + t about 0: LLVM fuses the multiply-add (one rounding; numpy rounds twice)
+
+    def run(f):
+        ex = tvm.compile(tvm.IRModule({"k": f.with_attr("global_symbol", "k")}), target=tvm.target.Target(X86))
+        args = [x] + ([s, t] if affine else []) + [np.zeros(geo.packed_shape, np.uint32)]
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+        ex.jit()["k"](*args)
+        return args[-1].numpy()
+
+    got = run(make_pack_flat(geo, affine))
+    np.testing.assert_array_equal(got, run(schedule_pack_cpu(make_pack_func(geo, affine), geo, cpu_params(X86))))
+    want = pack_activations_reference(x, attrs, s if affine else None, t if affine else None)
+    np.testing.assert_array_equal(got[:, :, 1:], want[:, :, 1:])
+    np.testing.assert_array_equal(got[1:], want[1:])
+
+
+def test_flat_pack_rule():
+    from dcpnas.compiler.kernels.emit import geometry
+    from dcpnas.compiler.kernels.pack_flat import use_pack_flat
+
+    def geo(h, p=0):
+        attrs = _attrs(64, 3 if p else 1, 1, p, 1, 1)
+        return geometry((1, 64, h, h), np.zeros((32, 8) + attrs.kernel_shape, np.uint8), attrs, X86)
+
+    assert use_pack_flat(geo(28), X86) and use_pack_flat(geo(14), X86) and use_pack_flat(geo(4), X86)
+    assert not use_pack_flat(geo(7), X86)  # 49 pixels in 4 vectors: the TE pack measured faster
+    assert not use_pack_flat(geo(28, p=1), X86)  # padded planes: the TE pack with border words

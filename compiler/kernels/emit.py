@@ -13,6 +13,7 @@ from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
 from .bmma_cuda import fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .pack import border_classes, border_correction, weights_to_words
+from .pack_flat import make_pack_flat, use_pack_flat
 from .pointwise import make_pointwise_func, use_pointwise_kernel
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
@@ -47,13 +48,20 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     from .records import load_records, lookup_tile
 
     cpu = cpu_params(target)
+    pack = cpu_pack_func(geo, target, affine)
     if geo.word_bits == 8:
-        return schedule_pack_cpu(pack, geo, cpu), schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
+        return pack, schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
     if use_pointwise_kernel(geo, target):  # pixels in the lanes (pointwise.py)
-        return schedule_pack_cpu(pack, geo, cpu), make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu,
-                                                                      residual, cpu)
+        return pack, make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu, residual, cpu)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
-    return schedule_pack_cpu(pack, geo, cpu), schedule_conv_cpu(conv, geo, cpu, tile=tile)
+    return pack, schedule_conv_cpu(conv, geo, cpu, tile=tile)
+
+
+def cpu_pack_func(geo: ConvGeometry, target: Any, affine: bool):
+    """The scheduled sign+pack PrimFunc of a CPU target: pack_flat.py where it applies, else the TE pack."""
+    if use_pack_flat(geo, target):
+        return make_pack_flat(geo, affine)
+    return schedule_pack_cpu(make_pack_func(geo, affine), geo, cpu_params(target))
 
 
 def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
