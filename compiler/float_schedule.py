@@ -15,6 +15,7 @@ import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
+from dcpnas.compiler.conv_flat import make_flat_depthwise, use_flat_depthwise
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, chunk_tasks, row_tile, rows_per_task, vector_plan
 from dcpnas.compiler.pool_flat import make_flat_pool, use_flat_pool
 
@@ -46,6 +47,9 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     """PrimFunc(x[N,C,H,W], w[Co,C/g,kh,kw], [in_scale[C], in_shift[C]], [scale[Co], bias[Co]], [slope[Co]],
     [res[N,Co,OH,OW]], out[N,Co,OH,OW]): out = ep(conv(pad0(x*in_scale+in_shift), w)), ep(v) = prelu(v*scale+bias)+res.
     pads = (top, left, bottom, right)."""
+    if use_flat_depthwise(x_shape, w_shape, group, cpu):  # depthwise: over the flat padded plane
+        return _finish(make_flat_depthwise(x_shape, w_shape, strides=strides, pads=pads, dilations=dilations,
+                                           in_affine=in_affine, bias=bias, prelu=prelu, residual=residual), name, True)
     N, C, H, W = (int(v) for v in x_shape)
     Co, Cg, KH, KW = (int(v) for v in w_shape)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads

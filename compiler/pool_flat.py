@@ -25,6 +25,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from dcpnas.compiler.kernels.flat import pow2_at_most, row_blocks
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams, tasks_per_chunk
 
 LANES = 16  # float32 lanes of the targets this kernel is for (AVX-512)
@@ -41,15 +42,6 @@ def use_flat_pool(x_shape, kernel, strides, cpu: CpuParams | None) -> bool:
             and kernel[0] * kernel[1] > 1)
 
 
-def _pow2_at_most(n: int, cap: int) -> int:
-    return min(cap, 1 << (n.bit_length() - 1))
-
-
-def _row_blocks(n: int, width: int):
-    """Starts of the vectors of `width` lanes that cover [0, n), the last one shifted back to end at n."""
-    return [min(j * width, n - width) for j in range(-(-n // width))]
-
-
 def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_pad: bool, residual: bool,
                    parallel_min: int = 4096) -> tvm.tirx.PrimFunc:
     """PrimFunc (x, [res], out), scheduled (attr tir.is_scheduled): the signature of pool2d_nchw."""
@@ -60,7 +52,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
     rows = (oh - 1) * sh + kh  # padded rows the windows reach
     h_len = -(-rows * wp // LANES) * LANES
     p_len = -(-max((h + pt + pb) * wp, h_len + kw - 1) // LANES) * LANES
-    vs, ve = _pow2_at_most(w, LANES), _pow2_at_most(ow, LANES)
+    vs, ve = pow2_at_most(w, LANES), pow2_at_most(ow, LANES)
     red = tirx.max if kind == "max" else (lambda a, b: a + b)
     fill = tirx.const(float("-inf") if kind == "max" else 0.0, "float32")
     tasks = n * c
@@ -79,7 +71,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
                 if kind != "max":  # 1 / taps inside, once per call (a vdivps per output vector costs ~10 cycles)
                     inv = T.alloc_buffer((oh * ow,), "float32")
                     with T.serial(0, oh) as y:
-                        for x0 in _row_blocks(ow, ve):
+                        for x0 in row_blocks(ow, ve):
                             with T.vectorized(0, ve) as lane:
                                 cnt = _count(y, x0 + lane, h=h, w=w, kernel=kernel, strides=strides, pads=pads,
                                              count_include_pad=count_include_pad)
@@ -94,7 +86,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
                         task = chunk * per + k
                         i, ch = task // c, task % c
                         with T.serial(0, h) as y:
-                            for x0 in _row_blocks(w, vs):
+                            for x0 in row_blocks(w, vs):
                                 with T.vectorized(0, vs) as lane:
                                     T.buffer_store(p, x[i, ch, y, x0 + lane], [(y + pt) * wp + pl + x0 + lane])
                         with T.serial(0, h_len // LANES) as k2:
@@ -105,7 +97,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
                                     v = red(v, p[o + rx])
                                 T.buffer_store(hs, v, [o])
                         with T.serial(0, oh) as y:
-                            for x0 in _row_blocks(ow, ve):
+                            for x0 in row_blocks(ow, ve):
                                 with T.vectorized(0, ve) as lane:
                                     col = (x0 + lane) * sw
                                     v = hs[y * sh * wp + col]

@@ -36,6 +36,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .binary_conv import ConvGeometry
+from .flat import FlatPlan, flat_plan, pow2_at_most, row_blocks
 from .schedule_cpu import tasks_per_chunk
 from .targets import family, has_avx512_popcount
 
@@ -54,29 +55,11 @@ def use_flat_kernel(geo: ConvGeometry, target) -> bool:
             and family(target) == "x86" and has_avx512_popcount(target))
 
 
-def _pow2_at_most(n: int, cap: int) -> int:
-    return min(cap, 1 << (n.bit_length() - 1))
-
-
-def _row_blocks(n: int, width: int):
-    """Starts of the vectors of `width` lanes that cover [0, n), the last one shifted back to end at n."""
-    return [min(j * width, n - width) for j in range(-(-n // width))]
-
-
-def flat_plan(geo: ConvGeometry) -> dict:
-    """Static sizes: padded width wp, flat positions computed (blocks x vectors x 64), buffer bytes."""
-    (kh, kw), (sh, _), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
-    pt, pl, pb, pr = geo.attrs.pads
-    oh, _ = geo.out_hw
-    wp, hp = geo.w + pl + pr, geo.h + pt + pb
-    positions = ((oh - 1) * sh + 1) * wp
-    n_vec = -(-positions // BYTE_LANES)
-    blocks = -(-n_vec // MAX_VECTORS)
-    vectors = -(-n_vec // blocks)
-    computed = blocks * vectors * BYTE_LANES
-    reach = (kh - 1) * dh * wp + (kw - 1) * dw
-    u_bytes = -(-max(hp * wp, computed + reach) // BYTE_LANES) * BYTE_LANES
-    return dict(wp=wp, blocks=blocks, vectors=vectors, computed=computed, u_bytes=u_bytes)
+def flat_sizes(geo: ConvGeometry) -> FlatPlan:
+    """The flat plan of this conv in 64 byte lanes."""
+    a = geo.attrs
+    return flat_plan(geo.h, geo.w, geo.out_hw[0], a.kernel_shape, a.strides, a.dilations, a.pads, BYTE_LANES,
+                     MAX_VECTORS)
 
 
 def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int = 0,
@@ -88,13 +71,13 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, _, _ = geo.attrs.pads
     oh, ow = geo.out_hw
-    plan = flat_plan(geo)
-    wp, blocks, vectors, computed, u_bytes = (plan[k] for k in ("wp", "blocks", "vectors", "computed", "u_bytes"))
+    plan = flat_sizes(geo)
+    wp, blocks, vectors, computed, u_bytes = plan.wp, plan.blocks, plan.vectors, plan.computed, plan.buffer
     taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
-    vs, ve = _pow2_at_most(geo.w, 16), _pow2_at_most(ow, 16)  # float vectors of the sign pass, the epilogue
+    vs, ve = pow2_at_most(geo.w, 16), pow2_at_most(ow, 16)  # float vectors of the sign pass, the epilogue
     span = geo.h * wp  # bytes of the rows that hold signs
-    vn = _pow2_at_most(span, BYTE_LANES)
-    neg_blocks = _row_blocks(span, vn)
+    vn = pow2_at_most(span, BYTE_LANES)
+    neg_blocks = row_blocks(span, vn)
     tasks = n * c
     per = tasks_per_chunk(tasks)
     parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
@@ -126,7 +109,7 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                     # and would reload them after every store
                     aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
                     with T.serial(0, geo.h) as y:  # the sign plane, inside the border
-                        for x0 in _row_blocks(geo.w, vs):
+                        for x0 in row_blocks(geo.w, vs):
                             with T.vectorized(0, vs) as lane:
                                 v = x[i, ch, y, x0 + lane]
                                 if aff:
@@ -151,7 +134,7 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                     sc, bs = T.bind(scale[ch]), T.bind(bias[ch])
                     sl = T.bind(slope[ch]) if slope is not None else None
                     with T.serial(0, oh) as y:
-                        for x0 in _row_blocks(ow, ve):
+                        for x0 in row_blocks(ow, ve):
                             with T.vectorized(0, ve) as lane:
                                 q = acc[y * (sh * wp) + (x0 + lane) * sw]
                                 o = sc * q.astype("float32") + bs

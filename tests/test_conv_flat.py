@@ -1,0 +1,68 @@
+"""The fp32 depthwise conv over a flat padded plane (compiler/conv_flat.py, taken by float_schedule.conv2d_nchw
+for depthwise convs on AVX-512) against torch, with every epilogue part, and the rule that picks it."""
+
+import numpy as np
+import pytest
+
+from dcpnas.compiler import float_schedule as fs
+from dcpnas.targets import get_target
+
+X86 = get_target("x86-avx512").tvm
+X86_AVX2 = get_target("x86-avx2").tvm
+
+pytestmark = pytest.mark.tvm
+
+# (channels, H, W, kernel, stride, dilation, pads): DARTS sep/dil convs at 28/14/7, stride 2, a non-square plane
+# with asymmetric padding, a 7x7 kernel, no padding
+CASES = [(8, 28, 28, 5, 1, 1, (2, 2, 2, 2)), (16, 14, 14, 3, 1, 2, (2, 2, 2, 2)), (12, 7, 7, 3, 1, 1, (1, 1, 1, 1)),
+         (8, 28, 28, 3, 2, 1, (1, 1, 1, 1)), (6, 13, 21, 3, 1, 1, (1, 0, 2, 1)), (4, 9, 11, 7, 1, 1, (3, 3, 3, 3)),
+         (5, 10, 10, 3, 2, 2, (0, 0, 0, 0))]
+
+
+def _ids(c):
+    return "c{}h{}w{}k{}s{}d{}p{}".format(*c[:6], "".join(map(str, c[6])))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("parts", ["plain", "all"])
+def test_flat_depthwise_matches_torch(case, parts):
+    import torch
+    import tvm
+
+    from dcpnas.compiler.conv_flat import use_flat_depthwise
+    from dcpnas.compiler.lowering import cpu_sched
+
+    c, h, w, k, s, d, pads = case
+    full = parts == "all"
+    rng = np.random.default_rng(c * h + k)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    ins, ish = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    sc, bi = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    sl = rng.uniform(-0.3, 0.3, c).astype(np.float32)
+    xt = torch.from_numpy(x * ins.reshape(1, -1, 1, 1) + ish.reshape(1, -1, 1, 1) if full else x)
+    xt = torch.nn.functional.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(wt), stride=s, dilation=d, groups=c).numpy()
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    if full:
+        ref = ref * sc.reshape(1, -1, 1, 1) + bi.reshape(1, -1, 1, 1)
+        ref = np.where(ref >= 0, ref, ref * sl.reshape(1, -1, 1, 1)) + res
+    assert use_flat_depthwise(x.shape, wt.shape, c, cpu_sched(X86))
+    f = fs.conv2d_nchw(x.shape, wt.shape, strides=(s, s), pads=pads, dilations=(d, d), group=c, name="dw",
+                       cpu=cpu_sched(X86), in_affine=full, bias=full, prelu=full, residual=full)
+    args = [x, wt] + ([ins, ish, sc, bi, sl, res] if full else []) + [np.zeros(ref.shape, np.float32)]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+    tvm.compile(tvm.IRModule({"dw": f}), target=tvm.target.Target(X86)).jit()["dw"](*args)
+    np.testing.assert_allclose(args[-1].numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_flat_depthwise_rule():
+    from dcpnas.compiler.conv_flat import use_flat_depthwise
+    from dcpnas.compiler.lowering import cpu_sched
+
+    assert use_flat_depthwise((1, 32, 28, 28), (32, 1, 5, 5), 32, cpu_sched(X86))
+    assert not use_flat_depthwise((1, 32, 28, 28), (32, 1, 5, 5), 32, cpu_sched(X86_AVX2))  # 8 lanes
+    assert not use_flat_depthwise((1, 32, 28, 28), (32, 1, 5, 5), 32, None)  # unscheduled (GPU) form
+    assert not use_flat_depthwise((1, 32, 28, 28), (32, 32, 1, 1), 1, cpu_sched(X86))  # dense
+    assert not use_flat_depthwise((1, 32, 28, 28), (64, 1, 3, 3), 32, cpu_sched(X86))  # channel multiplier 2
+    assert not use_flat_depthwise((1, 32, 3, 3), (32, 1, 3, 3), 32, cpu_sched(X86))  # 9 pixels: less than a vector
