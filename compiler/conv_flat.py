@@ -1,4 +1,5 @@
-"""The fp32 depthwise conv over a flat padded plane (CPU targets with 16 float lanes: AVX-512).
+"""fp32 convs in flat layouts (CPU targets with 16 float lanes: AVX-512): the depthwise conv over a flat padded
+plane, and the dense 1x1 conv with pixels in the vector lanes (make_flat_pointwise).
 
 float_schedule.conv2d_nchw computes a depthwise conv per output row with a register tile of the row's
 vectors (28 columns: two 14-lane vectors, each split by LLVM into 8 + 4 + 2), from a padded copy of the whole
@@ -19,7 +20,11 @@ Same PrimFunc parameters as conv2d_nchw (x, w [C,1,kh,kw], [in_scale, in_shift],
 out). The sums run in the same tap order (ry, rx) with fused multiply-adds; the result is within float
 rounding of conv2d_nchw's and of torch's (tests: rtol 1e-5).
 
-Measured (1 thread, us per call, this kernel vs conv2d_nchw): see benchmarks/results/speed11/README.md.
+The dense 1x1 conv (stride 1, no padding) is a GEMM over the H*W contiguous pixels of each plane; conv2d_nchw
+tiles it by output rows (28 columns: two 14-lane vectors; 7 columns: one 7-lane vector) at 23-48 GMAC/s, the
+pixels-in-lanes tile reaches 50-74 GMAC/s on the same shapes.
+
+Measured (1 thread, us per call, these kernels vs conv2d_nchw): benchmarks/results/speed11/README.md.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def make_flat_depthwise(x_shape, w_shape, *, strides, pads, dilations, in_affine
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
             wt = T.arg("w", T.buffer((c, 1, kh, kw), "float32"))
             a_s = T.arg("in_scale", T.buffer((c,), "float32")) if in_affine else None
@@ -117,3 +122,91 @@ def make_flat_depthwise(x_shape, w_shape, *, strides, pads, dilations, in_affine
                                     T.buffer_store(out, v, [i, ch, y, x0 + lane])
     return ib.get()
 
+
+
+POINTWISE_TILES = ((8, 3), (6, 4), (4, 4), (4, 2), (2, 4), (1, 4))  # (output channels, pixel vectors) per tile
+
+
+def use_flat_pointwise(x_shape, w_shape, *, strides, pads, group: int, cpu: CpuParams | None) -> bool:
+    """True for a dense 1x1 conv at stride 1 without padding over planes of >= 16 pixels, on a CPU target with
+    16 float lanes."""
+    _, c, h, w = (int(v) for v in x_shape)
+    return (cpu is not None and cpu.lanes == LANES and group == 1 and tuple(int(v) for v in w_shape[2:]) == (1, 1)
+            and tuple(strides) == (1, 1) and not any(pads) and h * w >= LANES)
+
+
+def make_flat_pointwise(x_shape, w_shape, *, in_affine=False, bias=False, prelu=False, residual=False,
+                        tile=None, parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
+    """The dense 1x1 fp32 conv as a GEMM with pixels in the vector lanes: a task computes a tile of cb output
+    channels x nv vectors of 16 consecutive pixels (POINTWISE_TILES: the first whose cb divides C_out), per
+    input channel one vector load per pixel vector and one broadcast weight per output channel (cb x nv
+    FMAs into registers); the epilogue stores whole vectors of NCHW output, a plane's last vector shifted
+    back to end at H*W. conv2d_nchw's parameters; scheduled (attr tir.is_scheduled). tile: (cb, nv) to
+    override (C_out % cb == 0)."""
+    n, c, h, w = (int(v) for v in x_shape)
+    co = int(w_shape[0])
+    hw = h * w
+    n_vec = -(-hw // LANES)
+    cb, nv = tile or next((b, v) for b, v in POINTWISE_TILES if co % b == 0)
+    if co % cb:
+        raise ValueError(f"internal: tile of {cb} output channels for C_out {co}")
+    nv = min(nv, n_vec)
+    blocks = -(-n_vec // nv)
+    nv = -(-n_vec // blocks)
+    tasks = n * (co // cb) * blocks
+    per = tasks_per_chunk(tasks)
+    parallel = n * co * c * hw >= parallel_min and tasks // per > 1
+    zero = tirx.const(0.0, "float32")
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
+            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            wt = T.arg("w", T.buffer((co, c, 1, 1), "float32"))
+            a_s = T.arg("in_scale", T.buffer((c,), "float32")) if in_affine else None
+            a_b = T.arg("in_shift", T.buffer((c,), "float32")) if in_affine else None
+            sc = T.arg("scale", T.buffer((co,), "float32")) if bias else None
+            bi = T.arg("bias", T.buffer((co,), "float32")) if bias else None
+            sl = T.arg("slope", T.buffer((co,), "float32")) if prelu else None
+            res = T.arg("res", T.buffer((n, co, h, w), "float32")) if residual else None
+            out = T.arg("out", T.buffer((n, co, h, w), "float32"))
+            xf = T.decl_buffer((n * c * hw,), "float32", data=x.data)
+            wf = T.decl_buffer((co * c,), "float32", data=wt.data)
+            of = T.decl_buffer((n * co * hw,), "float32", data=out.data)
+            rf = T.decl_buffer((n * co * hw,), "float32", data=res.data) if residual else None
+            with T.sblock("root"):  # Relax passes analyse PrimFuncs through a root block
+                with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
+                    acc = T.alloc_local((cb * nv * LANES,), "float32")
+                    with T.serial(0, per) as k:
+                        task = chunk * per + k
+                        i, c0 = task // (co // cb * blocks), task // blocks % (co // cb) * cb
+                        v0 = task % blocks * nv
+
+                        def at(v, lane):
+                            return tirx.min((v0 + v) * LANES, hw - LANES) + lane
+
+                        with T.unroll(0, cb * nv) as a:
+                            with T.vectorized(0, LANES) as lane:
+                                T.buffer_store(acc, zero, [a * LANES + lane])
+                        with T.serial(0, c) as ci:
+                            with T.unroll(0, cb) as o:
+                                with T.unroll(0, nv) as v:
+                                    with T.vectorized(0, LANES) as lane:
+                                        xv = xf[(i * c + ci) * hw + at(v, lane)]
+                                        if in_affine:
+                                            xv = xv * a_s[ci] + a_b[ci]
+                                        a = (o * nv + v) * LANES + lane
+                                        T.buffer_store(acc, acc[a] + xv * wf[(c0 + o) * c + ci], [a])
+                        with T.unroll(0, cb) as o:
+                            with T.unroll(0, nv) as v:
+                                with T.vectorized(0, LANES) as lane:
+                                    val = acc[(o * nv + v) * LANES + lane]
+                                    if bias:
+                                        val = val * sc[c0 + o] + bi[c0 + o]
+                                    if prelu:
+                                        val = tirx.Select(val >= zero, val, val * sl[c0 + o])
+                                    idx = (i * co + c0 + o) * hw + at(v, lane)
+                                    if rf is not None:
+                                        val = val + rf[idx]
+                                    T.buffer_store(of, val, [idx])
+    return ib.get()

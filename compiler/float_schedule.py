@@ -15,7 +15,7 @@ import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from dcpnas.compiler.conv_flat import make_flat_depthwise, use_flat_depthwise
+from dcpnas.compiler.conv_flat import make_flat_depthwise, make_flat_pointwise, use_flat_depthwise, use_flat_pointwise
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, chunk_tasks, row_tile, rows_per_task, vector_plan
 from dcpnas.compiler.pool_flat import make_flat_pool, use_flat_pool
 
@@ -50,6 +50,9 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     if use_flat_depthwise(x_shape, w_shape, group, cpu):  # depthwise: over the flat padded plane
         return _finish(make_flat_depthwise(x_shape, w_shape, strides=strides, pads=pads, dilations=dilations,
                                            in_affine=in_affine, bias=bias, prelu=prelu, residual=residual), name, True)
+    if use_flat_pointwise(x_shape, w_shape, strides=strides, pads=pads, group=group, cpu=cpu):  # pixels in lanes
+        return _finish(make_flat_pointwise(x_shape, w_shape, in_affine=in_affine, bias=bias, prelu=prelu,
+                                           residual=residual), name, True)
     N, C, H, W = (int(v) for v in x_shape)
     Co, Cg, KH, KW = (int(v) for v in w_shape)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads

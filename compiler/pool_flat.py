@@ -61,7 +61,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
             res = T.arg("res", T.buffer((n, c, oh, ow), "float32")) if residual else None
             out = T.arg("out", T.buffer((n, c, oh, ow), "float32"))

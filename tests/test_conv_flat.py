@@ -66,3 +66,59 @@ def test_flat_depthwise_rule():
     assert not use_flat_depthwise((1, 32, 28, 28), (32, 32, 1, 1), 1, cpu_sched(X86))  # dense
     assert not use_flat_depthwise((1, 32, 28, 28), (64, 1, 3, 3), 32, cpu_sched(X86))  # channel multiplier 2
     assert not use_flat_depthwise((1, 32, 3, 3), (32, 1, 3, 3), 32, cpu_sched(X86))  # 9 pixels: less than a vector
+
+
+# (C_in, C_out, H, W, tile): the preprocessing 1x1 convs of DDPNAS_MCN_2 8x32 at 28/14/7, an odd plane with a
+# shifted-back last vector, C_out with a smaller tile, two explicit tiles
+POINTWISE = [(128, 32, 28, 28, None), (256, 64, 14, 14, None), (40, 12, 7, 7, None), (9, 6, 5, 13, None),
+             (16, 8, 4, 4, (4, 4)), (24, 6, 9, 9, (6, 4))]
+
+
+@pytest.mark.parametrize("case", POINTWISE, ids=lambda c: "ci{}co{}h{}w{}t{}".format(*c))
+@pytest.mark.parametrize("parts", ["plain", "all"])
+def test_flat_pointwise_matches_torch(case, parts):
+    import torch
+    import tvm
+
+    from dcpnas.compiler.conv_flat import make_flat_pointwise, use_flat_pointwise
+    from dcpnas.compiler.lowering import cpu_sched
+
+    c, co, h, w, tile = case
+    full = parts == "all"
+    rng = np.random.default_rng(c + co)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((co, c, 1, 1)).astype(np.float32)
+    ins, ish = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    sc, bi = rng.uniform(0.5, 2, co).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+    sl = rng.uniform(-0.3, 0.3, co).astype(np.float32)
+    xt = torch.from_numpy(x * ins.reshape(1, -1, 1, 1) + ish.reshape(1, -1, 1, 1) if full else x)
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(wt)).numpy()
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    if full:
+        ref = ref * sc.reshape(1, -1, 1, 1) + bi.reshape(1, -1, 1, 1)
+        ref = np.where(ref >= 0, ref, ref * sl.reshape(1, -1, 1, 1)) + res
+    assert use_flat_pointwise(x.shape, wt.shape, strides=(1, 1), pads=(0,) * 4, group=1, cpu=cpu_sched(X86))
+    kw = dict(in_affine=full, bias=full, prelu=full, residual=full)
+    f = (make_flat_pointwise(x.shape, wt.shape, tile=tile, **kw).with_attr("global_symbol", "pw") if tile else
+         fs.conv2d_nchw(x.shape, wt.shape, strides=(1, 1), pads=(0,) * 4, dilations=(1, 1), group=1, name="pw",
+                        cpu=cpu_sched(X86), **kw))
+    args = [x, wt] + ([ins, ish, sc, bi, sl, res] if full else []) + [np.zeros(ref.shape, np.float32)]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+    tvm.compile(tvm.IRModule({"pw": f}), target=tvm.target.Target(X86)).jit()["pw"](*args)
+    np.testing.assert_allclose(args[-1].numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_flat_pointwise_rule():
+    from dcpnas.compiler.conv_flat import use_flat_pointwise
+    from dcpnas.compiler.lowering import cpu_sched
+
+    cpu = cpu_sched(X86)
+    kw = dict(strides=(1, 1), pads=(0,) * 4, group=1)
+    assert use_flat_pointwise((1, 128, 28, 28), (32, 128, 1, 1), cpu=cpu, **kw)
+    assert not use_flat_pointwise((1, 128, 28, 28), (32, 128, 1, 1), cpu=cpu_sched(X86_AVX2), **kw)
+    assert not use_flat_pointwise((1, 128, 28, 28), (32, 128, 3, 3), cpu=cpu, **kw)  # 3x3
+    assert not use_flat_pointwise((1, 128, 28, 28), (32, 128, 1, 1), cpu=cpu, strides=(2, 2), pads=(0,) * 4,
+                                  group=1)  # strided: pixels not contiguous
+    assert not use_flat_pointwise((1, 128, 28, 28), (32, 64, 1, 1), cpu=cpu, strides=(1, 1), pads=(0,) * 4,
+                                  group=2)  # grouped
+    assert not use_flat_pointwise((1, 128, 3, 3), (32, 128, 1, 1), cpu=cpu, **kw)  # 9 pixels

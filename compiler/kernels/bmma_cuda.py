@@ -220,7 +220,7 @@ def make_bmma_conv_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
              corr: T.Buffer((n_ycls, n_xcls, g, cog), "int32"), ycls: T.Buffer((oh,), "int32"),
              xcls: T.Buffer((ow,), "int32"), scale: T.Buffer((g, cog), "float32"), bias: T.Buffer((g, cog), "float32"),
              slope: T.Buffer((g, cog), "float32"), out: T.Buffer(geo.out5_shape, "float32")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
         bx = T.launch_thread("blockIdx.x", gx)
         by = T.launch_thread("blockIdx.y", gy)
         warp = T.launch_thread("threadIdx.y", wm_)

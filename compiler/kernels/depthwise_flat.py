@@ -86,7 +86,7 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
             x = T.arg("x", T.buffer((n, c, geo.h, geo.w), "float32"))
             s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
             t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None

@@ -53,7 +53,7 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384) -
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
             x = T.arg("x", T.buffer((n, c, h, w), "float32"))
             s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
             t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None

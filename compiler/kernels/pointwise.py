@@ -55,7 +55,7 @@ def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            T.func_attr({"tir.noalias": True, "tir.is_scheduled": True})
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
             p = T.arg("P", T.buffer(geo.packed_shape, "uint32"))
             wt = T.arg("Wt", T.buffer((1, 1, 1, q, cog), "uint32"))
             corr = T.arg("corr", T.buffer((1, 1, 1, cog), "int32"))
