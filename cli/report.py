@@ -48,6 +48,8 @@ def report_cmd(
         best = f", best float {lat['best_float']} {lat['best_float_ms']:.4f} ms" if lat["best_float_ms"] else ""
         sp = "-" if s["speedup_vs_best_float"] is None else f"{s['speedup_vs_best_float']:.2f}x"
         console.print(f"  latency: 1-bit {lat['binary_ms']:.4f} ms{best}; speedup vs best float {sp}")
+        for w in lat.get("warnings") or []:
+            console.print(f"  [bold red]WARNING (bench): {w}[/]")
     for m in s["missing"]:
         console.print(f"  [yellow]missing[/] {m}")
     console.print(f"wrote {path}")

@@ -94,7 +94,8 @@ def run_summary(run: str | Path, build: str | Path | None = None, builds: Path =
         "latency": None if bench is None else {
             "binary_ms": bench.get("binary_ms"), "float_tvm_ms": bench.get("float_tvm_ms"),
             "float_ort_ms": bench.get("float_ort_ms"), "float_openvino_ms": bench.get("float_openvino_ms"),
-            "best_float": best, "best_float_ms": bench.get(f"{best}_ms") if best else None},
+            "best_float": best, "best_float_ms": bench.get(f"{best}_ms") if best else None,
+            "threads": bench.get("threads"), "warnings": list(bench.get("warnings") or [])},
         "speedup_vs_best_float": bench.get("speedup_vs_best_float") if bench else None,
         "seconds": {"search": searched.get("time_s"), "train": (train or {}).get("seconds"),
                     "compile": sum((manifest or {}).get("compile_s", {}).values()) if manifest else None},

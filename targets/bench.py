@@ -278,6 +278,22 @@ def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
                   "lut_missing_layers": missing}
 
 
+UNSTABLE_REL_IQR = 0.5  # a peer whose IQR exceeds half its median was timed on a host busy with other work
+
+
+def unstable_timing_warnings(timings: dict, threads: int) -> list[str]:
+    """One warning per peer (end-to-end, not instrumented) whose samples spread by more than UNSTABLE_REL_IQR
+    of their median: measured on this 2-core host with one core taken by another job, the 2-thread TVM run
+    of a network went from ~1 ms to a 20 ms median with a 100 ms IQR (a parallel region waits for its
+    preempted thread), and such a median says nothing about the network."""
+    bad = [f"{k} {t.median_ms:.3g} ms (IQR {t.iqr_ms:.3g})" for k, t in timings.items()
+           if not k.endswith("_instrumented") and t.median_ms > 0 and t.iqr_ms / t.median_ms > UNSTABLE_REL_IQR]
+    if not bad:
+        return []
+    hint = " or with fewer threads (--threads 1)" if threads > 1 else ""
+    return [f"unstable timings, the host was busy: {', '.join(bad)}; rerun on a quiet host{hint}"]
+
+
 # ---- the benchmark ---------------------------------------------------------------------------------
 def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, ort: bool = True,
           emulated: bool = False, seed: int = 0, progress: ProgressFn = no_progress) -> dict:
@@ -338,6 +354,7 @@ def bench(build_dir: str | Path, profiler: Profiler, *, per_layer: bool = True, 
                                           min_repeat_ms=profiler.min_repeat_ms)
         timings = {k: Timing.from_samples(v, number[k]) for k, v in raw.items()}
         progress("bench", 2, steps, binary_ms=timings["binary"].median_ms)
+        warnings += unstable_timing_warnings(timings, profiler.threads)
         ms = {k: t.median_ms for k, t in timings.items()}
         b_rows, f_rows, breakdown, f_breakdown = [], [], None, None
         if inrun:  # the last `repeat` samples of each instrumented peer are its rounds (warm-up and calibration first)

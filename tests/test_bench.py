@@ -135,7 +135,8 @@ def test_bench_tiny_local(tiny_build):
     best = min(s["float_tvm_ms"], s["float_ort_ms"], s["float_openvino_ms"])
     assert s["speedup_vs_best_float"] == pytest.approx(best / s["binary_ms"])
     assert s["speedup_vs_binary_openvino"] == pytest.approx(s["binary_openvino_ms"] / s["binary_ms"])
-    assert r["openvino_binary_kernels"] and r["parity_passed"] is True and not r["warnings"]
+    assert r["openvino_binary_kernels"] and r["parity_passed"] is True
+    assert not any("PARITY" in w for w in r["warnings"])  # timing warnings depend on the host's load
     assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm", "float_ort", "float_openvino", "binary_openvino",
                                               "binary_instrumented", "float_tvm_instrumented"}
     assert s["speedup_vs_float_ort"] == pytest.approx(s["float_ort_ms"] / s["binary_ms"])
@@ -418,3 +419,17 @@ def test_bench_without_the_call_timer_falls_back_to_kernels_alone(tiny_build, mo
     assert b["binary_conv_layers"] > 0 and not any(row["kind"] == "vm" for row in r["layers"])
     assert set(r["timing"]["samples_ms"]) == {"binary", "float_tvm"}
     assert len(r["layer_detail"]["binary"]) == len(json.loads((tiny_build / "manifest.json").read_text())["layers"])
+
+
+def test_unstable_timings_are_flagged():
+    """A peer whose samples spread by more than half their median (a busy host: the demo's 2-thread run
+    beside a training job measured median 20 ms, IQR 100 ms for a ~1 ms network) gets a warning naming it."""
+    from dcpnas.targets.bench import unstable_timing_warnings
+    from dcpnas.targets.profiler import Timing
+
+    steady = Timing.from_samples([1.0e-3, 1.02e-3, 0.99e-3, 1.01e-3], 10)
+    stalled = Timing.from_samples([1e-3, 2e-3, 30e-3, 120e-3, 150e-3], 10)
+    assert unstable_timing_warnings({"binary": steady, "float_ort": steady}, 2) == []
+    w = unstable_timing_warnings({"binary": stalled, "binary_instrumented": stalled, "float_ort": steady}, 2)
+    assert len(w) == 1 and "binary " in w[0] and "float_ort" not in w[0] and "instrumented" not in w[0]
+    assert "--threads 1" in w[0] and "--threads 1" not in unstable_timing_warnings({"binary": stalled}, 1)[0]
