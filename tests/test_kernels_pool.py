@@ -121,3 +121,15 @@ def test_reference_matches_a_direct_loop():
                 assert got[0, c, i, j] == max(taps)
     avg = fs.pool2d_reference(x, kind="avg", kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), count_include_pad=True)
     assert np.isclose(avg[0, 0, 0, 0], x[0, 0, :2, :2].sum() / 9)
+
+
+def test_chunking_when_one_task_buffer_exceeds_the_cap():
+    """A 224x224-input network's pools have task buffers above CHUNK_BUFFER_BYTES: one task per chunk, not an
+    error (benchmarks/deploy.py's 14x48 row failed here)."""
+    from dcpnas.compiler.kernels.schedule_cpu import CHUNK_BUFFER_BYTES, tasks_per_chunk
+
+    assert tasks_per_chunk(96, task_bytes=2 * CHUNK_BUFFER_BYTES) == 1
+    assert tasks_per_chunk(96, task_bytes=0) == 12 and tasks_per_chunk(7) == 1
+    assert tasks_per_chunk(96, task_bytes=CHUNK_BUFFER_BYTES // 4) == 4
+    got, want = _run(("max", 2, 112, 112, 3, 2, (1, 1, 1, 1), False), X86, residual=False)
+    np.testing.assert_array_equal(got, want)

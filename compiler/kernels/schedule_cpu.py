@@ -69,8 +69,8 @@ def tasks_per_chunk(tasks: int, task_bytes: int = 0, min_chunks: int = MIN_CHUNK
                     max_bytes: int = CHUNK_BUFFER_BYTES) -> int:
     """The largest divisor of `tasks` that leaves at least min_chunks chunks and keeps a chunk's buffer
     (task_bytes per task) within max_bytes; 1 where none does."""
-    return max(d for d in range(1, tasks + 1) if tasks % d == 0
-               and (tasks // d >= min_chunks or d == 1) and d * task_bytes <= max_bytes)
+    return max((d for d in range(2, tasks + 1) if tasks % d == 0
+                and tasks // d >= min_chunks and d * task_bytes <= max_bytes), default=1)
 
 
 def chunk_tasks(sch: Schedule, tasks_loop, task_bytes: int, min_chunks: int = MIN_CHUNKS,
