@@ -281,7 +281,14 @@ def _block(t: _Tally, y, ref_y, top) -> dict:
             "n_unexplained": t.n_unexplained, "unexplained": t.unexplained}
 
 
-CHUNK = 16  # inputs per batched reference run (the probes of 16 images at 8x32: ~100 MB)
+CHUNK = 16  # inputs per batched reference run at most (the probes of 16 images at 8x32: ~100 MB)
+PROBE_BUDGET = 512 * 2**20  # bytes of one runtime's probe tensors held per chunk: a 14x48 network on 224x224
+# inputs has ~1 GB of them per image, and 16 at once (three runtimes) ran a 23 GB machine out of memory
+
+
+def chunk_size(probe_bytes_per_image: int) -> int:
+    """Inputs per chunk: CHUNK, fewer where their probes would exceed PROBE_BUDGET (at least 1)."""
+    return max(1, min(CHUNK, PROBE_BUDGET // max(1, int(probe_bytes_per_image))))
 
 
 def check_parity(x: np.ndarray, *, torch_module=None, onnx_bytes: bytes | None = None, tvm_fn=None,
@@ -314,9 +321,13 @@ def check_parity(x: np.ndarray, *, torch_module=None, onnx_bytes: bytes | None =
         def split(y, xs: dict):
             return [(y[i:i + 1], {k: v[i:i + 1] for k, v in xs.items()}) for i in range(len(y))]
 
+        first = ort_run(x[:1])
+        step = chunk_size(sum(v.nbytes for v in first[1:]))
+        del first
+
         def chunks():
-            for c in range(0, len(x), CHUNK):
-                yield c, x[c:c + CHUNK]
+            for c in range(0, len(x), step):
+                yield c, x[c:c + step]
 
         # pass 1: the reference logits (the tolerance scales with the largest over all inputs)
         if traced:

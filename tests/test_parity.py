@@ -187,3 +187,11 @@ def test_whole_network_parity_at_8x32(tmp_path):
     adds = {n.name for n in onnx.load(art.onnx_path).graph.node if n.op_type == "Add"}
     fused = {n for lay in layers if lay["op"] != "Add" for n in lay["nodes"]}
     assert len(adds) == 78 and adds <= fused
+
+
+def test_parity_chunks_shrink_with_the_probes():
+    """Large inputs (224x224) hold ~1 GB of probe tensors per image: the chunk shrinks to fit PROBE_BUDGET."""
+    from dcpnas.compiler.parity import CHUNK, PROBE_BUDGET, chunk_size
+
+    assert chunk_size(1000) == CHUNK and chunk_size(0) == CHUNK
+    assert chunk_size(PROBE_BUDGET // 4) == 4 and chunk_size(2 * PROBE_BUDGET) == 1
