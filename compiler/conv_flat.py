@@ -41,6 +41,19 @@ LANES = 16
 MAX_VECTORS = 8  # accumulator registers per block of flat positions
 
 
+def _conv_params(x_shape, w_shape, out_shape, in_affine: bool, bias: bool, prelu: bool, residual: bool):
+    """Declare conv2d_nchw's PrimFunc parameters inside an IRBuilder prim_func, in its order:
+    -> (x, w, in_scale, in_shift, scale, bias, slope, res, out), None for each one left out."""
+    c, co = int(x_shape[1]), int(out_shape[1])
+    f32 = lambda shape: T.buffer(tuple(int(v) for v in shape), "float32")  # noqa: E731
+    x, w = T.arg("x", f32(x_shape)), T.arg("w", f32(w_shape))
+    a_s, a_b = (T.arg("in_scale", f32((c,))), T.arg("in_shift", f32((c,)))) if in_affine else (None, None)
+    sc, bi = (T.arg("scale", f32((co,))), T.arg("bias", f32((co,)))) if bias else (None, None)
+    sl = T.arg("slope", f32((co,))) if prelu else None
+    res = T.arg("res", f32(out_shape)) if residual else None
+    return x, w, a_s, a_b, sc, bi, sl, res, T.arg("out", f32(out_shape))
+
+
 def use_flat_depthwise(x_shape, w_shape, group: int, cpu: CpuParams | None) -> bool:
     """True for a depthwise conv (one input and one output channel per group) over planes of >= 16 pixels on
     a CPU target with 16 float lanes."""
@@ -70,15 +83,8 @@ def make_flat_depthwise(x_shape, w_shape, *, strides, pads, dilations, in_affine
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
-            wt = T.arg("w", T.buffer((c, 1, kh, kw), "float32"))
-            a_s = T.arg("in_scale", T.buffer((c,), "float32")) if in_affine else None
-            a_b = T.arg("in_shift", T.buffer((c,), "float32")) if in_affine else None
-            sc = T.arg("scale", T.buffer((c,), "float32")) if bias else None
-            bi = T.arg("bias", T.buffer((c,), "float32")) if bias else None
-            sl = T.arg("slope", T.buffer((c,), "float32")) if prelu else None
-            res = T.arg("res", T.buffer((n, c, oh, ow), "float32")) if residual else None
-            out = T.arg("out", T.buffer((n, c, oh, ow), "float32"))
+            x, wt, a_s, a_b, sc, bi, sl, res, out = _conv_params(x_shape, (c, 1, kh, kw), (n, c, oh, ow), in_affine,
+                                                                 bias, prelu, residual)
             with T.sblock("root"):  # Relax passes analyse PrimFuncs through a root block
                 with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
                     p = T.alloc_local((plan.buffer,), "float32")
@@ -161,15 +167,8 @@ def make_flat_pointwise(x_shape, w_shape, *, in_affine=False, bias=False, prelu=
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
-            wt = T.arg("w", T.buffer((co, c, 1, 1), "float32"))
-            a_s = T.arg("in_scale", T.buffer((c,), "float32")) if in_affine else None
-            a_b = T.arg("in_shift", T.buffer((c,), "float32")) if in_affine else None
-            sc = T.arg("scale", T.buffer((co,), "float32")) if bias else None
-            bi = T.arg("bias", T.buffer((co,), "float32")) if bias else None
-            sl = T.arg("slope", T.buffer((co,), "float32")) if prelu else None
-            res = T.arg("res", T.buffer((n, co, h, w), "float32")) if residual else None
-            out = T.arg("out", T.buffer((n, co, h, w), "float32"))
+            x, wt, a_s, a_b, sc, bi, sl, res, out = _conv_params(x_shape, (co, c, 1, 1), (n, co, h, w), in_affine,
+                                                                 bias, prelu, residual)
             xf = T.decl_buffer((n * c * hw,), "float32", data=x.data)
             wf = T.decl_buffer((co * c,), "float32", data=wt.data)
             of = T.decl_buffer((n * co * hw,), "float32", data=out.data)

@@ -17,7 +17,7 @@ from tvm.s_tir import Schedule
 
 from dcpnas.compiler.conv_flat import make_flat_depthwise, make_flat_pointwise, use_flat_depthwise, use_flat_pointwise
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams, _largest_divisor, chunk_tasks, row_tile, rows_per_task, vector_plan
-from dcpnas.compiler.pool_flat import make_flat_pool, use_flat_pool
+from dcpnas.compiler.pool_flat import make_flat_pool, use_flat_pool, window_count
 
 
 def _finish(func: tirx.PrimFunc, name: str, scheduled: bool) -> tirx.PrimFunc:
@@ -187,12 +187,8 @@ def pool2d_nchw(x_shape, *, kind, kernel, strides, pads, count_include_pad, name
                          else taken(n, c, i, j), name="out")
     else:
         def cnt(i, j):
-            if count_include_pad:
-                return tirx.const(float(KH * KW), "float32")
-            y0, x0 = i * sh - pt, j * sw - pl
-            hy = tirx.min(y0 + KH, H) - tirx.max(y0, 0)
-            wx = tirx.min(x0 + KW, W) - tirx.max(x0, 0)
-            return (hy * wx).astype("float32")
+            return window_count(i, j, h=H, w=W, kernel=kernel, strides=strides, pads=pads,
+                                count_include_pad=count_include_pad)
         out = te.compute((N, C, OH, OW), lambda n, c, i, j: taken(n, c, i, j) / cnt(i, j) + res[n, c, i, j]
                          if residual else taken(n, c, i, j) / cnt(i, j), name="out")
     func = te.create_prim_func([x] + ([res] if residual else []) + [out])

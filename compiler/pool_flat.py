@@ -73,7 +73,7 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
                     with T.serial(0, oh) as y:
                         for x0 in row_blocks(ow, ve):
                             with T.vectorized(0, ve) as lane:
-                                cnt = _count(y, x0 + lane, h=h, w=w, kernel=kernel, strides=strides, pads=pads,
+                                cnt = window_count(y, x0 + lane, h=h, w=w, kernel=kernel, strides=strides, pads=pads,
                                              count_include_pad=count_include_pad)
                                 T.buffer_store(inv, tirx.const(1.0, "float32") / cnt, [y * ow + x0 + lane])
                 with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
@@ -111,8 +111,9 @@ def make_flat_pool(x_shape, *, kind: str, kernel, strides, pads, count_include_p
     return ib.get()
 
 
-def _count(y, xx, *, h, w, kernel, strides, pads, count_include_pad):
-    """float32 number of window taps inside the image at output (y, xx) (kh*kw with count_include_pad)."""
+def window_count(y, xx, *, h, w, kernel, strides, pads, count_include_pad):
+    """float32 number of window taps inside the image at output (y, xx) (kh*kw with count_include_pad): the
+    average pool's divisor, here and in float_schedule.pool2d_nchw."""
     (kh, kw), (sh, sw), (pt, pl, _, _) = kernel, strides, pads
     if count_include_pad:
         return tirx.const(float(kh * kw), "float32")

@@ -48,7 +48,7 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     from .records import load_records, lookup_tile
 
     cpu = cpu_params(target)
-    pack = cpu_pack_func(geo, target, affine)
+    pack = cpu_pack_func(geo, target, affine, pack)
     if geo.word_bits == 8:
         return pack, schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
     if use_pointwise_kernel(geo, target):  # pixels in the lanes (pointwise.py)
@@ -57,11 +57,12 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     return pack, schedule_conv_cpu(conv, geo, cpu, tile=tile)
 
 
-def cpu_pack_func(geo: ConvGeometry, target: Any, affine: bool):
-    """The scheduled sign+pack PrimFunc of a CPU target: pack_flat.py where it applies, else the TE pack."""
+def cpu_pack_func(geo: ConvGeometry, target: Any, affine: bool, te_pack=None):
+    """The scheduled sign+pack PrimFunc of a CPU target: pack_flat.py where it applies, else the TE pack
+    (te_pack: make_pack_func's PrimFunc where the caller has built it already)."""
     if use_pack_flat(geo, target):
         return make_pack_flat(geo, affine)
-    return schedule_pack_cpu(make_pack_func(geo, affine), geo, cpu_params(target))
+    return schedule_pack_cpu(te_pack or make_pack_func(geo, affine), geo, cpu_params(target))
 
 
 def conv_constants(geo: ConvGeometry, w_bits, scale, bias, prelu=None) -> list[np.ndarray]:
