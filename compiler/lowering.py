@@ -11,6 +11,7 @@ from tvm import relax, tirx
 
 from dcpnas.compiler import float_schedule as fs
 from dcpnas.compiler.kernels.schedule_cpu import CpuParams
+from dcpnas.compiler.kernels.shapes import geometry
 from dcpnas.compiler.graph import Layer, bn_affine
 from dcpnas.compiler.graph import attrs as _attrs
 from dcpnas.compiler.graph import func_name as _func_name
@@ -38,6 +39,7 @@ class Lowering:
         self.target, self.consts = target, consts
         self.cpu = cpu_sched(target) if schedule else None
         self.layers: list[Layer] = []
+        self.packed: dict[str, Any] = {}  # tensor name -> its kernels.emit.Packed words (never in env)
 
     # ---- helpers
     def _c(self, name):
@@ -67,20 +69,39 @@ class Lowering:
         return lay
 
     # ---- convolutions (with fused BN / PReLU / residual)
-    def conv(self, bb, env, conv, pre, post, act, res, gain=None):
+    def _geometry(self, conv):
         a = _attrs(conv)
-        x = self._arg(env, (pre or conv).input[0])
         k = tuple(a.get("kernel_shape", self._c(conv.input[1]).shape[2:]))
         strides, dil = tuple(a.get("strides", (1, 1))), tuple(a.get("dilations", (1, 1)))
         pads, group = tuple(a.get("pads", (0, 0, 0, 0))), int(a.get("group", 1))
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(k) != 2:
             raise CompileError(f"{conv.name}: only 2-D convs with explicit pads are supported")
-        in_s = in_b = None
-        if pre is not None:
-            in_s, in_b = bn_affine(self.consts, pre)
-            if in_s.size == 1:
-                c_in = _shape(x)[1]
-                in_s, in_b = np.full(c_in, in_s[0], np.float32), np.full(c_in, in_b[0], np.float32)
+        return a, k, strides, dil, pads, group
+
+    def _binary_attrs(self, conv):
+        from dcpnas.compiler.kernels import BinaryConvAttrs
+
+        a, k, strides, dil, pads, group = self._geometry(conv)
+        return BinaryConvAttrs(k, strides, pads, dil, group, int(a["channels_in"]))
+
+    def _in_affine(self, pre, c_in):
+        """The affine before a conv (a BN, or the export's threshold Sub) as [C_in] vectors; (None, None)."""
+        if pre is None:
+            return None, None
+        in_s, in_b = bn_affine(self.consts, pre)
+        if in_s.size == 1:
+            in_s, in_b = np.full(c_in, in_s[0], np.float32), np.full(c_in, in_b[0], np.float32)
+        return in_s, in_b
+
+    def conv(self, bb, env, conv, pre, post, act, res, gain=None, feeds=None):
+        """feeds: (conv2, pre2) when this binary conv's output (after its epilogue) is the input of binary
+        conv conv2 alone (through pre2, conv2's threshold or BN, or None): where the kernels allow it
+        (kernels.emit.packed_epilogue_geometry) this conv writes conv2's packed input instead."""
+        a, k, strides, dil, pads, group = self._geometry(conv)
+        x_name = (pre or conv).input[0]
+        packed = self.packed.pop(x_name, None)  # the producer signed and packed x (its affine applied)
+        x = packed or self._arg(env, x_name)
+        in_s, in_b = (None, None) if packed else self._in_affine(pre, _shape(x)[1])
         w = self._c(conv.input[1])
         co = w.shape[0]
         scale = np.ones(co, np.float32)
@@ -108,12 +129,22 @@ class Lowering:
             residual.append(self._arg(env, add.input[1] if add.input[0] == last else add.input[0]))
             last = add.output[0]
         if conv.op_type == "BinaryConv2d":
-            from dcpnas.compiler.kernels import BinaryConvAttrs, emit_binary_conv2d
+            from dcpnas.compiler.kernels.emit import emit_binary_conv2d, emit_pm1_packed, packed_epilogue_geometry
 
-            attrs = BinaryConvAttrs(k, strides, pads, dil, group, int(a["channels_in"]))
+            attrs = self._binary_attrs(conv)
+            if feeds is not None and not residual and not packed and self.cpu is not None:
+                conv2, pre2 = feeds
+                if packed_epilogue_geometry(geometry(_shape(x), w, attrs, self.target), self._c(conv2.input[1]),
+                                            self._binary_attrs(conv2), self.target) is not None:
+                    ps, pb = self._in_affine(pre2, co)
+                    p = emit_pm1_packed(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
+                                        prelu=slope, pack_scale=ps, pack_shift=pb)
+                    lay.funcs.extend(_calls_back(bb, p.words, [x]))
+                    self.packed[last] = p
+                    return {}
             y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
                                    prelu=slope, residual=residual)
-            lay.funcs.extend(_calls_back(bb, y, [x] + residual))
+            lay.funcs.extend(_calls_back(bb, y, [packed.words if packed else x] + residual))
             return {last: y}
         args = [x, relax.const(w.astype(np.float32))]
         if in_s is not None:

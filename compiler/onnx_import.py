@@ -172,6 +172,7 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
             if add is not None:
                 plans[id(n)] = add
                 absorbed.add(id(add))
+    feeds = _binary_feeds(g, fuser, plans)
     bb = relax.BlockBuilder()
     x = relax.Var(inp.name, relax.TensorType(in_shape, "float32"))
     env = {inp.name: x}
@@ -184,7 +185,7 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
                 if plan is not None and n.op_type in ("MaxPool", "AveragePool"):
                     outs = low.node(bb, env, n, residual=plan)
                 elif plan is not None:
-                    outs = low.conv(bb, env, n, *plan)
+                    outs = low.conv(bb, env, n, *plan, feeds=feeds.get(id(n)))
                 else:
                     outs = low.node(bb, env, n)
                 env.update(outs)
@@ -193,3 +194,23 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
     mod = bb.get()
     out_shape = tuple(int(v) for v in out.ty.shape)
     return Imported(mod, inp.name, in_shape, g.output[0].name, out_shape, low.layers)
+
+
+def _binary_feeds(graph, fuser: _Fuser, plans: dict) -> dict:
+    """{id(binary conv): (conv2, pre2)} where the conv's fused output (no residual add) is consumed by
+    binary conv conv2 alone, directly or through conv2's fused input affine pre2 (Lowering.conv's feeds)."""
+    by_pre = {id(p[0]): m for m in graph.node if m.op_type == "BinaryConv2d" and (p := plans.get(id(m))) and p[0]}
+    feeds = {}
+    for n in graph.node:
+        plan = plans.get(id(n))
+        if n.op_type != "BinaryConv2d" or plan is None or plan[3]:
+            continue
+        pre, post, act, _, _ = plan
+        nxt = fuser.only_consumer((act or post or n).output[0])
+        if nxt is None:
+            continue
+        if id(nxt) in by_pre:
+            feeds[id(n)] = (by_pre[id(nxt)], nxt)
+        elif nxt.op_type == "BinaryConv2d" and plans.get(id(nxt)) and plans[id(nxt)][0] is None:
+            feeds[id(n)] = (nxt, None)
+    return feeds

@@ -8,7 +8,8 @@ not "max |logit diff| small" but "every disagreement is explained":
   BatchNorm before the sign into t, computed once: export.sign_threshold). PyTorch (folded_signs), the
   ONNX function (Sub, then x >= 0) and TVM (the pack kernel) compare the same float32 x with the same
   float32 t, so each runtime's sign decisions follow exactly from its own x, which is read back (ORT:
-  extra graph outputs; TVM: the VM instrument reads the argument of each binary kernel).
+  extra graph outputs; TVM: the VM instrument reads the argument of each binary kernel; where a depthwise
+  kernel packed its output for the next binary conv, the packed words: the decisions themselves).
 - For each input, the runtime's decisions are compared with the reference's probe by probe in graph
   order. At the first probe that differs, every differing position must lie within EPS_REL x max |x|
   (of that probe's tensor, this input) of the threshold: a benign flip. The reference is then run again
@@ -203,13 +204,25 @@ def tvm_probe_runner(lib_path, calls: list[tuple[str, str]]):
     return run
 
 
+def decisions(p: Probe, x: np.ndarray, channels: int) -> np.ndarray:
+    """A runtime's sign decisions x * a + b >= 0 at probe p ([N, C, H, W] bool): from the float x it read,
+    or from packed words uint32 [N, ceil(C/32), H, W] (bit b of word q: channel 32q + b, set = negative)
+    where the producer kernel signed and packed the tensor itself (depthwise_flat.py's packed epilogue)."""
+    x = np.asarray(x)
+    if x.dtype != np.uint32:
+        return p.value(x) >= 0
+    bits = (x[:, :, None] >> np.arange(32, dtype=np.uint32)[None, None, :, None, None]) & 1
+    n, q, _, h, w = bits.shape
+    return bits.reshape(n, q * 32, h, w)[:, :channels] == 0
+
+
 def _first_difference(ps: list[Probe], xs_ref: dict, xs_run: dict, force: dict):
     """(probe, mask of differing decisions) at the first probe where the decisions differ, else None."""
     for p in ps:
         d_ref = p.value(xs_ref[p.name]) >= 0
         if p.name in force:
             d_ref = d_ref ^ force[p.name]
-        diff = d_ref != (p.value(xs_run[p.name]) >= 0)
+        diff = d_ref != decisions(p, xs_run[p.name], d_ref.shape[1])
         if diff.any():
             return p, diff
     return None
@@ -243,6 +256,8 @@ def _explain(i: int, p_list: list[Probe], y_run, xs_run, ref: Callable | None, y
         first = _first_difference(p_list, xs_ref, xs_run, force)
         upto = p_list if first is None else p_list[:p_list.index(first[0]) + 1]
         for p in upto:
+            if xs_run[p.name].dtype == np.uint32:  # packed by its producer: decisions only, no float to compare
+                continue
             scale = float(np.abs(xs_ref[p.name]).max()) or 1.0
             tally.drift = max(tally.drift, float(np.abs(xs_run[p.name] - xs_ref[p.name]).max()) / scale)
         if first is None:

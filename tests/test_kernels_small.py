@@ -206,3 +206,105 @@ def test_cuda_codegen_and_gpu_run():
         pytest.skip("no CUDA GPU on this machine (source and PTX checked)")
     want = binary_conv2d_reference(x, wb, ep["scale"], ep["bias"], attrs, prelu=ep["prelu"], **aff)
     np.testing.assert_allclose(m.run(x, **aff), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("n,c,h,k,s,d,prelu,pack_affine", [(1, 32, 28, 3, 1, 1, True, True), (1, 64, 14, 5, 1, 2, True, True),
+                                                           (2, 40, 16, 3, 2, 1, False, True), (1, 36, 12, 5, 1, 1, True, False)])
+def test_packed_epilogue_bit_identical_to_flat_then_pack(n, c, h, k, s, d, prelu, pack_affine):
+    """depthwise_flat's packed epilogue (the words of the next 1x1 binary conv's input) equals, bit for bit,
+    the flat kernel's float output packed by the pack kernel that conv would run; whole and partial words,
+    half-word tasks (one image, one or two words), two images, stride 2, with and without PReLU and the
+    next conv's threshold."""
+    import tvm
+
+    from dcpnas.compiler.kernels.depthwise import pm1_weights
+    from dcpnas.compiler.kernels.depthwise_flat import make_flat_func, packed_shape
+    from dcpnas.compiler.kernels.emit import cpu_pack_func, packed_epilogue_geometry
+    from dcpnas.compiler.kernels.pack import pack_activations_reference
+
+    rng = np.random.default_rng(c + h)
+    attrs = BinaryConvAttrs((k, k), (s, s), (d * (k // 2),) * 4, (d, d), c, c)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    wb = pack_weights(rng.standard_normal((c, 1, k, k)))
+    geo = geometry(x.shape, wb, attrs, X86)
+    nxt_attrs = BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, c)
+    nxt = packed_epilogue_geometry(geo, pack_weights(rng.standard_normal((16, c, 1, 1))), nxt_attrs, X86)
+    assert nxt is not None and nxt.packed_shape == packed_shape(geo)
+    vec = lambda lo, hi: rng.uniform(lo, hi, c).astype(np.float32)  # noqa: E731
+    head = [x, vec(-2, 2), vec(-1, 1), pm1_weights(wb, geo), vec(0.5, 2), vec(-1, 1)] + ([vec(-0.3, 0.3)] if prelu else [])
+    pack_aff = [vec(-2, 2), vec(-1, 1)] if pack_affine else []
+
+    def run(f, args):
+        ex = tvm.compile(tvm.IRModule({"k": f.with_attr("global_symbol", "k")}), target=tvm.target.Target(X86))
+        t = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+        ex.jit()["k"](*t)
+        return t[-1].numpy()
+
+    y = run(make_flat_func(geo, True, prelu), head + [np.zeros(geo.out_shape, np.float32)])
+    want = run(cpu_pack_func(nxt, X86, pack_affine), [y] + pack_aff + [np.zeros(nxt.packed_shape, np.uint32)])
+    got = run(make_flat_func(geo, True, prelu, pack=pack_affine), head + pack_aff + [np.zeros(nxt.packed_shape, np.uint32)])
+    np.testing.assert_array_equal(got, want)
+    ref = pack_activations_reference(y, nxt_attrs, *(pack_aff or [None, None]))
+    assert (got != ref).mean() < 1e-3  # the reference rounds the multiply-add twice (LLVM fuses it)
+
+
+def test_packed_epilogue_rule():
+    """The packed epilogue needs the flat kernel, output rows of >= 8 pixels and an unpadded ungrouped
+    XNOR conv after it (not a small 1x1 on the ±1 kernel)."""
+    from dcpnas.compiler.kernels.emit import packed_epilogue_geometry
+
+    def case(c, h, k=3, s=1, nxt=None, target=X86, co=32):
+        attrs = BinaryConvAttrs((k, k), (s, s), (k // 2,) * 4, (1, 1), c, c)
+        geo = geometry((1, c, h, h), np.zeros((c, 1, k, k), np.uint8), attrs, target)
+        nxt = nxt or BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, c)
+        w = np.zeros((co, -(-nxt.channels_per_group // 8)) + nxt.kernel_shape, np.uint8)
+        return packed_epilogue_geometry(geo, w, nxt, target) is not None
+
+    assert case(32, 28) and case(64, 14, 5) and case(64, 28, 3, 2)
+    assert not case(128, 7, 5)  # 7-pixel rows: measured slower than the unfused pair
+    assert not case(32, 28, target=X86_AVX2)  # no flat kernel
+    assert not case(32, 28, nxt=BinaryConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 32))  # padded next conv
+    assert not case(32, 28, nxt=BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, 32))  # grouped
+    assert not case(8, 28, co=8)  # the next 1x1 runs on the ±1 kernel: it reads floats
+
+
+def test_emitted_chain_with_packed_epilogue_equals_unfused():
+    """emit_pm1_packed + emit_binary_conv2d(Packed) in a Relax module: the same logits as the unfused
+    depthwise -> pack -> XNOR chain, with one kernel fewer."""
+    import tvm
+    from tvm import relax
+
+    from dcpnas.compiler.kernels import emit_binary_conv2d
+    from dcpnas.compiler.kernels.emit import emit_pm1_packed
+
+    rng = np.random.default_rng(5)
+    c = 32
+    dw = BinaryConvAttrs((5, 5), (1, 1), (2, 2, 2, 2), (1, 1), c, c)
+    pw = BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, c)
+    x = rng.standard_normal((1, c, 28, 28)).astype(np.float32)
+    w1, w2 = pack_weights(rng.standard_normal((c, 1, 5, 5))), pack_weights(rng.standard_normal((48, c, 1, 1)))
+    one, t1, t2 = np.ones(c, np.float32), 0.1 * rng.standard_normal(c).astype(np.float32), 0.1 * rng.standard_normal(c).astype(np.float32)
+    s1, b1, sl = rng.uniform(0.5, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32), rng.uniform(-0.3, 0.3, c).astype(np.float32)
+    s2, b2 = rng.uniform(0.5, 2, 48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
+
+    def run(fused):
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+        with bb.function("main", [xv]):
+            with bb.dataflow():
+                if fused:
+                    p = emit_pm1_packed(bb, xv, w1, s1, b1, dw, X86, in_scale=one, in_shift=-t1, prelu=sl,
+                                        pack_scale=one, pack_shift=-t2)
+                    y = emit_binary_conv2d(bb, p, w2, s2, b2, pw, X86)
+                else:
+                    y1 = emit_binary_conv2d(bb, xv, w1, s1, b1, dw, X86, in_scale=one, in_shift=-t1, prelu=sl)
+                    y = emit_binary_conv2d(bb, y1, w2, s2, b2, pw, X86, in_scale=one, in_shift=-t2)
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        mod = bb.get()
+        vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(X86)), tvm.cpu())
+        return len(mod.functions), vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+
+    (n_fused, got), (n_plain, want) = run(True), run(False)
+    assert n_fused == n_plain - 1
+    np.testing.assert_array_equal(got, want)

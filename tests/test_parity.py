@@ -195,3 +195,22 @@ def test_parity_chunks_shrink_with_the_probes():
 
     assert chunk_size(1000) == CHUNK and chunk_size(0) == CHUNK
     assert chunk_size(PROBE_BUDGET // 4) == 4 and chunk_size(2 * PROBE_BUDGET) == 1
+
+
+def test_decisions_from_packed_words_equal_the_float_ones():
+    """Where a kernel packed a binary conv's input itself, parity reads the words: their bits are the
+    decisions x * a + b >= 0 (set bit = negative), partial last word included."""
+    from dcpnas.compiler.kernels.pack import pack_activations_reference
+    from dcpnas.compiler.kernels.reference import BinaryConvAttrs
+    from dcpnas.compiler.parity import Probe, decisions
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 40, 5, 6)).astype(np.float32)
+    p = Probe("c", "x", np.ones(40, np.float32), rng.standard_normal(40).astype(np.float32))
+    words = pack_activations_reference(x, BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, 40), p.a, p.b)
+    want = decisions(p, x, 40)
+    assert want.shape == x.shape and 0.2 < want.mean() < 0.8
+    np.testing.assert_array_equal(decisions(p, words, 40), want)
+    flipped = words.copy()
+    flipped[1, 1, 2, 3] ^= np.uint32(1 << 7)  # channel 39
+    assert (decisions(p, flipped, 40) != want).sum() == 1

@@ -22,6 +22,17 @@ Measured on the Intel Xeon (AVX-512, 1 thread, us per call, this kernel vs depth
 6.8 vs 4.5 (per-plane costs: the sign pass and narrow epilogue vectors): planes with fewer than MIN_WORK
 taps x input pixels stay on depthwise.py.
 
+Packed epilogue (emit.emit_pm1_packed, where the conv's output is the input of one unpadded ungrouped XNOR
+conv alone: a depthwise -> pointwise pair of a separable conv): instead of storing `out`, each channel's
+value o (after the PReLU) goes through that conv's affine before the sign, o * pack_scale + pack_shift, and
+its sign bit is OR-ed into a local word plane; one task is (image, word of 32 channels) or, with fewer than
+MIN_WORD_TASKS such tasks, (image, word, half) so that two threads share a word (each stores its 16-bit
+half). Output P [N, ceil(C/32), OH, OW] uint32 = pack.py's layout of the next conv's input: no float plane
+and no pack call. Measured (1 thread, us, packed vs flat + pack_flat): 32ch 28x28 3x3 6.9 vs 7.6, 5x5 10.1
+vs 10.6, 64ch 14x14 3x3 5.3 vs 6.0, 64ch 28x28 stride 2 11.0 vs 12.1; 7-pixel rows slower (128ch 7x7 5x5
+8.8 vs 7.4): emit.packed_epilogue_geometry keeps those unfused. Parameters (x, [in_scale, in_shift], Wpm,
+scale, bias, [slope], [pack_scale, pack_shift], P).
+
 Same PrimFunc parameters as depthwise.make_pm1_func: (x, [in_scale, in_shift], Wpm [C,1,kh,kw] float32 ±1,
 scale, bias, [slope], [res0, res1...], out), so that emit.py and the tests drive both alike. Rows of the
 sign pass and of the epilogue are covered by power-of-two vectors, the last one shifted back to end at the
@@ -44,6 +55,7 @@ BYTE_LANES = 64  # one zmm register of int8
 MAX_VECTORS = 8  # accumulator registers per block of flat positions
 MAX_TAPS = 127  # byte sums stay exact: |acc| <= taps
 MIN_WORK = 512  # taps x input pixels per plane (module doc: 7x7 3x3 measured slower here, 8x8 3x3 faster)
+MIN_WORD_TASKS = 4  # the packed epilogue splits words in halves below this many (image, word) tasks
 
 
 def use_flat_kernel(geo: ConvGeometry, target) -> bool:
@@ -62,11 +74,25 @@ def flat_sizes(geo: ConvGeometry) -> FlatPlan:
                      MAX_VECTORS)
 
 
+def packed_shape(geo: ConvGeometry) -> tuple[int, int, int, int]:
+    """The words P [N, ceil(C/32), OH, OW] uint32 of the packed epilogue: bit b of word q is output channel
+    32q + b (the layout of an unpadded ungrouped binary conv's input, pack.py)."""
+    oh, ow = geo.out_hw
+    return (geo.n, -(-geo.c_out // 32), oh, ow)
+
+
 def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int = 0,
-                   parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
-    """The scheduled PrimFunc (attr tir.is_scheduled); parameters: module doc."""
+                   parallel_min: int = 16384, pack: bool | None = None) -> tvm.tirx.PrimFunc:
+    """The scheduled PrimFunc (attr tir.is_scheduled); parameters: module doc.
+
+    pack (True: with pack_scale/pack_shift, False: without): the packed epilogue (module doc) instead of the
+    float output; residual must be 0."""
     if not (geo.cg == 1 and geo.cog == 1):
         raise ValueError("internal: the flat kernel is for depthwise convs")
+    if pack is not None:
+        if residual:
+            raise ValueError("internal: the packed epilogue has no residual add")
+        return _make_packed(geo, affine, prelu, pack, parallel_min)
     n, c = geo.n, geo.c_in
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, _, _ = geo.attrs.pads
@@ -143,4 +169,118 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                                 for r in res:  # in graph order, as the other kernels
                                     o = o + r[i, ch, y, x0 + lane]
                                 T.buffer_store(out, o, [i, ch, y, x0 + lane])
+    return ib.get()
+
+
+def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool, parallel_min: int
+                 ) -> tvm.tirx.PrimFunc:
+    """The packed epilogue (module doc): one task = (image, word, part) with its channels in sequence, the
+    word plane in a local buffer; the same sign pass, taps and float epilogue as make_flat_func."""
+    n, c = geo.n, geo.c_in
+    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
+    pt, pl, _, _ = geo.attrs.pads
+    oh, ow = geo.out_hw
+    _, words, _, _ = packed_shape(geo)
+    plan = flat_sizes(geo)
+    wp, blocks, vectors, computed, u_bytes = plan.wp, plan.blocks, plan.vectors, plan.computed, plan.buffer
+    taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
+    vs, ve = pow2_at_most(geo.w, 16), pow2_at_most(ow, 16)
+    span = geo.h * wp
+    vn = pow2_at_most(span, BYTE_LANES)
+    neg_blocks = row_blocks(span, vn)
+    ohw = oh * ow
+    # the word plane in rows of whole vectors: a row's last vector shifted back to end at OW would reload
+    # words the one before it has just stored (a failed store-to-load forward on every row and channel,
+    # measured 1.3x the unfused pair); acc is read up to that width, so it is allocated up to there
+    owv = -(-ow // ve) * ve
+    acc_len = -(-max(computed, (oh - 1) * sh * wp + (owv - 1) * sw + 1) // BYTE_LANES) * BYTE_LANES
+    parts = 2 if n * words < MIN_WORD_TASKS else 1  # half words: two threads get work from one word plane
+    bits = 32 // parts
+    tasks = n * words * parts
+    per = tasks_per_chunk(tasks)
+    parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
+    i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
+            x = T.arg("x", T.buffer((n, c, geo.h, geo.w), "float32"))
+            s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
+            t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
+            wpm = T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
+            scale = T.arg("scale", T.buffer((c,), "float32"))
+            bias = T.arg("bias", T.buffer((c,), "float32"))
+            slope = T.arg("slope", T.buffer((c,), "float32")) if prelu else None
+            ps = T.arg("pack_scale", T.buffer((c,), "float32")) if pack_affine else None
+            pq = T.arg("pack_shift", T.buffer((c,), "float32")) if pack_affine else None
+            p = T.arg("P", T.buffer((n, words, oh, ow), "uint32"))
+            pf = T.decl_buffer((n * words * ohw,), "uint32", data=p.data)
+            ph = T.decl_buffer((n * words * ohw * 2,), "uint16", data=p.data)  # little-endian half words
+            with T.sblock("root"):
+                with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
+                    u = T.alloc_local((2 * u_bytes,), "int8")
+                    acc = T.alloc_local((acc_len,), "int8")
+                    wl = T.alloc_local((oh * owv,), "uint32")
+                    with T.serial(0, 2 * u_bytes // BYTE_LANES) as k:
+                        with T.vectorized(0, BYTE_LANES) as lane:
+                            T.buffer_store(u, i8(0), [k * BYTE_LANES + lane])
+                    with T.serial(0, per) as k:
+                        task = chunk * per + k
+                        i, q, part = task // (words * parts), task // parts % words, task % parts
+                        first = q * 32 + part * bits
+                        with T.serial(0, oh * owv // ve) as k2:
+                            with T.vectorized(0, ve) as lane:
+                                T.buffer_store(wl, u32(0), [k2 * ve + lane])
+                        with T.serial(0, tirx.max(tirx.min(c - first, bits), 0)) as kb:
+                            ch = first + kb
+                            aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
+                            with T.serial(0, geo.h) as y:
+                                for x0 in row_blocks(geo.w, vs):
+                                    with T.vectorized(0, vs) as lane:
+                                        v = x[i, ch, y, x0 + lane]
+                                        if aff:
+                                            v = v * aff[0] + aff[1]
+                                        T.buffer_store(u, tirx.Select(v < f32(0.0), i8(-1), i8(1)),
+                                                       [(y + pt) * wp + pl + x0 + lane])
+                            with T.serial(0, len(neg_blocks)) as k2:
+                                with T.vectorized(0, vn) as lane:
+                                    at = pt * wp + tirx.min(k2 * vn, span - vn) + lane
+                                    T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
+                            half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
+                            offs = [ry * dh * wp + rx * dw for ry, rx in taps]
+                            with T.serial(0, blocks) as b:
+                                with T.unroll(0, vectors) as v:
+                                    with T.vectorized(0, BYTE_LANES) as lane:
+                                        a = b * (vectors * BYTE_LANES) + v * BYTE_LANES + lane
+                                        total = u[half[0] + a + offs[0]]
+                                        for h_t, o_t in zip(half[1:], offs[1:]):
+                                            total = total + u[h_t + a + o_t]
+                                        T.buffer_store(acc, total, [a])
+                            sc, bs = T.bind(scale[ch]), T.bind(bias[ch])
+                            sl = T.bind(slope[ch]) if slope is not None else None
+                            pa = (T.bind(ps[ch]), T.bind(pq[ch])) if pack_affine else None
+                            bit = T.bind(u32(1) << (first - q * 32 + kb).astype("uint32"))
+                            with T.serial(0, oh) as y:
+                                for x0 in range(0, owv, ve):
+                                    with T.vectorized(0, ve) as lane:
+                                        o = sc * acc[y * (sh * wp) + (x0 + lane) * sw].astype("float32") + bs
+                                        if sl is not None:
+                                            o = tirx.Select(o >= f32(0.0), o, o * sl)
+                                        if pa:
+                                            o = o * pa[0] + pa[1]  # as pack_compute: multiply, then add
+                                        at = y * owv + x0 + lane
+                                        T.buffer_store(wl, wl[at] | tirx.Select(o < f32(0.0), bit, u32(0)), [at])
+                        base = (i * words + q) * ohw
+                        with T.serial(0, oh) as y:
+                            for x0 in row_blocks(ow, ve):
+                                with T.vectorized(0, ve) as lane:
+                                    wv = wl[y * owv + x0 + lane]
+                                    at = base + y * ow + x0 + lane
+                                    if parts == 1:
+                                        T.buffer_store(pf, wv, [at])
+                                    else:
+                                        T.buffer_store(ph, (wv >> (part * 16).astype("uint32")).astype("uint16"),
+                                                       [at * 2 + part])
     return ib.get()
