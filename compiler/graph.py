@@ -22,6 +22,7 @@ class Layer:
     op: str
     nodes: list[str]
     funcs: list[dict] = field(default_factory=list)
+    input_parts: int = 1  # binary convs: the tensors its first kernel reads as its input (a Concat's parts)
 
 
 def attrs(node) -> dict:

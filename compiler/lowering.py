@@ -40,6 +40,9 @@ class Lowering:
         self.cpu = cpu_sched(target) if schedule else None
         self.layers: list[Layer] = []
         self.packed: dict[str, Any] = {}  # tensor name -> its kernels.emit.Packed words (never in env)
+        # tensor name -> (parts, emit): a channel Concat emitted only when something reads it as a tensor
+        # (binary convs whose pack reads the parts do not: kernels.emit.packs_from_parts)
+        self.deferred: dict[str, tuple[list, Any]] = {}
 
     # ---- helpers
     def _c(self, name):
@@ -47,8 +50,12 @@ class Lowering:
             raise CompileError(f"input {name!r} must be a constant initializer")
         return self.consts[name]
 
-    def _arg(self, env, name):
+    def value(self, env, name):
+        """The Relax expression of tensor `name` (a deferred Concat is emitted now)."""
         if name in env:
+            return env[name]
+        if name in self.deferred:
+            env[name] = self.deferred.pop(name)[1]()
             return env[name]
         if name in self.consts and self.consts[name] is not None:
             return relax.const(np.ascontiguousarray(self.consts[name]))
@@ -100,9 +107,11 @@ class Lowering:
         a, k, strides, dil, pads, group = self._geometry(conv)
         x_name = (pre or conv).input[0]
         packed = self.packed.pop(x_name, None)  # the producer signed and packed x (its affine applied)
-        x = packed or self._arg(env, x_name)
-        in_s, in_b = (None, None) if packed else self._in_affine(pre, _shape(x)[1])
         w = self._c(conv.input[1])
+        parts = self._concat_parts(x_name, conv, w)
+        x = packed or parts or self.value(env, x_name)
+        in_s, in_b = (None, None) if packed else self._in_affine(pre, _shape(x)[1] if not parts else
+                                                                 sum(_shape(v)[1] for v in parts))
         co = w.shape[0]
         scale = np.ones(co, np.float32)
         bias = np.zeros(co, np.float32)
@@ -123,10 +132,11 @@ class Lowering:
                 raise CompileError(f"{act.name}: PRelu slope must be per channel")
         res = tuple(res or ())
         lay = self._layer(conv, conv.op_type, [pre, gain, post, act, *res])
+        lay.input_parts = len(parts) if parts else 1
         last = (act or post or conv).output[0]
         residual = []  # the other addend of each fused Add, in graph order
         for add in res:
-            residual.append(self._arg(env, add.input[1] if add.input[0] == last else add.input[0]))
+            residual.append(self.value(env, add.input[1] if add.input[0] == last else add.input[0]))
             last = add.output[0]
         if conv.op_type == "BinaryConv2d":
             from dcpnas.compiler.kernels.emit import emit_binary_conv2d, emit_pm1_packed, packed_epilogue_geometry
@@ -144,7 +154,7 @@ class Lowering:
                     return {}
             y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
                                    prelu=slope, residual=residual)
-            lay.funcs.extend(_calls_back(bb, y, [packed.words if packed else x] + residual))
+            lay.funcs.extend(_calls_back(bb, y, ([packed.words] if packed else parts or [x]) + residual))
             return {last: y}
         args = [x, relax.const(w.astype(np.float32))]
         if in_s is not None:
@@ -164,14 +174,25 @@ class Lowering:
         ow = (wd + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
         return {last: self._call(bb, lay, f, args, (n, co, oh, ow))}
 
+    def _concat_parts(self, name, conv, w) -> list | None:
+        """The parts of a deferred Concat `name` when binary conv `conv` packs from them, else None."""
+        if name not in self.deferred or conv.op_type != "BinaryConv2d" or self.cpu is None:
+            return None
+        from dcpnas.compiler.kernels.emit import packs_from_parts
+
+        parts = self.deferred[name][0]
+        s = _shape(parts[0])
+        shape = (s[0], sum(_shape(v)[1] for v in parts), s[2], s[3])
+        return parts if packs_from_parts(geometry(shape, w, self._binary_attrs(conv), self.target), self.target) else None
+
     # ---- every other op
     def node(self, bb, env, n, residual=None):
         """Lower node n; residual: an Add fused after a pool (pool + add in one kernel)."""
         op, a = n.op_type, _attrs(n)
         if op == "Identity":
-            return {n.output[0]: self._arg(env, n.input[0])}
+            return {n.output[0]: self.value(env, n.input[0])}
         if op == "Flatten":
-            x = self._arg(env, n.input[0])
+            x = self.value(env, n.input[0])
             s = _shape(x)
             ax = int(a.get("axis", 1)) % len(s)
             shape = (int(np.prod(s[:ax])), int(np.prod(s[ax:])))
@@ -179,7 +200,7 @@ class Lowering:
         lay = self._layer(n, op, [residual])
         name = _func_name(lay.name)
         if op == "BatchNormalization":
-            x = self._arg(env, n.input[0])
+            x = self.value(env, n.input[0])
             sa, sb = bn_affine(self.consts, n)
             s = _shape(x)
             f = fs.elementwise([s, (s[1],), (s[1],)], lambda t, i: t[0][i] * t[1][i[1]] + t[2][i[1]], s,
@@ -188,27 +209,28 @@ class Lowering:
         if op in ("Add", "Sub", "Mul", "PRelu"):
             return {n.output[0]: self._binary(bb, env, n, lay, name)}
         if op == "Relu":
-            x = self._arg(env, n.input[0])
+            x = self.value(env, n.input[0])
             s = _shape(x)
             f = fs.elementwise([s], lambda t, i: tirx.max(t[0][i], tirx.const(0.0, "float32")), s,
                                name=name, cpu=self.cpu)
             return {n.output[0]: self._call(bb, lay, f, [x], s)}
         if op == "Concat":
-            xs = [self._arg(env, i) for i in n.input]
+            xs = [self.value(env, i) for i in n.input]
             shapes = [_shape(v) for v in xs]
             check_concat(n, shapes, int(a.get("axis", 1)))
             if int(a.get("axis", 1)) % 4 != 1 or any(len(s) != 4 for s in shapes):
                 raise CompileError(f"{n.name}: only channel concatenation of NCHW tensors is supported")
             f = fs.concat_channels(shapes, name=name, cpu=self.cpu)
             out = (shapes[0][0], sum(s[1] for s in shapes), shapes[0][2], shapes[0][3])
-            return {n.output[0]: self._call(bb, lay, f, xs, out)}
+            self.deferred[n.output[0]] = (xs, lambda: self._call(bb, lay, f, xs, out))
+            return {}
         if op in ("MaxPool", "AveragePool"):
             if residual is None:
                 return {n.output[0]: self._pool(bb, env, n, a, lay, name)}
             other = residual.input[1] if residual.input[0] == n.output[0] else residual.input[0]
-            return {residual.output[0]: self._pool(bb, env, n, a, lay, name, self._arg(env, other))}
+            return {residual.output[0]: self._pool(bb, env, n, a, lay, name, self.value(env, other))}
         if op == "GlobalAveragePool":
-            x = self._arg(env, n.input[0])
+            x = self.value(env, n.input[0])
             s = _shape(x)
             check_rank(n, s)
             f = fs.global_avg_pool(s, name=name, cpu=self.cpu)
@@ -216,7 +238,7 @@ class Lowering:
         if op == "Slice":
             return {n.output[0]: self._slice(bb, env, n, lay, name)}
         if op == "Gemm":
-            x = self._arg(env, n.input[0])
+            x = self.value(env, n.input[0])
             w = self._c(n.input[1]).astype(np.float32)
             if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or a.get("transA", 0):
                 raise CompileError(f"{n.name}: Gemm with alpha/beta != 1 or transA is not supported")
@@ -231,7 +253,7 @@ class Lowering:
         raise CompileError(f"{n.name}: op {op} has no lowering")  # check_supported keeps this unreachable
 
     def _binary(self, bb, env, n, lay, name):
-        xa, xb = self._arg(env, n.input[0]), self._arg(env, n.input[1])
+        xa, xb = self.value(env, n.input[0]), self.value(env, n.input[1])
         sa, sb = _shape(xa), _shape(xb)
         try:
             out = tuple(np.broadcast_shapes(sa, sb))
@@ -255,7 +277,7 @@ class Lowering:
         return self._call(bb, lay, f, [xa, xb], out)
 
     def _pool(self, bb, env, n, a, lay, name, residual=None):
-        x = self._arg(env, n.input[0])
+        x = self.value(env, n.input[0])
         check_rank(n, _shape(x))
         if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))) \
                 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
@@ -275,7 +297,7 @@ class Lowering:
         return self._call(bb, lay, f, [x] + ([residual] if residual is not None else []), out)
 
     def _slice(self, bb, env, n, lay, name):
-        x = self._arg(env, n.input[0])
+        x = self.value(env, n.input[0])
         s = _shape(x)
         starts, ends = self._c(n.input[1]), self._c(n.input[2])
         axes = self._c(n.input[3]) if len(n.input) > 3 and n.input[3] else np.arange(len(starts))

@@ -189,7 +189,7 @@ def import_onnx(model: onnx.ModelProto, target: Any, *, schedule: bool = True) -
                 else:
                     outs = low.node(bb, env, n)
                 env.update(outs)
-            out = bb.emit_output(env[g.output[0].name])
+            out = bb.emit_output(low.value(env, g.output[0].name))
         bb.emit_func_output(out)
     mod = bb.get()
     out_shape = tuple(int(v) for v in out.ty.shape)

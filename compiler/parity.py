@@ -176,21 +176,24 @@ def run_torch(module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(x))).numpy().astype(np.float32)
 
 
-def tvm_probe_runner(lib_path, calls: list[tuple[str, str]]):
+def tvm_probe_runner(lib_path, calls: list[tuple[str, str, int]]):
     """x [1, C, H, W] -> (logits, {probe: x it binarised}) with the exported library on the local CPU.
-    calls: (PrimFunc symbol, probe) of the kernel that reads each binary conv's x first (its pack or
-    +-1 kernel), in execution order; identical kernels may share a symbol, so calls are matched in order."""
+    calls: (PrimFunc symbol, probe, parts) of the kernel that reads each binary conv's x first (its pack or
+    +-1 kernel), in execution order, with the number of its leading arguments that x is the channel
+    concatenation of (a pack that reads a Concat's parts); identical kernels may share a symbol, so
+    calls are matched in order."""
     import tvm
     from tvm import relax
 
     dev = tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
-    symbols = {s for s, _ in calls}
+    symbols = {s for s, _, _ in calls}
     seen: list[tuple[str, np.ndarray]] = []
 
     def instrument(_func, symbol, before, _ret, *args):
-        if before and symbol in symbols:
-            seen.append((symbol, args[0].numpy()))
+        if before and symbol in symbols:  # read now: the storage may be reused after this call
+            k = calls[len(seen)][2] if len(seen) < len(calls) else 1
+            seen.append((symbol, np.concatenate([a.numpy() for a in args[:k]], axis=1)))
         return 0  # VMInstrumentReturnKind.NO_OP
 
     vm.set_instrument(instrument)
@@ -198,9 +201,9 @@ def tvm_probe_runner(lib_path, calls: list[tuple[str, str]]):
     def run(x: np.ndarray):
         seen.clear()
         y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x), dev)).numpy()
-        if [s for s, _ in seen] != [s for s, _ in calls]:
+        if [s for s, _ in seen] != [s for s, _, _ in calls]:
             raise ParityError(f"internal: TVM ran {len(seen)} binary kernels, the build lists {len(calls)}")
-        return y, {name: v for (_, name), (_, v) in zip(calls, seen)}
+        return y, {name: v for (_, name, _), (_, v) in zip(calls, seen)}
     return run
 
 

@@ -249,9 +249,11 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     return art
 
 
-def _probe_symbols(layers) -> list[tuple[str, str]]:
-    """(PrimFunc symbol, binary conv node) of the kernel that reads each binary conv's input first."""
-    return [(lay.funcs[0]["name"], lay.name) for lay in layers if lay.op == "BinaryConv2d" and lay.funcs]
+def _probe_symbols(layers) -> list[tuple[str, str, int]]:
+    """(PrimFunc symbol, binary conv node, input parts) of the kernel that reads each binary conv's input
+    first."""
+    return [(lay.funcs[0]["name"], lay.name, lay.input_parts) for lay in layers
+            if lay.op == "BinaryConv2d" and lay.funcs]
 
 
 def compiled_accuracy(onnx_bytes: bytes, tvm_fn, dataset, norm: dict) -> dict:

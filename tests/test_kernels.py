@@ -362,3 +362,47 @@ def test_flat_pack_rule():
     assert use_pack_flat(geo(28), X86) and use_pack_flat(geo(14), X86) and use_pack_flat(geo(4), X86)
     assert not use_pack_flat(geo(7), X86)  # 49 pixels in 4 vectors: the TE pack measured faster
     assert not use_pack_flat(geo(28, p=1), X86)  # padded planes: the TE pack with border words
+
+
+@pytest.mark.tvm
+def test_flat_pack_reads_the_parts_of_a_concat():
+    """pack_flat with parts (a Concat's inputs, never concatenated): the words of the concatenation, bit for
+    bit; parts that split a word, and an emitted conv on a list of parts equal to the conv on the Concat."""
+    import tvm
+    from tvm import relax
+
+    from dcpnas.compiler.kernels.emit import geometry, packs_from_parts
+    from dcpnas.compiler.kernels.pack_flat import make_pack_flat
+
+    rng = np.random.default_rng(11)
+    sizes = (20, 32, 12, 40)
+    xs = [rng.standard_normal((2, c, 14, 14)).astype(np.float32) for c in sizes]
+    x = np.concatenate(xs, axis=1)
+    c = x.shape[1]
+    attrs = _attrs(c, 1, 1, 0, 1, 1)
+    wb = pack_weights(rng.standard_normal((64, c, 1, 1)))
+    geo = geometry(x.shape, wb, attrs, X86)
+    assert packs_from_parts(geo, X86)
+    s, t = rng.uniform(-2, 2, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+
+    def run(f, inputs):
+        ex = tvm.compile(tvm.IRModule({"k": f.with_attr("global_symbol", "k")}), target=tvm.target.Target(X86))
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in inputs + [s, t, np.zeros(geo.packed_shape, np.uint32)]]
+        ex.jit()["k"](*args)
+        return args[-1].numpy()
+
+    np.testing.assert_array_equal(run(make_pack_flat(geo, True, parts=sizes), xs), run(make_pack_flat(geo, True), [x]))
+
+    def emitted(split):
+        bb = relax.BlockBuilder()
+        vs = [relax.Var(f"x{k}", relax.TensorType(v.shape, "float32")) for k, v in enumerate(xs)]
+        with bb.function("main", vs):
+            with bb.dataflow():
+                inp = vs if split else bb.emit(relax.op.concat(vs, axis=1))
+                y = emit_binary_conv2d(bb, inp, wb, np.ones(64, np.float32), None, attrs, X86, in_scale=s, in_shift=t)
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(X86)), tvm.cpu())
+        return vm["main"](*[tvm.runtime.tensor(v, tvm.cpu()) for v in xs]).numpy()
+
+    np.testing.assert_array_equal(emitted(True), emitted(False))

@@ -209,16 +209,18 @@ def test_cuda_codegen_and_gpu_run():
 
 
 @pytest.mark.parametrize("n,c,h,k,s,d,prelu,pack_affine", [(1, 32, 28, 3, 1, 1, True, True), (1, 64, 14, 5, 1, 2, True, True),
+                                                           (1, 128, 7, 3, 1, 1, True, True),
                                                            (2, 40, 16, 3, 2, 1, False, True), (1, 36, 12, 5, 1, 1, True, False)])
 def test_packed_epilogue_bit_identical_to_flat_then_pack(n, c, h, k, s, d, prelu, pack_affine):
-    """depthwise_flat's packed epilogue (the words of the next 1x1 binary conv's input) equals, bit for bit,
-    the flat kernel's float output packed by the pack kernel that conv would run; whole and partial words,
+    """depthwise_flat's packed epilogue (the words of the next 1x1 binary conv's input, decided on the integer
+    tap sums by sign_table's intervals) equals, bit for bit, the flat kernel's float output packed by the
+    pack kernel that conv would run (away from ties at the threshold); whole and partial words,
     half-word tasks (one image, one or two words), two images, stride 2, with and without PReLU and the
     next conv's threshold."""
     import tvm
 
     from dcpnas.compiler.kernels.depthwise import pm1_weights
-    from dcpnas.compiler.kernels.depthwise_flat import make_flat_func, packed_shape
+    from dcpnas.compiler.kernels.depthwise_flat import make_flat_func, make_packed_func, packed_shape, sign_table
     from dcpnas.compiler.kernels.emit import cpu_pack_func, packed_epilogue_geometry
     from dcpnas.compiler.kernels.pack import pack_activations_reference
 
@@ -242,15 +244,16 @@ def test_packed_epilogue_bit_identical_to_flat_then_pack(n, c, h, k, s, d, prelu
 
     y = run(make_flat_func(geo, True, prelu), head + [np.zeros(geo.out_shape, np.float32)])
     want = run(cpu_pack_func(nxt, X86, pack_affine), [y] + pack_aff + [np.zeros(nxt.packed_shape, np.uint32)])
-    got = run(make_flat_func(geo, True, prelu, pack=pack_affine), head + pack_aff + [np.zeros(nxt.packed_shape, np.uint32)])
+    table = sign_table(*head[4:6], head[6] if prelu else None, *(pack_aff or [None, None]), k * k)
+    got = run(make_packed_func(geo, True), head[:4] + list(table) + [np.zeros(nxt.packed_shape, np.uint32)])
     np.testing.assert_array_equal(got, want)
     ref = pack_activations_reference(y, nxt_attrs, *(pack_aff or [None, None]))
     assert (got != ref).mean() < 1e-3  # the reference rounds the multiply-add twice (LLVM fuses it)
 
 
 def test_packed_epilogue_rule():
-    """The packed epilogue needs the flat kernel, output rows of >= 8 pixels and an unpadded ungrouped
-    XNOR conv after it (not a small 1x1 on the ±1 kernel)."""
+    """The packed epilogue needs AVX-512, planes of >= PACKED_MIN_WORK taps x pixels and an unpadded
+    ungrouped XNOR conv after it (not a small 1x1 on the ±1 kernel)."""
     from dcpnas.compiler.kernels.emit import packed_epilogue_geometry
 
     def case(c, h, k=3, s=1, nxt=None, target=X86, co=32):
@@ -260,8 +263,8 @@ def test_packed_epilogue_rule():
         w = np.zeros((co, -(-nxt.channels_per_group // 8)) + nxt.kernel_shape, np.uint8)
         return packed_epilogue_geometry(geo, w, nxt, target) is not None
 
-    assert case(32, 28) and case(64, 14, 5) and case(64, 28, 3, 2)
-    assert not case(128, 7, 5)  # 7-pixel rows: measured slower than the unfused pair
+    assert case(32, 28) and case(64, 14, 5) and case(64, 28, 3, 2) and case(128, 7, 5) and case(128, 7, 3)
+    assert not case(256, 4, 3)  # 4x4 3x3: depthwise.py + the pack measured faster
     assert not case(32, 28, target=X86_AVX2)  # no flat kernel
     assert not case(32, 28, nxt=BinaryConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, 32))  # padded next conv
     assert not case(32, 28, nxt=BinaryConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 4, 32))  # grouped
@@ -269,7 +272,7 @@ def test_packed_epilogue_rule():
 
 
 def test_emitted_chain_with_packed_epilogue_equals_unfused():
-    """emit_pm1_packed + emit_binary_conv2d(Packed) in a Relax module: the same logits as the unfused
+    """emit_pm1_packed + emit_binary_conv2d(Packed) in a Relax module: the same outputs as the unfused
     depthwise -> pack -> XNOR chain, with one kernel fewer."""
     import tvm
     from tvm import relax
@@ -308,3 +311,23 @@ def test_emitted_chain_with_packed_epilogue_equals_unfused():
     (n_fused, got), (n_plain, want) = run(True), run(False)
     assert n_fused == n_plain - 1
     np.testing.assert_array_equal(got, want)
+
+
+def test_sign_table_intervals():
+    """sign_table: the tap sums whose epilogue value is negative, as one interval or (a negative PReLU slope
+    and a negative scale after it) an interval's complement; checked against the float32 epilogue itself."""
+    from dcpnas.compiler.kernels.depthwise_flat import sign_table
+
+    rng = np.random.default_rng(3)
+    c, taps = 64, 25
+    args = [rng.uniform(-2, 2, c), rng.uniform(-3, 3, c), rng.uniform(-1, 1, c), rng.uniform(-2, 2, c), rng.uniform(-2, 2, c)]
+    args = [a.astype(np.float32) for a in args]
+    lo, hi, flip = sign_table(*args, taps)
+    assert flip.any() and not flip.all()
+    a = np.arange(-taps, taps + 1, dtype=np.float32)[None, :]
+    o = args[0][:, None] * a + args[1][:, None]
+    o = np.where(o >= 0, o, o * args[2][:, None]) * args[3][:, None] + args[4][:, None]
+    got = ((a >= lo[:, None]) & (a <= hi[:, None])) != flip[:, None].astype(bool)
+    np.testing.assert_array_equal(got, o < 0)
+    lo, hi, flip = sign_table(np.ones(2, np.float32), np.array([100, -100], np.float32), None, None, None, 9)
+    assert (lo[0], hi[0], flip[0]) == (127, -128, 0) and (lo[1], hi[1], flip[1]) == (-9, 9, 0)  # never, always

@@ -187,6 +187,12 @@ def test_whole_network_parity_at_8x32(tmp_path):
     adds = {n.name for n in onnx.load(art.onnx_path).graph.node if n.op_type == "Add"}
     fused = {n for lay in layers if lay["op"] != "Add" for n in lay["nodes"]}
     assert len(adds) == 78 and adds <= fused
+    # every depthwise binary conv writes its pointwise conv's packed input (no float plane, no pack), and
+    # the cell outputs at 28x28 and 14x14 reach the next cells' 1x1 convs as parts (no Concat runs)
+    calls = [f["name"].rstrip("0123456789") for lay in layers for f in lay["funcs"]]
+    assert calls.count("dcpnas_binary_pm1pack") == 54 and "dcpnas_binary_pm1conv" not in calls
+    assert sum(lay["input_parts"] == 4 for lay in layers) == 10
+    assert sum(lay["op"] == "Concat" and not lay["funcs"] for lay in layers) == 3
 
 
 def test_parity_chunks_shrink_with_the_probes():

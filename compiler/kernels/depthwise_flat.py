@@ -22,16 +22,19 @@ Measured on the Intel Xeon (AVX-512, 1 thread, us per call, this kernel vs depth
 6.8 vs 4.5 (per-plane costs: the sign pass and narrow epilogue vectors): planes with fewer than MIN_WORK
 taps x input pixels stay on depthwise.py.
 
-Packed epilogue (emit.emit_pm1_packed, where the conv's output is the input of one unpadded ungrouped XNOR
-conv alone: a depthwise -> pointwise pair of a separable conv): instead of storing `out`, each channel's
-value o (after the PReLU) goes through that conv's affine before the sign, o * pack_scale + pack_shift, and
-its sign bit is OR-ed into a local word plane; one task is (image, word of 32 channels) or, with fewer than
-MIN_WORD_TASKS such tasks, (image, word, half) so that two threads share a word (each stores its 16-bit
-half). Output P [N, ceil(C/32), OH, OW] uint32 = pack.py's layout of the next conv's input: no float plane
-and no pack call. Measured (1 thread, us, packed vs flat + pack_flat): 32ch 28x28 3x3 6.9 vs 7.6, 5x5 10.1
-vs 10.6, 64ch 14x14 3x3 5.3 vs 6.0, 64ch 28x28 stride 2 11.0 vs 12.1; 7-pixel rows slower (128ch 7x7 5x5
-8.8 vs 7.4): emit.packed_epilogue_geometry keeps those unfused. Parameters (x, [in_scale, in_shift], Wpm,
-scale, bias, [slope], [pack_scale, pack_shift], P).
+Packed form (make_packed_func, emitted by emit.emit_pm1_packed where the conv's output is the input of one
+unpadded ungrouped XNOR conv alone: the depthwise -> pointwise pair of a separable conv): the output is
+never a float. The value the next conv signs, ((scale * a + bias), PReLU, * pack_scale + pack_shift) < 0,
+is a function of the integer tap sum a in [-taps, taps] alone, so it is tabulated at compile time per
+channel as an interval (sign_table: lo <= a <= hi, or its complement where a negative PReLU slope makes the
+value negative at both ends) and decided on the byte sums themselves, 64 positions per compare. Each
+channel's bit is OR-ed into one of four byte planes over the flat positions (byte k of the word: channels
+8k..8k+7); a task is (image, word of 32 channels), or with fewer than MIN_WORD_TASKS such tasks (image,
+word, half) so that two threads share a word; it ends by gathering each output position's bytes into its
+word P [N, ceil(C/32), OH, OW] uint32 (pack.py's layout of the next conv's input; a half task stores its
+16-bit half). Measured (1 thread, us, packed vs flat + pack_flat, same bits): 32ch 28x28 3x3 4.4 vs 8.2,
+5x5 7.5 vs 10.8, 64ch 14x14 3x3 3.2 vs 5.7, 64ch 28x28 stride 2 8.1 vs 16.0, 128ch 7x7 3x3 3.4 vs 7.2
+(depthwise.py's float lanes + pack: 4.9), 256ch 4x4 3x3 5.6 vs 4.7 (float lanes + pack): use_packed_kernel.
 
 Same PrimFunc parameters as depthwise.make_pm1_func: (x, [in_scale, in_shift], Wpm [C,1,kh,kw] float32 ±1,
 scale, bias, [slope], [res0, res1...], out), so that emit.py and the tests drive both alike. Rows of the
@@ -41,10 +44,13 @@ row's end (a few values written twice, with the same value).
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
+
+from dcpnas.errors import CompileError
 
 from .binary_conv import ConvGeometry
 from .flat import FlatPlan, flat_plan, pow2_at_most, row_blocks
@@ -55,6 +61,9 @@ BYTE_LANES = 64  # one zmm register of int8
 MAX_VECTORS = 8  # accumulator registers per block of flat positions
 MAX_TAPS = 127  # byte sums stay exact: |acc| <= taps
 MIN_WORK = 512  # taps x input pixels per plane (module doc: 7x7 3x3 measured slower here, 8x8 3x3 faster)
+# the packed epilogue vs depthwise.py's float lanes + the pack (1 thread, us): 128ch 7x7 3x3 3.4 vs 4.9,
+# 256ch 4x4 3x3 5.6 vs 4.7
+PACKED_MIN_WORK = 400
 MIN_WORD_TASKS = 4  # the packed epilogue splits words in halves below this many (image, word) tasks
 
 
@@ -74,6 +83,14 @@ def flat_sizes(geo: ConvGeometry) -> FlatPlan:
                      MAX_VECTORS)
 
 
+def use_packed_kernel(geo: ConvGeometry, target) -> bool:
+    """True where make_packed_func is the faster form of a depthwise conv whose output only the next XNOR
+    conv reads: the flat kernel's convs and planes down to PACKED_MIN_WORK taps x input pixels."""
+    kh, kw = geo.attrs.kernel_shape
+    return (not geo.mma and geo.cg == 1 and geo.cog == 1 and kh * kw <= MAX_TAPS
+            and kh * kw * geo.h * geo.w >= PACKED_MIN_WORK and family(target) == "x86" and has_avx512_popcount(target))
+
+
 def packed_shape(geo: ConvGeometry) -> tuple[int, int, int, int]:
     """The words P [N, ceil(C/32), OH, OW] uint32 of the packed epilogue: bit b of word q is output channel
     32q + b (the layout of an unpadded ungrouped binary conv's input, pack.py)."""
@@ -82,17 +99,10 @@ def packed_shape(geo: ConvGeometry) -> tuple[int, int, int, int]:
 
 
 def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int = 0,
-                   parallel_min: int = 16384, pack: bool | None = None) -> tvm.tirx.PrimFunc:
-    """The scheduled PrimFunc (attr tir.is_scheduled); parameters: module doc.
-
-    pack (True: with pack_scale/pack_shift, False: without): the packed epilogue (module doc) instead of the
-    float output; residual must be 0."""
+                   parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
+    """The scheduled PrimFunc (attr tir.is_scheduled); parameters: module doc."""
     if not (geo.cg == 1 and geo.cog == 1):
         raise ValueError("internal: the flat kernel is for depthwise convs")
-    if pack is not None:
-        if residual:
-            raise ValueError("internal: the packed epilogue has no residual add")
-        return _make_packed(geo, affine, prelu, pack, parallel_min)
     n, c = geo.n, geo.c_in
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, _, _ = geo.attrs.pads
@@ -172,10 +182,40 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     return ib.get()
 
 
-def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool, parallel_min: int
-                 ) -> tvm.tirx.PrimFunc:
-    """The packed epilogue (module doc): one task = (image, word, part) with its channels in sequence, the
-    word plane in a local buffer; the same sign pass, taps and float epilogue as make_flat_func."""
+def sign_table(scale, bias, slope, pack_scale, pack_shift, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed epilogue's decision per channel as int8 [C] (lo, hi, flip): the next conv's input bit is
+    set (negative) for tap sum a iff (lo <= a <= hi) != flip. Evaluated for every a in [-taps, taps] as the
+    float epilogue computes it in float32 (scale * a + bias, PReLU (slope or None), * pack_scale +
+    pack_shift (or None), < 0); with a negative PReLU slope the set is an interval's complement."""
+    a = np.arange(-taps, taps + 1, dtype=np.float32)[None, :]
+    col = lambda v: np.asarray(v, np.float32).reshape(-1, 1)  # noqa: E731
+    o = col(scale) * a + col(bias)
+    if slope is not None:
+        o = np.where(o >= 0, o, o * col(slope))
+    if pack_scale is not None:
+        o = o * col(pack_scale) + col(pack_shift)
+    neg = o < 0
+    c = neg.shape[0]
+    lo, hi, flip = np.full(c, 127, np.int8), np.full(c, -128, np.int8), np.zeros(c, np.int8)
+    for ch in range(c):
+        idx = np.flatnonzero(neg[ch])
+        if idx.size and np.any(np.diff(idx) != 1):  # negative at both ends: the positive run is one interval
+            idx, flip[ch] = np.flatnonzero(~neg[ch]), 1
+            if np.any(np.diff(idx) != 1):
+                raise CompileError(f"internal: the sign of channel {ch}'s epilogue changes more than twice")
+        if idx.size:
+            lo[ch], hi[ch] = idx[0] - taps, idx[-1] - taps
+    return lo, hi, flip
+
+
+def make_packed_func(geo: ConvGeometry, affine: bool, parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
+    """The packed epilogue (module doc), scheduled; parameters (x, [in_scale, in_shift], Wpm, lo, hi, flip, P)
+    with lo/hi/flip int8 [C] from sign_table. One task = (image, word, part), its channels in sequence; per
+    channel the tap sums of 64 flat positions are compared with lo/hi in byte lanes and the channel's bit
+    is OR-ed into one of four byte planes (byte k of the word: channels 8k..8k+7), kept in a local buffer;
+    the task ends by gathering each output position's bytes into its word (or half word)."""
+    if not (geo.cg == 1 and geo.cog == 1):
+        raise ValueError("internal: the flat kernel is for depthwise convs")
     n, c = geo.n, geo.c_in
     (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
     pt, pl, _, _ = geo.attrs.pads
@@ -189,19 +229,15 @@ def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool
     vn = pow2_at_most(span, BYTE_LANES)
     neg_blocks = row_blocks(span, vn)
     ohw = oh * ow
-    # the word plane in rows of whole vectors: a row's last vector shifted back to end at OW would reload
-    # words the one before it has just stored (a failed store-to-load forward on every row and channel,
-    # measured 1.3x the unfused pair); acc is read up to that width, so it is allocated up to there
-    owv = -(-ow // ve) * ve
-    acc_len = -(-max(computed, (oh - 1) * sh * wp + (owv - 1) * sw + 1) // BYTE_LANES) * BYTE_LANES
     parts = 2 if n * words < MIN_WORD_TASKS else 1  # half words: two threads get work from one word plane
     bits = 32 // parts
+    planes = bits // 8  # byte planes per task
     tasks = n * words * parts
     per = tasks_per_chunk(tasks)
     parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
     i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
+    u8 = lambda v: tirx.const(v, "uint8")  # noqa: E731
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
-    u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
@@ -210,19 +246,16 @@ def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool
             s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
             t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
             wpm = T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
-            scale = T.arg("scale", T.buffer((c,), "float32"))
-            bias = T.arg("bias", T.buffer((c,), "float32"))
-            slope = T.arg("slope", T.buffer((c,), "float32")) if prelu else None
-            ps = T.arg("pack_scale", T.buffer((c,), "float32")) if pack_affine else None
-            pq = T.arg("pack_shift", T.buffer((c,), "float32")) if pack_affine else None
+            lo = T.arg("lo", T.buffer((c,), "int8"))
+            hi = T.arg("hi", T.buffer((c,), "int8"))
+            flip = T.arg("flip", T.buffer((c,), "int8"))
             p = T.arg("P", T.buffer((n, words, oh, ow), "uint32"))
             pf = T.decl_buffer((n * words * ohw,), "uint32", data=p.data)
             ph = T.decl_buffer((n * words * ohw * 2,), "uint16", data=p.data)  # little-endian half words
             with T.sblock("root"):
                 with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
                     u = T.alloc_local((2 * u_bytes,), "int8")
-                    acc = T.alloc_local((acc_len,), "int8")
-                    wl = T.alloc_local((oh * owv,), "uint32")
+                    wb = T.alloc_local((planes * computed,), "uint8")  # byte planes over the flat positions
                     with T.serial(0, 2 * u_bytes // BYTE_LANES) as k:
                         with T.vectorized(0, BYTE_LANES) as lane:
                             T.buffer_store(u, i8(0), [k * BYTE_LANES + lane])
@@ -230,13 +263,13 @@ def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool
                         task = chunk * per + k
                         i, q, part = task // (words * parts), task // parts % words, task % parts
                         first = q * 32 + part * bits
-                        with T.serial(0, oh * owv // ve) as k2:
-                            with T.vectorized(0, ve) as lane:
-                                T.buffer_store(wl, u32(0), [k2 * ve + lane])
+                        with T.serial(0, planes * computed // BYTE_LANES) as k2:
+                            with T.vectorized(0, BYTE_LANES) as lane:
+                                T.buffer_store(wb, u8(0), [k2 * BYTE_LANES + lane])
                         with T.serial(0, tirx.max(tirx.min(c - first, bits), 0)) as kb:
                             ch = first + kb
                             aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
-                            with T.serial(0, geo.h) as y:
+                            with T.serial(0, geo.h) as y:  # the sign plane, as make_flat_func
                                 for x0 in row_blocks(geo.w, vs):
                                     with T.vectorized(0, vs) as lane:
                                         v = x[i, ch, y, x0 + lane]
@@ -250,6 +283,9 @@ def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool
                                     T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
                             half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
                             offs = [ry * dh * wp + rx * dw for ry, rx in taps]
+                            c_lo, c_hi, c_flip = T.bind(lo[ch]), T.bind(hi[ch]), T.bind(flip[ch])
+                            plane = T.bind(kb // 8 * computed)
+                            mask = T.bind((u8(1) << (kb % 8).astype("uint8")))
                             with T.serial(0, blocks) as b:
                                 with T.unroll(0, vectors) as v:
                                     with T.vectorized(0, BYTE_LANES) as lane:
@@ -257,30 +293,23 @@ def _make_packed(geo: ConvGeometry, affine: bool, prelu: bool, pack_affine: bool
                                         total = u[half[0] + a + offs[0]]
                                         for h_t, o_t in zip(half[1:], offs[1:]):
                                             total = total + u[h_t + a + o_t]
-                                        T.buffer_store(acc, total, [a])
-                            sc, bs = T.bind(scale[ch]), T.bind(bias[ch])
-                            sl = T.bind(slope[ch]) if slope is not None else None
-                            pa = (T.bind(ps[ch]), T.bind(pq[ch])) if pack_affine else None
-                            bit = T.bind(u32(1) << (first - q * 32 + kb).astype("uint32"))
-                            with T.serial(0, oh) as y:
-                                for x0 in range(0, owv, ve):
-                                    with T.vectorized(0, ve) as lane:
-                                        o = sc * acc[y * (sh * wp) + (x0 + lane) * sw].astype("float32") + bs
-                                        if sl is not None:
-                                            o = tirx.Select(o >= f32(0.0), o, o * sl)
-                                        if pa:
-                                            o = o * pa[0] + pa[1]  # as pack_compute: multiply, then add
-                                        at = y * owv + x0 + lane
-                                        T.buffer_store(wl, wl[at] | tirx.Select(o < f32(0.0), bit, u32(0)), [at])
+                                        inside = tirx.all(total >= c_lo, total <= c_hi)
+                                        neg = tirx.Select(inside, i8(1), i8(0)) != c_flip
+                                        T.buffer_store(wb, wb[plane + a] | tirx.Select(neg, mask, u8(0)), [plane + a])
                         base = (i * words + q) * ohw
                         with T.serial(0, oh) as y:
                             for x0 in row_blocks(ow, ve):
                                 with T.vectorized(0, ve) as lane:
-                                    wv = wl[y * owv + x0 + lane]
+                                    o = y * (sh * wp) + (x0 + lane) * sw
+                                    dt = "uint32" if parts == 1 else "uint16"
+                                    word = None
+                                    for kp in range(planes):
+                                        byte = wb[kp * computed + o].astype(dt)
+                                        byte = byte << tirx.const(8 * kp, dt) if kp else byte
+                                        word = byte if word is None else word | byte
                                     at = base + y * ow + x0 + lane
                                     if parts == 1:
-                                        T.buffer_store(pf, wv, [at])
+                                        T.buffer_store(pf, word, [at])
                                     else:
-                                        T.buffer_store(ph, (wv >> (part * 16).astype("uint32")).astype("uint16"),
-                                                       [at * 2 + part])
+                                        T.buffer_store(ph, word, [at * 2 + part])
     return ib.get()

@@ -13,7 +13,7 @@ from dcpnas.errors import CompileError
 from .binary_conv import ConvGeometry, make_conv_func, make_pack_func
 from .bmma_cuda import fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
-from .depthwise_flat import make_flat_func, packed_shape, use_flat_kernel
+from .depthwise_flat import make_packed_func, packed_shape, sign_table, use_packed_kernel
 from .pack import border_classes, border_correction, weights_to_words
 from .pack_flat import make_pack_flat, use_pack_flat
 from .pointwise import make_pointwise_func, use_pointwise_kernel
@@ -93,15 +93,20 @@ class Packed:
 def packed_epilogue_geometry(geo: ConvGeometry, next_w_bits: np.ndarray, next_attrs: BinaryConvAttrs,
                              target: Any) -> ConvGeometry | None:
     """The geometry of the binary conv that alone consumes depthwise conv `geo`'s output, when `geo` can
-    write that conv's packed input itself (depthwise_flat.py's packed epilogue), else None: the flat
-    kernel with output rows of >= 8 pixels (measured: 7-pixel rows 1.04-1.19x the unfused pair, wider
-    ones 0.89-0.95x), feeding an ungrouped unpadded XNOR conv of 32-bit words."""
-    if not use_flat_kernel(geo, target) or geo.out_hw[1] < 8:
+    write that conv's packed input itself (depthwise_flat.make_packed_func: depthwise_flat.use_packed_kernel),
+    feeding an ungrouped unpadded XNOR conv of 32-bit words; else None."""
+    if not use_packed_kernel(geo, target):
         return None
     nxt = geometry(list(geo.out_shape), next_w_bits, next_attrs, target)
     ok = (nxt.g == 1 and nxt.word_bits == 32 and not nxt.mma and not any(nxt.attrs.pads)
           and not use_pm1_kernel(nxt) and nxt.packed_shape == packed_shape(geo))
     return nxt if ok else None
+
+
+def packs_from_parts(geo: ConvGeometry, target: Any) -> bool:
+    """True where the conv's pack can read its input as the parts of a channel Concat (pack_flat.py's
+    parts): an ungrouped XNOR conv whose pack is pack_flat."""
+    return geo.g == 1 and not geo.mma and not use_pm1_kernel(geo) and use_pack_flat(geo, target)
 
 
 def emit_pm1_packed(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray, scale: np.ndarray,
@@ -111,19 +116,18 @@ def emit_pm1_packed(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray, s
     and packs its output for the next binary conv (pack_scale/pack_shift: that conv's affine before the
     sign, both or neither): one call_tir; the caller checked packed_epilogue_geometry."""
     geo = geometry(_static_shape(x), w_bits, attrs, target)
-    affine, pack_affine = in_scale is not None, pack_scale is not None
-    f = make_flat_func(geo, affine, prelu is not None, pack=pack_affine)
+    affine = in_scale is not None
+    f = make_packed_func(geo, affine)
     gv = bb.add_func(f.without_attr("global_symbol"), "dcpnas_binary_pm1pack")
     args = [x]
     if affine:
         args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
-    args += [relax.const(pm1_weights(w_bits, geo)), relax.const(_vec(scale, geo.c_out, "scale")),
-             relax.const(_vec(bias, geo.c_out, "bias", 0.0))]
-    if prelu is not None:
-        args.append(relax.const(_vec(prelu, geo.c_out, "prelu")))
-    if pack_affine:
-        args += [relax.const(_vec(pack_scale, geo.c_out, "pack_scale")),
-                 relax.const(_vec(pack_shift, geo.c_out, "pack_shift"))]
+    kh, kw = geo.attrs.kernel_shape
+    table = sign_table(_vec(scale, geo.c_out, "scale"), _vec(bias, geo.c_out, "bias", 0.0),
+                       None if prelu is None else _vec(prelu, geo.c_out, "prelu"),
+                       None if pack_scale is None else _vec(pack_scale, geo.c_out, "pack_scale"),
+                       None if pack_shift is None else _vec(pack_shift, geo.c_out, "pack_shift"), kh * kw)
+    args += [relax.const(pm1_weights(w_bits, geo))] + [relax.const(v) for v in table]
     words = bb.emit(relax.call_tir(gv, args, relax.TensorType(packed_shape(geo), "uint32")))
     return Packed(words, tuple(geo.out_shape))
 
@@ -144,13 +148,21 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     become instead one exact ±1 arithmetic kernel with the sign fused into its loads (depthwise.py).
 
     x: a float32 [N, C_in, H, W] Relax expression of static shape, or its Packed words (emit_pm1_packed:
-    no pack call; in_scale/in_shift were the producer's); w_bits: schema uint8 weights;
+    no pack call; in_scale/in_shift were the producer's), or a list of float32 [N, C_k, H, W] expressions
+    whose channel concatenation it is (where packs_from_parts: the pack reads them, no Concat runs);
+    w_bits: schema uint8 weights;
     scale, bias, prelu (PReLU slopes): [C_out]; in_scale, in_shift: [C_in] affine applied before the sign
     (the folded BatchNorm), both or neither; residual: float32 [N, C_out, OH, OW] expressions added in
     the epilogue in order (after the PReLU; CPU targets). Returns the [N, C_out, OH, OW] float32 expression.
     """
     packed = x if isinstance(x, Packed) else None
-    geo = geometry(list(packed.shape) if packed else _static_shape(x), w_bits, attrs, target)
+    parts = list(x) if isinstance(x, (list, tuple)) else None
+    if parts:
+        shapes = [_static_shape(v) for v in parts]
+        shape = [shapes[0][0], sum(v[1] for v in shapes)] + shapes[0][2:]
+    geo = geometry(list(packed.shape) if packed else shape if parts else _static_shape(x), w_bits, attrs, target)
+    if parts and (not packs_from_parts(geo, target) or any(v[:1] + v[2:] != shape[:1] + shape[2:] for v in shapes)):
+        raise CompileError("internal: a concatenated input for a conv whose pack cannot read the parts")
     if packed is not None and (in_scale is not None or use_pm1_kernel(geo) or geo.packed_shape != _words_shape(packed)):
         raise CompileError("internal: packed input for a conv that does not take these words")
     residual = [residual] if isinstance(residual, relax.Expr) else list(residual or ())
@@ -164,10 +176,12 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     if use_pm1_kernel(geo):
         return _emit_pm1(bb, x, geo, w_bits, scale, bias, target, in_scale, in_shift, prelu, residual)
     pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None, residual=len(residual))
+    if parts:
+        pack_f = make_pack_flat(geo, affine, parts=tuple(v[1] for v in shapes))
     # no global_symbol: the Relax build names each PrimFunc after its (unique) GlobalVar
     gv_pack = None if packed else bb.add_func(pack_f.without_attr("global_symbol"), "dcpnas_binary_pack")
     gv_conv = bb.add_func(conv_f.without_attr("global_symbol"), "dcpnas_binary_conv")
-    pack_args = [x]
+    pack_args = parts or [x]
     if affine:
         pack_args += [relax.const(_vec(in_scale, geo.c_in, "in_scale")), relax.const(_vec(in_shift, geo.c_in, "in_shift"))]
     p = packed.words if packed else bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape,

@@ -38,10 +38,16 @@ def use_pack_flat(geo: ConvGeometry, target) -> bool:
             and family(target) == "x86" and has_avx512_popcount(target))
 
 
-def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384) -> tvm.tirx.PrimFunc:
-    """PrimFunc (x, [in_scale, in_shift], P), scheduled (attr tir.is_scheduled): make_pack_func's signature."""
+def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
+                   parts: tuple[int, ...] | None = None) -> tvm.tirx.PrimFunc:
+    """PrimFunc (x, [in_scale, in_shift], P), scheduled (attr tir.is_scheduled): make_pack_func's signature.
+    parts (ungrouped convs): the channel counts of the tensors whose channel concatenation x is; the PrimFunc
+    then takes them instead of x, (x0, x1, ..., [in_scale, in_shift], P), and the Concat is never run."""
     n, gq, h, w = geo.packed_shape
     g, cg, qg, c = geo.g, geo.cg, geo.qg, geo.c_in
+    if parts is not None and (g != 1 or sum(parts) != c or min(parts) < 1):
+        raise ValueError(f"internal: parts {parts} of {c} channels in {g} groups")
+    offsets = [sum(parts[:k]) for k in range(len(parts))] if parts else [0]
     hw = h * w
     n_vec = -(-hw // LANES)  # vectors of pixels, the last one shifted back to end at hw
     blocks = -(-n_vec // VECTORS)
@@ -54,11 +60,11 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384) -
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            x = T.arg("x", T.buffer((n, c, h, w), "float32"))
+            xs = [T.arg(f"x{k}" if parts else "x", T.buffer((n, ck, h, w), "float32")) for k, ck in enumerate(parts or [c])]
             s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
             t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
             p = T.arg("pack", T.buffer((n, gq, h, w), "uint32"))
-            xf = T.decl_buffer((n * c * hw,), "float32", data=x.data)
+            xfs = [T.decl_buffer((n * xk.shape[1] * hw,), "float32", data=xk.data) for xk in xs]
             pf = T.decl_buffer((n * gq * hw,), "uint32", data=p.data)
             with T.sblock("root"):  # Relax passes analyse PrimFuncs through a root block
                 with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
@@ -74,7 +80,12 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384) -
                                     word = None
                                     for b in bits:
                                         ch = gi * cg + 32 * q + b
-                                        xv = xf[(i * c + ch) * hw + at]
+                                        if parts:  # ungrouped: the channel is a number, and so is its part
+                                            ch = 32 * q + b
+                                            k = max(j for j, o in enumerate(offsets) if o <= ch)
+                                            xv = xfs[k][(i * parts[k] + ch - offsets[k]) * hw + at]
+                                        else:
+                                            xv = xfs[0][(i * c + ch) * hw + at]
                                         if affine:
                                             xv = xv * s[ch] + t[ch]  # as pack_compute: multiply, then add
                                         bit = tirx.Select(xv < tirx.const(0.0, "float32"), one << b, zero)
