@@ -104,19 +104,14 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     if not (geo.cg == 1 and geo.cog == 1):
         raise ValueError("internal: the flat kernel is for depthwise convs")
     n, c = geo.n, geo.c_in
-    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
-    pt, pl, _, _ = geo.attrs.pads
+    (kh, kw), (sh, sw) = geo.attrs.kernel_shape, geo.attrs.strides
     oh, ow = geo.out_hw
     plan = flat_sizes(geo)
-    wp, blocks, vectors, computed, u_bytes = plan.wp, plan.blocks, plan.vectors, plan.computed, plan.buffer
-    taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
-    vs, ve = pow2_at_most(geo.w, 16), pow2_at_most(ow, 16)  # float vectors of the sign pass, the epilogue
-    span = geo.h * wp  # bytes of the rows that hold signs
-    vn = pow2_at_most(span, BYTE_LANES)
-    neg_blocks = row_blocks(span, vn)
+    wp, computed, u_bytes = plan.wp, plan.computed, plan.buffer
+    ve = pow2_at_most(ow, 16)  # float vectors of the epilogue
     tasks = n * c
     per = tasks_per_chunk(tasks)
-    parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
+    parallel = n * c * oh * ow * kh * kw >= parallel_min and tasks // per > 1
     i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
     f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     with IRBuilder() as ib:
@@ -141,32 +136,8 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                 with T.serial(0, per) as k:
                     task = chunk * per + k
                     i, ch = task // c, task % c
-                    # scalars bound once: inside the parallel body LLVM cannot tell the buffers apart
-                    # and would reload them after every store
-                    aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
-                    with T.serial(0, geo.h) as y:  # the sign plane, inside the border
-                        for x0 in row_blocks(geo.w, vs):
-                            with T.vectorized(0, vs) as lane:
-                                v = x[i, ch, y, x0 + lane]
-                                if aff:
-                                    v = v * aff[0] + aff[1]  # as pack_compute and the BatchNorm: multiply, then add
-                                T.buffer_store(u, tirx.Select(v < f32(0.0), i8(-1), i8(1)),
-                                               [(y + pt) * wp + pl + x0 + lane])
-                    with T.serial(0, len(neg_blocks)) as k:  # the negated half: the rows with signs, flat
-                        with T.vectorized(0, vn) as lane:
-                            at = pt * wp + tirx.min(k * vn, span - vn) + lane
-                            T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
-                    # tap t reads the negated half where its weight is -1: u * w = the chosen half
-                    half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
-                    offs = [ry * dh * wp + rx * dw for ry, rx in taps]
-                    with T.serial(0, blocks) as b:
-                        with T.unroll(0, vectors) as v:
-                            with T.vectorized(0, BYTE_LANES) as lane:
-                                a = b * (vectors * BYTE_LANES) + v * BYTE_LANES + lane
-                                total = u[half[0] + a + offs[0]]
-                                for h_t, o_t in zip(half[1:], offs[1:]):  # one expression: sums in registers
-                                    total = total + u[h_t + a + o_t]
-                                T.buffer_store(acc, total, [a])
+                    _sign_plane(geo, plan, u, x, i, ch, s, t)
+                    _tap_sums(geo, plan, u, wpm, ch, lambda a, total: T.buffer_store(acc, total, [a]))
                     sc, bs = T.bind(scale[ch]), T.bind(bias[ch])
                     sl = T.bind(slope[ch]) if slope is not None else None
                     with T.serial(0, oh) as y:
@@ -181,6 +152,50 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
                                 T.buffer_store(out, o, [i, ch, y, x0 + lane])
     return ib.get()
 
+
+
+def _sign_plane(geo: ConvGeometry, plan: FlatPlan, u, x, i, ch, s, t) -> None:
+    """Emit the sign pass of plane (i, ch) into u = [signs | negated signs] (flat padded rows, the border
+    left at 0): +1 / -1 = sign(x * in_scale + in_shift) (s, t: the affine buffers, or None)."""
+    i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
+    pt, pl = geo.attrs.pads[:2]
+    wp, u_bytes = plan.wp, plan.buffer
+    vs = pow2_at_most(geo.w, 16)  # float vectors
+    span = geo.h * wp  # bytes of the rows that hold signs
+    vn = pow2_at_most(span, BYTE_LANES)
+    # scalars bound once: inside the parallel body LLVM cannot tell the buffers apart and would reload them
+    # after every store
+    aff = (T.bind(s[ch]), T.bind(t[ch])) if s is not None else None
+    with T.serial(0, geo.h) as y:  # the sign plane, inside the border
+        for x0 in row_blocks(geo.w, vs):
+            with T.vectorized(0, vs) as lane:
+                v = x[i, ch, y, x0 + lane]
+                if aff:
+                    v = v * aff[0] + aff[1]  # as pack_compute and the BatchNorm: multiply, then add
+                T.buffer_store(u, tirx.Select(v < tirx.const(0.0, "float32"), i8(-1), i8(1)),
+                               [(y + pt) * wp + pl + x0 + lane])
+    with T.serial(0, len(row_blocks(span, vn))) as k:  # the negated half: the rows with signs, flat
+        with T.vectorized(0, vn) as lane:
+            at = pt * wp + tirx.min(k * vn, span - vn) + lane
+            T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
+
+
+def _tap_sums(geo: ConvGeometry, plan: FlatPlan, u, wpm, ch, use) -> None:
+    """Emit the tap sums of channel ch at every computed flat position a, calling use(a, total) inside the
+    64-lane loop: tap t reads the negated half where its weight is -1 (u * w = the chosen half), and the
+    sum of all taps is one expression (accumulators in registers)."""
+    (kh, kw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.dilations
+    taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
+    half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < tirx.const(0.0, "float32"), plan.buffer, 0)) for ry, rx in taps]
+    offs = [ry * dh * plan.wp + rx * dw for ry, rx in taps]
+    with T.serial(0, plan.blocks) as b:
+        with T.unroll(0, plan.vectors) as v:
+            with T.vectorized(0, BYTE_LANES) as lane:
+                a = b * (plan.vectors * BYTE_LANES) + v * BYTE_LANES + lane
+                total = u[half[0] + a + offs[0]]
+                for h_t, o_t in zip(half[1:], offs[1:]):
+                    total = total + u[h_t + a + o_t]
+                use(a, total)
 
 def sign_table(scale, bias, slope, pack_scale, pack_shift, taps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The packed epilogue's decision per channel as int8 [C] (lo, hi, flip): the next conv's input bit is
@@ -217,27 +232,21 @@ def make_packed_func(geo: ConvGeometry, affine: bool, parallel_min: int = 16384)
     if not (geo.cg == 1 and geo.cog == 1):
         raise ValueError("internal: the flat kernel is for depthwise convs")
     n, c = geo.n, geo.c_in
-    (kh, kw), (sh, sw), (dh, dw) = geo.attrs.kernel_shape, geo.attrs.strides, geo.attrs.dilations
-    pt, pl, _, _ = geo.attrs.pads
+    (kh, kw), (sh, sw) = geo.attrs.kernel_shape, geo.attrs.strides
     oh, ow = geo.out_hw
     _, words, _, _ = packed_shape(geo)
     plan = flat_sizes(geo)
-    wp, blocks, vectors, computed, u_bytes = plan.wp, plan.blocks, plan.vectors, plan.computed, plan.buffer
-    taps = [(ry, rx) for ry in range(kh) for rx in range(kw)]
-    vs, ve = pow2_at_most(geo.w, 16), pow2_at_most(ow, 16)
-    span = geo.h * wp
-    vn = pow2_at_most(span, BYTE_LANES)
-    neg_blocks = row_blocks(span, vn)
+    wp, computed, u_bytes = plan.wp, plan.computed, plan.buffer
+    ve = pow2_at_most(ow, 16)
     ohw = oh * ow
     parts = 2 if n * words < MIN_WORD_TASKS else 1  # half words: two threads get work from one word plane
     bits = 32 // parts
     planes = bits // 8  # byte planes per task
     tasks = n * words * parts
     per = tasks_per_chunk(tasks)
-    parallel = n * c * oh * ow * len(taps) >= parallel_min and tasks // per > 1
+    parallel = n * c * oh * ow * kh * kw >= parallel_min and tasks // per > 1
     i8 = lambda v: tirx.const(v, "int8")  # noqa: E731
     u8 = lambda v: tirx.const(v, "uint8")  # noqa: E731
-    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
@@ -268,34 +277,15 @@ def make_packed_func(geo: ConvGeometry, affine: bool, parallel_min: int = 16384)
                                 T.buffer_store(wb, u8(0), [k2 * BYTE_LANES + lane])
                         with T.serial(0, tirx.max(tirx.min(c - first, bits), 0)) as kb:
                             ch = first + kb
-                            aff = (T.bind(s[ch]), T.bind(t[ch])) if affine else None
-                            with T.serial(0, geo.h) as y:  # the sign plane, as make_flat_func
-                                for x0 in row_blocks(geo.w, vs):
-                                    with T.vectorized(0, vs) as lane:
-                                        v = x[i, ch, y, x0 + lane]
-                                        if aff:
-                                            v = v * aff[0] + aff[1]
-                                        T.buffer_store(u, tirx.Select(v < f32(0.0), i8(-1), i8(1)),
-                                                       [(y + pt) * wp + pl + x0 + lane])
-                            with T.serial(0, len(neg_blocks)) as k2:
-                                with T.vectorized(0, vn) as lane:
-                                    at = pt * wp + tirx.min(k2 * vn, span - vn) + lane
-                                    T.buffer_store(u, i8(0) - u[at], [u_bytes + at])
-                            half = [T.bind(tirx.Select(wpm[ch, 0, ry, rx] < f32(0.0), u_bytes, 0)) for ry, rx in taps]
-                            offs = [ry * dh * wp + rx * dw for ry, rx in taps]
+                            _sign_plane(geo, plan, u, x, i, ch, s, t)
                             c_lo, c_hi, c_flip = T.bind(lo[ch]), T.bind(hi[ch]), T.bind(flip[ch])
                             plane = T.bind(kb // 8 * computed)
                             mask = T.bind((u8(1) << (kb % 8).astype("uint8")))
-                            with T.serial(0, blocks) as b:
-                                with T.unroll(0, vectors) as v:
-                                    with T.vectorized(0, BYTE_LANES) as lane:
-                                        a = b * (vectors * BYTE_LANES) + v * BYTE_LANES + lane
-                                        total = u[half[0] + a + offs[0]]
-                                        for h_t, o_t in zip(half[1:], offs[1:]):
-                                            total = total + u[h_t + a + o_t]
-                                        inside = tirx.all(total >= c_lo, total <= c_hi)
-                                        neg = tirx.Select(inside, i8(1), i8(0)) != c_flip
-                                        T.buffer_store(wb, wb[plane + a] | tirx.Select(neg, mask, u8(0)), [plane + a])
+
+                            def decide(a, total):  # this channel's bit where the sum is in its interval
+                                neg = tirx.Select(tirx.all(total >= c_lo, total <= c_hi), i8(1), i8(0)) != c_flip
+                                T.buffer_store(wb, wb[plane + a] | tirx.Select(neg, mask, u8(0)), [plane + a])
+                            _tap_sums(geo, plan, u, wpm, ch, decide)
                         base = (i * words + q) * ohw
                         with T.serial(0, oh) as y:
                             for x0 in row_blocks(ow, ve):
