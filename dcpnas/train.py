@@ -61,7 +61,7 @@ class TrainConfig:
     learns too slowly in a few epochs (embedded default, DDPNAS_MCN_2, 6 epochs: final test accuracy
     72.9% at 5e-3 vs 57.4% at 1e-3). weight_decay applies to stage 1 / float
     only (stage 2: 0, as binary latent weights should not shrink). temperature: of the KL to the
-    teacher. augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified
+    teacher. stage2_lr: the peak lr of stage 2 (None: lr). augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified
     subsets (None = all).
     """
 
@@ -71,6 +71,7 @@ class TrainConfig:
     lr: float = 5e-3
     weight_decay: float = 1e-5
     temperature: float = 1.0
+    stage2_lr: float | None = None  # stage 2's peak lr (binary weights); None: lr
     augment: bool = True
     binary: bool = True
     cells: int | None = None
@@ -94,6 +95,8 @@ class TrainConfig:
             raise ConfigError("batch_size must be >= 2 and eval_batch_size >= 1")
         if not (0 < self.lr < math.inf and 0 <= self.weight_decay < math.inf and 0 < self.temperature < math.inf):
             raise ConfigError("lr and temperature must be finite and > 0, weight_decay finite and >= 0")
+        if self.stage2_lr is not None and not 0 < self.stage2_lr < math.inf:
+            raise ConfigError(f"stage2_lr must be finite and > 0, got {self.stage2_lr}")
         for name, hi in (("cells", MAX_CELLS), ("channels", MAX_CHANNELS)):
             v = getattr(self, name)
             if v is not None and not 1 <= v <= hi:
@@ -310,7 +313,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         name, epochs, binary_weight, wd = stages[si]
         fresh = not (si == state["stage"] and (state["epoch_in_stage"] > 0 or opt_state is not None))
         _set_stage(model, binary_weight, fresh=fresh and state["epoch_in_stage"] == 0)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=wd)
+        lr = config.stage2_lr if name == "stage2" and config.stage2_lr is not None else config.lr
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
             opt.load_state_dict(opt_state)
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
@@ -324,7 +328,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                     xb = augment_batch(xb, gen, fill)
                 xb, yb = xb.to(dev).contiguous(memory_format=fmt), yb.to(dev)
                 for g in opt.param_groups:
-                    g["lr"] = cosine_lr(config.lr, epoch * steps + b, epochs * steps)
+                    g["lr"] = cosine_lr(lr, epoch * steps + b, epochs * steps)
                 logits = model(xb)
                 if teacher_net is not None:
                     with torch.no_grad():

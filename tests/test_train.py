@@ -324,3 +324,17 @@ def test_cli_train_writes_beside_the_genotype_and_finds_the_teacher(tmp_path):
     assert r.exit_code == 0 and json.loads((tmp_path / "plain" / "train.json").read_text())["teacher"] is None
     r = CliRunner().invoke(app, base + ["--reductions", "0,x"])
     assert r.exit_code == 1 and "--reductions" in r.output
+
+
+def test_stage2_lr_is_stage_two_peak(tmp_path, monkeypatch):
+    """stage2_lr sets the peak of stage 2's cosine (stage 1 keeps lr); invalid values are refused."""
+    import dcpnas.train as tr
+
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="stage2_lr"):
+            TrainConfig(stage2_lr=bad)
+    peaks = []
+    real = tr.cosine_lr
+    monkeypatch.setattr(tr, "cosine_lr", lambda base, step, total: (peaks.append(base), real(base, step, total))[1])
+    train(DDPNAS_MCN_2, TrainConfig(epochs=2, stage2_lr=7e-4, lr=3e-3, **TINY), tmp_path / "r")
+    assert set(peaks) == {3e-3, 7e-4} and peaks[0] == 3e-3 and peaks[-1] == 7e-4
