@@ -1,7 +1,7 @@
 """Build one binary conv (pack + conv) as a standalone TVM module: run it, time it, export it.
 
 The module has two functions: "binpack" (x[, in_scale, in_shift], P) and "binconv" (P, Wt, corr, ycls,
-xcls, scale, bias[, slope], out5). Used by the tests, benchmarks/kernels.py and the latency tables.
+xcls, scale, bias[, slope], out: [N, G, Cog, OH, OW] or NCHW, emit.conv_output_shape). Used by the tests, benchmarks/kernels.py and the latency tables.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .emit import conv_constants, kernel_funcs
+from .emit import conv_constants, conv_output_shape, kernel_funcs
 from .shapes import geometry
 from .reference import BinaryConvAttrs
 from .targets import as_target
@@ -60,7 +60,8 @@ class BinaryConvModule:
         if self.in_affine:
             pack += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
         p = np.zeros(geo.packed_shape, geo.word_dtype)
-        return {"binpack": pack + [p], "binconv": [p] + self.consts + [np.zeros(geo.out5_shape, np.float32)]}
+        out = np.zeros(conv_output_shape(geo, self.target), np.float32)
+        return {"binpack": pack + [p], "binconv": [p] + self.consts + [out]}
 
     def run(self, x: np.ndarray, in_scale=None, in_shift=None) -> np.ndarray:
         """Run pack + conv on the local CPU: float32 NCHW in, float32 [N, C_out, OH, OW] out."""

@@ -53,10 +53,17 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     pack = cpu_pack_func(geo, target, affine, pack)
     if geo.word_bits == 8:
         return pack, schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
-    if use_pointwise_kernel(geo, target):  # pixels in the lanes (pointwise.py)
+    if conv_output_shape(geo, target) == geo.out_shape:  # pixels in the lanes (pointwise.py)
         return pack, make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu, residual, cpu)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return pack, schedule_conv_cpu(conv, geo, cpu, tile=tile)
+
+
+def conv_output_shape(geo: ConvGeometry, target: Any) -> tuple[int, ...]:
+    """The shape of kernel_funcs' conv output and residual inputs: NCHW for the pixels-in-lanes 1x1 kernel
+    (pointwise.py, x86 32-bit words), [N, G, Cog, OH, OW] for the others (the same memory)."""
+    nchw = family(target) != "cuda" and use_pointwise_kernel(geo, target)
+    return geo.out_shape if nchw else geo.out5_shape
 
 
 def cpu_pack_func(geo: ConvGeometry, target: Any, affine: bool, te_pack=None):
@@ -187,10 +194,11 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     p = packed.words if packed else bb.emit(relax.call_tir(gv_pack, pack_args, relax.TensorType(geo.packed_shape,
                                                                                               geo.word_dtype)))
     consts = [relax.const(c) for c in conv_constants(geo, w_bits, scale, bias, prelu)]
-    for r in residual:  # NCHW and [N, G, Cog, OH, OW] share one memory layout: a view
-        consts.append(bb.emit(relax.op.reshape(r, geo.out5_shape)))
-    y5 = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(geo.out5_shape, "float32")))
-    return bb.emit(relax.op.reshape(y5, geo.out_shape))
+    shape = conv_output_shape(geo, target)
+    for r in residual:  # NCHW and [N, G, Cog, OH, OW] share one memory layout: a view where needed
+        consts.append(r if shape == geo.out_shape else bb.emit(relax.op.reshape(r, shape)))
+    y = bb.emit(relax.call_tir(gv_conv, [p] + consts, relax.TensorType(shape, "float32")))
+    return y if shape == geo.out_shape else bb.emit(relax.op.reshape(y, geo.out_shape))
 
 
 def _emit_pm1(bb, x, geo: ConvGeometry, w_bits, scale, bias, target, in_scale, in_shift, prelu,

@@ -42,8 +42,9 @@ def use_pointwise_kernel(geo: ConvGeometry, target) -> bool:
 
 def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool, residual: int,
                         cpu: CpuParams, parallel: bool = True) -> tvm.tirx.PrimFunc:
-    """PrimFunc (P, Wt, corr, ycls, xcls, scale, bias[, slope][, res0, res1...], out5), scheduled
-    (attr tir.is_scheduled): the signature of binary_conv.make_conv_func."""
+    """PrimFunc (P, Wt, corr, ycls, xcls, scale, bias[, slope][, res0, res1...], out), scheduled
+    (attr tir.is_scheduled): the signature of binary_conv.make_conv_func, but res and out NCHW [N, C_out, OH, OW]
+    (the same memory as [N, G, Cog, OH, OW]: the Relax graph needs no reshape around this kernel)."""
     n, g, cog, oh, ow = geo.out5_shape
     hw, q, lanes, cn = oh * ow, geo.qg, cpu.lanes, CHANNELS_PER_TASK
     if n_ycls != 1 or n_xcls != 1:
@@ -64,8 +65,8 @@ def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
             scale = T.arg("scale", T.buffer((1, cog), "float32"))
             bias = T.arg("bias", T.buffer((1, cog), "float32"))
             slope = T.arg("slope", T.buffer((1, cog), "float32")) if prelu else None
-            res = [T.arg(f"res{k}", T.buffer(geo.out5_shape, "float32")) for k in range(residual)]
-            out = T.arg("out5", T.buffer(geo.out5_shape, "float32"))
+            res = [T.arg(f"res{k}", T.buffer(geo.out_shape, "float32")) for k in range(residual)]
+            out = T.arg("out", T.buffer(geo.out_shape, "float32"))
             pf = T.decl_buffer((n * q * hw,), "uint32", data=p.data)
             wf = T.decl_buffer((q * cog,), "uint32", data=wt.data)
             of = T.decl_buffer((n * cog * hw,), "float32", data=out.data)
