@@ -124,7 +124,7 @@ def popcount_peak_gbitops(target) -> float:
 
 def run(target, quick: bool, stat: str = "min", progress=None, rounds: int = 9) -> tuple[list[dict], float]:
     from dcpnas.compiler.kernels import BinaryConvAttrs, BinaryConvModule, pack_weights
-    from dcpnas.compiler.kernels.float_conv import FloatConvModule
+    from dcpnas.compiler.conv_module import FloatConvModule
     from dcpnas.targets.profiler import interleaved, python_sampler
 
     rng = np.random.default_rng(0)
@@ -139,7 +139,7 @@ def run(target, quick: bool, stat: str = "min", progress=None, rounds: int = 9) 
             w = rng.standard_normal((c, c, k, k)).astype(np.float32)
             scale, bias = np.abs(rng.standard_normal(c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
             bm = BinaryConvModule(x.shape, pack_weights(w), scale, bias, attrs, target)
-            fm = FloatConvModule(x.shape, w, None, attrs, target)
+            fm = FloatConvModule(x.shape, w, None, target, pads=(pad,) * 4)  # the float twin's conv
             signs = np.where(w >= 0, 1, -1).astype(np.int8)
             ov_fp32, ov_bin = openvino_convs(x, w, signs, scale, bias, pad)
             ours = bm.run(x)

@@ -189,15 +189,16 @@ def test_bad_shapes_raise_compile_error():
 @pytest.mark.parametrize("case", [(3, 15, 24, 3, 1, 1, 1, 1), (40, 9, 72, 3, 2, 2, 2, 1), (72, 7, 72, 3, 1, 1, 1, 72),
                                   (64, 7, 32, 1, 1, 0, 1, 1)], ids=lambda c: "c{}h{}co{}k{}s{}p{}d{}g{}".format(*c))
 def test_float_conv_matches_torch(case):
+    """compiler/conv_module.py: one fp32 conv as the float twin compiles it (what benchmarks/kernels.py times)."""
     torch = pytest.importorskip("torch")
-    from dcpnas.compiler.kernels.float_conv import FloatConvModule
+    from dcpnas.compiler.conv_module import FloatConvModule
 
     c, h, co, k, s, p, d, g = case
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, c, h, h)).astype(np.float32)
     w = rng.standard_normal((co, c // g, k, k)).astype(np.float32)
     b = rng.standard_normal(co).astype(np.float32)
-    m = FloatConvModule(x.shape, w, b, _attrs(c, k, s, p, d, g), X86)
+    m = FloatConvModule(x.shape, w, b, X86, strides=(s, s), pads=(p,) * 4, dilations=(d, d), group=g)
     want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), s, p, d, g).numpy()
     np.testing.assert_allclose(m.run(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 

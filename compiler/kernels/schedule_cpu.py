@@ -101,28 +101,21 @@ def conv_tile(geo: ConvGeometry, cpu: CpuParams) -> tuple[str, int, int, int]:
 
 
 def schedule_conv_cpu(func: tvm.tirx.PrimFunc, geo: ConvGeometry, cpu: CpuParams, parallel: bool = True,
-                      blocks: tuple[str, str] = ("popc", "binconv_out"), tile: tuple | None = None,
-                      co_outer: bool = False):
-    """Schedule a conv PrimFunc whose reduction block `blocks[0]` is [n, g, y, x, c] (reduce ry, rx, rq) and
-    whose epilogue block `blocks[1]` writes [n, g, c, y, x]; returns it scheduled (attr tir.is_scheduled).
-    Shared by the binary conv and the float conv (float_conv.py). tile: (form, fv, fn, xt) from a tuning
-    record (tuning.py); default: conv_tile's choice. co_outer: output-channel blocks outside rows, so that a
-    block's weights stay in cache across all rows (the fp32 conv: its weights are 32x larger)."""
+                      tile: tuple | None = None):
+    """Schedule the binary conv PrimFunc, whose reduction block "popc" is [n, g, y, x, c] (reduce ry, rx, rq) and
+    whose epilogue block "binconv_out" writes [n, g, c, y, x]; returns it scheduled (attr tir.is_scheduled).
+    tile: (form, fv, fn, xt) from a tuning record (tuning.py); default: conv_tile's choice."""
     sch = Schedule(tvm.IRModule({"main": func}))
-    pc = sch.get_sblock(blocks[0])
-    ep = sch.get_sblock(blocks[1])
+    pc = sch.get_sblock("popc")
+    ep = sch.get_sblock("binconv_out")
     form, fv, fn, xt = tuple(tile) if tile else conv_tile(geo, cpu)
     acc = sch.cache_write(pc, 0, "local")
     n, g, y, x, c, ry, rx, rq = sch.get_loops(pc)
     if form == "channel":
         xo, xi = sch.split(x, [None, xt])
         co, ci = sch.split(c, [None, fv * fn])
-        if co_outer:
-            sch.reorder(n, g, co, y, xo, ry, rx, rq, xi, ci)
-            outer = sch.fuse(n, g, co, y)
-        else:
-            sch.reorder(n, g, y, co, xo, ry, rx, rq, xi, ci)
-            outer = sch.fuse(n, g, y, co)
+        sch.reorder(n, g, y, co, xo, ry, rx, rq, xi, ci)
+        outer = sch.fuse(n, g, y, co)
         if parallel:
             sch.parallel(outer)
         sch.reverse_compute_at(acc, xo)
