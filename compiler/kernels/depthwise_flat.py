@@ -118,10 +118,7 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            x = T.arg("x", T.buffer((n, c, geo.h, geo.w), "float32"))
-            s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
-            t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
-            wpm = T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
+            x, s, t, wpm = _input_args(geo, affine)
             scale = T.arg("scale", T.buffer((c,), "float32"))
             bias = T.arg("bias", T.buffer((c,), "float32"))
             slope = T.arg("slope", T.buffer((c,), "float32")) if prelu else None
@@ -153,6 +150,16 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     return ib.get()
 
 
+
+
+def _input_args(geo: ConvGeometry, affine: bool):
+    """Declare the leading PrimFunc parameters both forms share: (x, [in_scale, in_shift], Wpm); the affine
+    ones None without affine."""
+    (kh, kw), c = geo.attrs.kernel_shape, geo.c_in
+    x = T.arg("x", T.buffer((geo.n, c, geo.h, geo.w), "float32"))
+    s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
+    t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
+    return x, s, t, T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
 
 def _sign_plane(geo: ConvGeometry, plan: FlatPlan, u, x, i, ch, s, t) -> None:
     """Emit the sign pass of plane (i, ch) into u = [signs | negated signs] (flat padded rows, the border
@@ -251,10 +258,7 @@ def make_packed_func(geo: ConvGeometry, affine: bool, parallel_min: int = 16384)
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            x = T.arg("x", T.buffer((n, c, geo.h, geo.w), "float32"))
-            s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
-            t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
-            wpm = T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
+            x, s, t, wpm = _input_args(geo, affine)
             lo = T.arg("lo", T.buffer((c,), "int8"))
             hi = T.arg("hi", T.buffer((c,), "int8"))
             flip = T.arg("flip", T.buffer((c,), "int8"))
