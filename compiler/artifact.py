@@ -8,7 +8,7 @@ manifest.json (schema dcpnas.build/1), written atomically:
      "onnx_weight_bytes": {"binary", "float"}, "parity": {...parity.compare...},
      "expected_latency_ms": float | null, "expected_latency_source": str,
      "compile_s": {"export", "import", "build", "parity"},
-     "layers": [{"name", "op", "nodes", "funcs": [{"name", "args": [[shape, dtype], ...]}], "input_parts"}]}
+     "layers": [{"name", "op", "nodes", "funcs": [{"name", "args": [[shape, dtype], ...]}], "input_parts", "input_offset"}]}
 `layers` lets `dcpnas bench` time every PrimFunc of the library by name (time_evaluator) with args of
 those shapes. The library is loadable with the plain TVM runtime (tvm.runtime.load_module) and runs with
 relax.VirtualMachine(lib, dev)["main"].

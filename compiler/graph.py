@@ -23,6 +23,8 @@ class Layer:
     nodes: list[str]
     funcs: list[dict] = field(default_factory=list)
     input_parts: int = 1  # binary convs: the tensors its first kernel reads as its input (a Concat's parts)
+    input_offset: list[int] = field(default_factory=lambda: [0, 0])  # binary convs: those tensors are
+    # [N, C, H, W] and the conv's input is their [:, :, r0:, c0:] (a Slice gathered by the pack)
 
 
 def attrs(node) -> dict:

@@ -43,6 +43,10 @@ class Lowering:
         # tensor name -> (parts, emit): a channel Concat emitted only when something reads it as a tensor
         # (binary convs whose pack reads the parts do not: kernels.emit.packs_from_parts)
         self.deferred: dict[str, tuple[list, Any]] = {}
+        # tensor name -> (source name, (r0, c0), emit): a Slice source[:, :, r0:, c0:] emitted only when
+        # something reads it as a tensor (a strided 1x1 binary conv gathers from the source instead:
+        # kernels.emit.subsampled_geometry)
+        self.windows: dict[str, tuple[str, tuple[int, int], Any]] = {}
 
     # ---- helpers
     def _c(self, name):
@@ -57,9 +61,23 @@ class Lowering:
         if name in self.deferred:
             env[name] = self.deferred.pop(name)[1]()
             return env[name]
+        if name in self.windows:
+            env[name] = self.windows.pop(name)[2]()
+            return env[name]
         if name in self.consts and self.consts[name] is not None:
             return relax.const(np.ascontiguousarray(self.consts[name]))
         raise CompileError(f"tensor {name!r} is used before it is produced")
+
+    def shape(self, env, name) -> tuple[int, ...]:
+        """The shape of tensor `name`, without emitting a deferred Concat or Slice."""
+        if name in self.deferred:
+            s = [_shape(v) for v in self.deferred[name][0]]
+            return (s[0][0], sum(v[1] for v in s), *s[0][2:])
+        if name in self.windows:
+            n, c, h, w = self.shape(env, self.windows[name][0])
+            r0, c0 = self.windows[name][1]
+            return (n, c, h - r0, w - c0)
+        return _shape(self.value(env, name))
 
     def _call(self, bb, layer: Layer, func, args, out_shape, dtype="float32"):
         name = _func_name(layer.name)
@@ -108,7 +126,8 @@ class Lowering:
         x_name = (pre or conv).input[0]
         packed = self.packed.pop(x_name, None)  # the producer signed and packed x (its affine applied)
         w = self._c(conv.input[1])
-        parts = self._concat_parts(x_name, conv, w)
+        x_name, offset = self._gather(env, x_name, conv, w) if not packed else (x_name, (0, 0))
+        parts = self._concat_parts(env, x_name, conv, w, offset)
         x = packed or parts or self.value(env, x_name)
         in_s, in_b = (None, None) if packed else self._in_affine(pre, _shape(x)[1] if not parts else
                                                                  sum(_shape(v)[1] for v in parts))
@@ -133,6 +152,7 @@ class Lowering:
         res = tuple(res or ())
         lay = self._layer(conv, conv.op_type, [pre, gain, post, act, *res])
         lay.input_parts = len(parts) if parts else 1
+        lay.input_offset = list(offset)
         last = (act or post or conv).output[0]
         residual = []  # the other addend of each fused Add, in graph order
         for add in res:
@@ -153,7 +173,7 @@ class Lowering:
                     self.packed[last] = p
                     return {}
             y = emit_binary_conv2d(bb, x, w, scale, bias, attrs, self.target, in_scale=in_s, in_shift=in_b,
-                                   prelu=slope, residual=residual)
+                                   prelu=slope, residual=residual, offset=offset)
             lay.funcs.extend(_calls_back(bb, y, ([packed.words] if packed else parts or [x]) + residual))
             return {last: y}
         args = [x, relax.const(w.astype(np.float32))]
@@ -174,16 +194,27 @@ class Lowering:
         ow = (wd + pads[1] + pads[3] - dil[1] * (k[1] - 1) - 1) // strides[1] + 1
         return {last: self._call(bb, lay, f, args, (n, co, oh, ow))}
 
-    def _concat_parts(self, name, conv, w) -> list | None:
+    def _gather(self, env, name, conv, w) -> tuple[str, tuple[int, int]]:
+        """(source, (r0, c0)) when binary conv `conv` reads deferred Slice `name` = source[:, :, r0:, c0:] by
+        gathering from the source (kernels.emit.subsampled_geometry), else (name, (0, 0))."""
+        if name not in self.windows or conv.op_type != "BinaryConv2d" or self.cpu is None:
+            return name, (0, 0)
+        from dcpnas.compiler.kernels.emit import subsampled_geometry
+
+        src, offset, _ = self.windows[name]
+        ok = subsampled_geometry(self.shape(env, src), w, self._binary_attrs(conv), self.target, offset)
+        return (src, offset) if ok is not None else (name, (0, 0))
+
+    def _concat_parts(self, env, name, conv, w, offset) -> list | None:
         """The parts of a deferred Concat `name` when binary conv `conv` packs from them, else None."""
         if name not in self.deferred or conv.op_type != "BinaryConv2d" or self.cpu is None:
             return None
-        from dcpnas.compiler.kernels.emit import packs_from_parts
+        from dcpnas.compiler.kernels.emit import packs_from_parts, subsampled_geometry
 
-        parts = self.deferred[name][0]
-        s = _shape(parts[0])
-        shape = (s[0], sum(_shape(v)[1] for v in parts), s[2], s[3])
-        return parts if packs_from_parts(geometry(shape, w, self._binary_attrs(conv), self.target), self.target) else None
+        shape, attrs = self.shape(env, name), self._binary_attrs(conv)
+        reads = (subsampled_geometry(shape, w, attrs, self.target, offset) is not None
+                 or packs_from_parts(geometry(shape, w, attrs, self.target), self.target))
+        return self.deferred[name][0] if reads else None
 
     # ---- every other op
     def node(self, bb, env, n, residual=None):
@@ -236,7 +267,18 @@ class Lowering:
             f = fs.global_avg_pool(s, name=name, cpu=self.cpu)
             return {n.output[0]: self._call(bb, lay, f, [x], (s[0], s[1], 1, 1))}
         if op == "Slice":
-            return {n.output[0]: self._slice(bb, env, n, lay, name)}
+            s = self.shape(env, n.input[0])
+            begin, step, out = self._slice_geometry(n, s)
+
+            def emit():
+                f = fs.elementwise([s], lambda t, i: t[0][tuple(b + v * p for b, v, p in zip(begin, i, step))],
+                                   out, name=name, cpu=self.cpu)
+                return self._call(bb, lay, f, [self.value(env, n.input[0])], tuple(out))
+            if len(s) == 4 and step == [1] * 4 and out == [s[0], s[1], s[2] - begin[2], s[3] - begin[3]]:
+                # drops leading rows/columns only: a window that a strided 1x1 binary conv can gather from
+                self.windows[n.output[0]] = (n.input[0], (begin[2], begin[3]), emit)
+                return {}
+            return {n.output[0]: emit()}
         if op == "Gemm":
             x = self.value(env, n.input[0])
             w = self._c(n.input[1]).astype(np.float32)
@@ -296,9 +338,8 @@ class Lowering:
                            residual=residual is not None)
         return self._call(bb, lay, f, [x] + ([residual] if residual is not None else []), out)
 
-    def _slice(self, bb, env, n, lay, name):
-        x = self.value(env, n.input[0])
-        s = _shape(x)
+    def _slice_geometry(self, n, s) -> tuple[list[int], list[int], list[int]]:
+        """Slice n of an input of shape s as (begin, step, output shape) per axis."""
         starts, ends = self._c(n.input[1]), self._c(n.input[2])
         axes = self._c(n.input[3]) if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
         steps = self._c(n.input[4]) if len(n.input) > 4 and n.input[4] else np.ones(len(starts), np.int64)
@@ -310,9 +351,7 @@ class Lowering:
             r = range(s[ax])[slice(int(max(min(st, 2**62), -2**62)), int(max(min(en, 2**62), -2**62)), int(sp))]
             begin[ax], step[ax], out[ax] = r.start, r.step, len(r)
         check_slice(n, out)
-        f = fs.elementwise([s], lambda t, i: t[0][tuple(b + v * p for b, v, p in zip(begin, i, step))], out,
-                           name=name, cpu=self.cpu)
-        return self._call(bb, lay, f, [x], tuple(out))
+        return begin, step, out
 
 
 def _calls_back(bb, out, stop: list) -> list[dict]:

@@ -176,24 +176,25 @@ def run_torch(module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(x))).numpy().astype(np.float32)
 
 
-def tvm_probe_runner(lib_path, calls: list[tuple[str, str, int]]):
+def tvm_probe_runner(lib_path, calls: list[tuple[str, str, int, tuple[int, int]]]):
     """x [1, C, H, W] -> (logits, {probe: x it binarised}) with the exported library on the local CPU.
-    calls: (PrimFunc symbol, probe, parts) of the kernel that reads each binary conv's x first (its pack or
-    +-1 kernel), in execution order, with the number of its leading arguments that x is the channel
-    concatenation of (a pack that reads a Concat's parts); identical kernels may share a symbol, so
+    calls: (PrimFunc symbol, probe, parts, (r0, c0)) of the kernel that reads each binary conv's x first
+    (its pack or +-1 kernel), in execution order, with the number of its leading arguments that x is the
+    channel concatenation of (a pack that reads a Concat's parts), and the offset of x in them (a pack
+    that gathers a Slice [:, :, r0:, c0:] from its source); identical kernels may share a symbol, so
     calls are matched in order."""
     import tvm
     from tvm import relax
 
     dev = tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
-    symbols = {s for s, _, _ in calls}
+    symbols = {c[0] for c in calls}
     seen: list[tuple[str, np.ndarray]] = []
 
     def instrument(_func, symbol, before, _ret, *args):
         if before and symbol in symbols:  # read now: the storage may be reused after this call
-            k = calls[len(seen)][2] if len(seen) < len(calls) else 1
-            seen.append((symbol, np.concatenate([a.numpy() for a in args[:k]], axis=1)))
+            k, (r0, c0) = calls[len(seen)][2:] if len(seen) < len(calls) else (1, (0, 0))
+            seen.append((symbol, np.concatenate([a.numpy() for a in args[:k]], axis=1)[:, :, r0:, c0:]))
         return 0  # VMInstrumentReturnKind.NO_OP
 
     vm.set_instrument(instrument)
@@ -201,9 +202,9 @@ def tvm_probe_runner(lib_path, calls: list[tuple[str, str, int]]):
     def run(x: np.ndarray):
         seen.clear()
         y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x), dev)).numpy()
-        if [s for s, _ in seen] != [s for s, _, _ in calls]:
+        if [s for s, _ in seen] != [c[0] for c in calls]:
             raise ParityError(f"internal: TVM ran {len(seen)} binary kernels, the build lists {len(calls)}")
-        return y, {name: v for (_, name, _), (_, v) in zip(calls, seen)}
+        return y, {c[1]: v for c, (_, v) in zip(calls, seen)}
     return run
 
 

@@ -249,10 +249,10 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     return art
 
 
-def _probe_symbols(layers) -> list[tuple[str, str, int]]:
-    """(PrimFunc symbol, binary conv node, input parts) of the kernel that reads each binary conv's input
-    first."""
-    return [(lay.funcs[0]["name"], lay.name, lay.input_parts) for lay in layers
+def _probe_symbols(layers) -> list[tuple[str, str, int, tuple[int, int]]]:
+    """(PrimFunc symbol, binary conv node, input parts, input offset) of the kernel that reads each binary
+    conv's input first."""
+    return [(lay.funcs[0]["name"], lay.name, lay.input_parts, tuple(lay.input_offset)) for lay in layers
             if lay.op == "BinaryConv2d" and lay.funcs]
 
 

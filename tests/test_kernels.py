@@ -407,3 +407,45 @@ def test_flat_pack_reads_the_parts_of_a_concat():
         return vm["main"](*[tvm.runtime.tensor(v, tvm.cpu()) for v in xs]).numpy()
 
     np.testing.assert_array_equal(emitted(True), emitted(False))
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("n,c,h,w,s,offset,split", [(1, 64, 28, 28, 2, (1, 1), False), (2, 40, 13, 11, 2, (0, 0), True),
+                                                    (1, 96, 14, 14, 2, (1, 0), True), (1, 64, 16, 16, 3, (0, 2), False)])
+def test_strided_1x1_conv_gathers_its_pixels(n, c, h, w, s, offset, split):
+    """A strided 1x1 binary conv (DARTS' FactorizedReduce) on x[:, :, r0:, c0:]: its pack gathers the pixels
+    it reads from the unsliced x (or from a Concat's parts), and the conv runs at stride 1 over them; equal
+    to the reference conv on the slice. An offset for a conv that cannot gather is refused."""
+    import tvm
+    from tvm import relax
+
+    from dcpnas.compiler.kernels.emit import subsampled_geometry
+
+    rng = np.random.default_rng(c + h + s)
+    attrs = _attrs(c, 1, s, 0)
+    x, wb = _case(rng, n, c, h, w, 64, attrs)
+    geo = subsampled_geometry(x.shape, wb, attrs, X86, offset)
+    assert geo is not None and geo.attrs.strides == (1, 1) and geo.out_shape == (n, 64) + attrs.out_hw(h - offset[0], w - offset[1])
+    assert subsampled_geometry(x.shape, wb, attrs, X86_AVX2, offset) is None
+    scale, bias = rng.uniform(0.5, 2, 64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    s_in = rng.uniform(0.5, 2, c).astype(np.float32)
+    t_in = np.round(rng.standard_normal(c)).astype(np.float32) + 0.25
+    xs = np.split(x, [c // 4, c // 2], axis=1) if split else [x]
+    bb = relax.BlockBuilder()
+    vs = [relax.Var(f"x{k}", relax.TensorType(v.shape, "float32")) for k, v in enumerate(xs)]
+    with bb.function("main", vs):
+        with bb.dataflow():
+            y = emit_binary_conv2d(bb, vs if split else vs[0], wb, scale, bias, attrs, X86, in_scale=s_in,
+                                   in_shift=t_in, offset=offset)
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(X86)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(v, tvm.cpu()) for v in xs]).numpy()
+    want = binary_conv2d_reference(np.ascontiguousarray(x[:, :, offset[0]:, offset[1]:]), wb, scale, bias, attrs,
+                                   in_scale=s_in, in_shift=t_in)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(CompileError, match="cannot gather"):
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+        with bb.function("main", [xv]):
+            emit_binary_conv2d(bb, xv, wb, scale, bias, _attrs(c, 3, s, 1), X86, offset=(1, 1))

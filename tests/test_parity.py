@@ -188,11 +188,15 @@ def test_whole_network_parity_at_8x32(tmp_path):
     fused = {n for lay in layers if lay["op"] != "Add" for n in lay["nodes"]}
     assert len(adds) == 78 and adds <= fused
     # every depthwise binary conv writes its pointwise conv's packed input (no float plane, no pack), and
-    # the cell outputs at 28x28 and 14x14 reach the next cells' 1x1 convs as parts (no Concat runs)
+    # the cell outputs at 28x28 and 14x14 reach the next cells' 1x1 convs as parts (no Concat runs), the
+    # FactorizedReduce convs after the reduction cells included, whose shifted half gathers from them (no Slice)
     calls = [f["name"].rstrip("0123456789") for lay in layers for f in lay["funcs"]]
     assert calls.count("dcpnas_binary_pm1pack") == 54 and "dcpnas_binary_pm1conv" not in calls
-    assert sum(lay["input_parts"] == 4 for lay in layers) == 10
-    assert sum(lay["op"] == "Concat" and not lay["funcs"] for lay in layers) == 3
+    assert sum(lay["input_parts"] == 4 for lay in layers) == 12
+    assert sum(lay["op"] == "Concat" and not lay["funcs"] for lay in layers) == 5
+    assert [lay["name"] for lay in layers if lay["input_offset"] == [1, 1]] == [
+        "cells.3.pre0.conv_2.conv", "cells.6.pre0.conv_2.conv"]
+    assert [len(lay["funcs"]) for lay in layers if lay["op"] == "Slice"] == [0, 0]
 
 
 def test_parity_chunks_shrink_with_the_probes():

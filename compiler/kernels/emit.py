@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,14 +15,14 @@ from .bmma_cuda import fold_weight_popcount, make_bmma_conv_func
 from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .depthwise_flat import make_packed_func, packed_shape, sign_table, use_packed_kernel
 from .pack import border_classes, border_correction, weights_to_words
-from .pack_flat import make_pack_flat, use_pack_flat
+from .pack_flat import LANES, make_pack_flat, use_pack_flat
 from .pointwise import make_pointwise_func, use_pointwise_kernel
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
 from .schedule_cuda import schedule_conv_cuda, schedule_pack_cuda
 from .shapes import geometry  # noqa: F401  (public here too)
 from .shapes import per_channel as _vec
-from .targets import as_target, cpu_params, family
+from .targets import as_target, cpu_params, family, has_avx512_popcount
 
 
 def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, schedule: bool = True,
@@ -116,6 +116,28 @@ def packs_from_parts(geo: ConvGeometry, target: Any) -> bool:
     return geo.g == 1 and not geo.mma and not use_pm1_kernel(geo) and use_pack_flat(geo, target)
 
 
+def subsampled_geometry(shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any,
+                        offset: tuple[int, int] = (0, 0)) -> ConvGeometry | None:
+    """A dense unpadded 1x1 binary conv over x[:, :, r0:, c0:] (x of `shape`, offset (r0, c0)) with stride s
+    reads only pixels (r0 + s*i, c0 + s*j): it is a stride-1 conv over those pixels, whose pack gathers
+    them (pack_flat's gather) so that no Slice runs and 1/s^2 of x is signed. The geometry of that stride-1
+    conv where this applies (stride or offset not trivial; an ungrouped XNOR conv of 32-bit words on x86
+    AVX-512, at least one vector of output pixels), else None."""
+    a = attrs
+    sh, sw = a.strides
+    if (a.kernel_shape != (1, 1) or any(a.pads) or a.group != 1 or ((sh, sw) == (1, 1) and tuple(offset) == (0, 0))
+            or target is None or family(target) != "x86" or not has_avx512_popcount(target)):
+        return None
+    n, c, h, w = (int(v) for v in shape)
+    r0, c0 = (int(v) for v in offset)
+    if not (0 <= r0 < h and 0 <= c0 < w):
+        return None
+    oh, ow = (h - r0 - 1) // sh + 1, (w - c0 - 1) // sw + 1
+    geo = geometry([n, c, oh, ow], w_bits, replace(a, strides=(1, 1), dilations=(1, 1)), target)
+    ok = geo.word_bits == 32 and not geo.mma and not use_pm1_kernel(geo) and oh * ow >= LANES
+    return geo if ok else None
+
+
 def emit_pm1_packed(bb: relax.BlockBuilder, x: relax.Expr, w_bits: np.ndarray, scale: np.ndarray,
                     bias: np.ndarray | None, attrs: BinaryConvAttrs, target: Any, *, in_scale=None,
                     in_shift=None, prelu=None, pack_scale=None, pack_shift=None) -> Packed:
@@ -149,7 +171,7 @@ def _static_shape(x: relax.Expr) -> list[int]:
 
 def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: np.ndarray, scale: np.ndarray,
                        bias: np.ndarray | None, attrs: BinaryConvAttrs, target: Any, *, in_scale=None,
-                       in_shift=None, prelu=None, residual=()) -> relax.Expr:
+                       in_shift=None, prelu=None, residual=(), offset: tuple[int, int] = (0, 0)) -> relax.Expr:
     """Emit sign+pack and the XNOR-popcount conv (fused epilogue) as call_tir; float32 NCHW in and out.
     Convs with one input channel per group (depthwise) or small 1x1 convs (depthwise.use_pm1_kernel)
     become instead one exact ±1 arithmetic kernel with the sign fused into its loads (depthwise.py).
@@ -160,15 +182,22 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     w_bits: schema uint8 weights;
     scale, bias, prelu (PReLU slopes): [C_out]; in_scale, in_shift: [C_in] affine applied before the sign
     (the folded BatchNorm), both or neither; residual: float32 [N, C_out, OH, OW] expressions added in
-    the epilogue in order (after the PReLU; CPU targets). Returns the [N, C_out, OH, OW] float32 expression.
+    the epilogue in order (after the PReLU; CPU targets); offset (r0, c0): the conv reads x[:, :, r0:, c0:]
+    (a Slice the importer did not run), where subsampled_geometry applies. A strided 1x1 conv packs only the
+    pixels it reads (subsampled_geometry). Returns the [N, C_out, OH, OW] float32 expression.
     """
     packed = x if isinstance(x, Packed) else None
     parts = list(x) if isinstance(x, (list, tuple)) else None
     if parts:
         shapes = [_static_shape(v) for v in parts]
         shape = [shapes[0][0], sum(v[1] for v in shapes)] + shapes[0][2:]
-    geo = geometry(list(packed.shape) if packed else shape if parts else _static_shape(x), w_bits, attrs, target)
-    if parts and (not packs_from_parts(geo, target) or any(v[:1] + v[2:] != shape[:1] + shape[2:] for v in shapes)):
+    x_shape = list(packed.shape) if packed else shape if parts else _static_shape(x)
+    sub = None if packed else subsampled_geometry(x_shape, w_bits, attrs, target, offset)
+    if sub is None and tuple(offset) != (0, 0):
+        raise CompileError(f"internal: offset {tuple(offset)} for a conv that cannot gather its input")
+    geo = sub or geometry(x_shape, w_bits, attrs, target)
+    if parts and (not (sub or packs_from_parts(geo, target))
+                  or any(v[:1] + v[2:] != shape[:1] + shape[2:] for v in shapes)):
         raise CompileError("internal: a concatenated input for a conv whose pack cannot read the parts")
     if packed is not None and (in_scale is not None or use_pm1_kernel(geo) or geo.packed_shape != _words_shape(packed)):
         raise CompileError("internal: packed input for a conv that does not take these words")
@@ -183,8 +212,9 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     if use_pm1_kernel(geo):
         return _emit_pm1(bb, x, geo, w_bits, scale, bias, target, in_scale, in_shift, prelu, residual)
     pack_f, conv_f = kernel_funcs(geo, target, affine=affine, prelu=prelu is not None, residual=len(residual))
-    if parts:
-        pack_f = make_pack_flat(geo, affine, parts=tuple(v[1] for v in shapes))
+    if parts or sub:
+        gather = None if sub is None else (*x_shape[2:], *offset, *attrs.strides)
+        pack_f = make_pack_flat(geo, affine, parts=tuple(v[1] for v in shapes) if parts else None, gather=gather)
     # no global_symbol: the Relax build names each PrimFunc after its (unique) GlobalVar
     gv_pack = None if packed else bb.add_func(pack_f.without_attr("global_symbol"), "dcpnas_binary_pack")
     gv_conv = bb.add_func(conv_f.without_attr("global_symbol"), "dcpnas_binary_conv")

@@ -39,10 +39,14 @@ def use_pack_flat(geo: ConvGeometry, target) -> bool:
 
 
 def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
-                   parts: tuple[int, ...] | None = None) -> tvm.tirx.PrimFunc:
+                   parts: tuple[int, ...] | None = None,
+                   gather: tuple[int, int, int, int, int, int] | None = None) -> tvm.tirx.PrimFunc:
     """PrimFunc (x, [in_scale, in_shift], P), scheduled (attr tir.is_scheduled): make_pack_func's signature.
     parts (ungrouped convs): the channel counts of the tensors whose channel concatenation x is; the PrimFunc
-    then takes them instead of x, (x0, x1, ..., [in_scale, in_shift], P), and the Concat is never run."""
+    then takes them instead of x, (x0, x1, ..., [in_scale, in_shift], P), and the Concat is never run.
+    gather (H, W, r0, c0, sh, sw): x (or each part) is [N, C, H, W] and pixel (i, j) of geo's plane is x's
+    pixel (r0 + i * sh, c0 + j * sw): the pack of a strided 1x1 conv, or of a Slice of x, reads only the
+    pixels the conv uses (emit.subsampled_geometry)."""
     n, gq, h, w = geo.packed_shape
     g, cg, qg, c = geo.g, geo.cg, geo.qg, geo.c_in
     if parts is not None and (g != 1 or sum(parts) != c or min(parts) < 1):
@@ -56,15 +60,25 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
     per = tasks_per_chunk(tasks)
     parallel = n * c * hw >= parallel_min and tasks // per > 1
     one, zero = tirx.const(1, "uint32"), tirx.const(0, "uint32")
+    hs, ws = (h, w) if gather is None else gather[:2]
+    if gather is not None and (gather[2] + (h - 1) * gather[4] >= hs or gather[3] + (w - 1) * gather[5] >= ws):
+        raise ValueError(f"internal: gather {gather} does not cover a {h}x{w} plane")
+
+    def src(at):  # the input offset (within a channel plane) of output pixel `at`
+        if gather is None:
+            return at
+        r0, c0, sh, sw = gather[2:]
+        return (r0 + at // w * sh) * ws + c0 + at % w * sw
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            xs = [T.arg(f"x{k}" if parts else "x", T.buffer((n, ck, h, w), "float32")) for k, ck in enumerate(parts or [c])]
+            xs = [T.arg(f"x{k}" if parts else "x", T.buffer((n, ck, hs, ws), "float32"))
+                  for k, ck in enumerate(parts or [c])]
             s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
             t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
             p = T.arg("pack", T.buffer((n, gq, h, w), "uint32"))
-            xfs = [T.decl_buffer((n * xk.shape[1] * hw,), "float32", data=xk.data) for xk in xs]
+            xfs = [T.decl_buffer((n * xk.shape[1] * hs * ws,), "float32", data=xk.data) for xk in xs]
             pf = T.decl_buffer((n * gq * hw,), "uint32", data=p.data)
             with T.sblock("root"):  # Relax passes analyse PrimFuncs through a root block
                 with (T.parallel if parallel else T.serial)(0, tasks // per) as chunk:
@@ -73,22 +87,39 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
                         i, gi = task // (g * blocks), task // blocks % g
                         v0 = task % blocks * vectors
                         for q in range(qg):
-                            bits = range(min(32, cg - 32 * q))
+                            def word(load, lanes):  # the OR of the 32 (or fewer) sign bits of word plane q
+                                def vec(e):
+                                    return e if lanes == 1 else tirx.Broadcast(e, lanes)
+                                bits = None
+                                for b in range(min(32, cg - 32 * q)):
+                                    ch = gi * cg + 32 * q + b
+                                    if parts:  # ungrouped: the channel is a number, and so is its part
+                                        ch = 32 * q + b
+                                        k = max(j for j, o in enumerate(offsets) if o <= ch)
+                                        xv = load(xfs[k], (i * parts[k] + ch - offsets[k]) * hs * ws)
+                                    else:
+                                        xv = load(xfs[0], (i * c + ch) * hs * ws)
+                                    if affine:
+                                        xv = xv * vec(s[ch]) + vec(t[ch])  # as pack_compute: multiply, then add
+                                    bit = tirx.Select(xv < vec(tirx.const(0.0, "float32")), vec(one << b), vec(zero))
+                                    bits = bit if bits is None else bits | bit
+                                return bits
                             with T.unroll(0, vectors) as v:
-                                with T.vectorized(0, LANES) as lane:
-                                    at = tirx.min((v0 + v) * LANES, hw - LANES) + lane
-                                    word = None
-                                    for b in bits:
-                                        ch = gi * cg + 32 * q + b
-                                        if parts:  # ungrouped: the channel is a number, and so is its part
-                                            ch = 32 * q + b
-                                            k = max(j for j, o in enumerate(offsets) if o <= ch)
-                                            xv = xfs[k][(i * parts[k] + ch - offsets[k]) * hw + at]
-                                        else:
-                                            xv = xfs[0][(i * c + ch) * hw + at]
-                                        if affine:
-                                            xv = xv * s[ch] + t[ch]  # as pack_compute: multiply, then add
-                                        bit = tirx.Select(xv < tirx.const(0.0, "float32"), one << b, zero)
-                                        word = bit if word is None else word | bit
-                                    T.buffer_store(pf, word, [(i * gq + gi * qg + q) * hw + at])
+                                at = tirx.min((v0 + v) * LANES, hw - LANES)
+                                out = (i * gq + gi * qg + q) * hw + at
+                                if gather is None:
+                                    with T.vectorized(0, LANES) as lane:
+                                        T.buffer_store(pf, word(lambda buf, plane: buf[plane + at + lane], 1), [out + lane])
+                                else:
+                                    idx = src(tirx.Ramp(at, 1, LANES))
+                                    T.buffer_store(pf, word(lambda buf, plane: _gather(buf, plane, idx), LANES),
+                                                   [tirx.Ramp(out, 1, LANES)])
     return ib.get()
+
+
+def _gather(buf, offset, idx):
+    """float32 x LANES: buf[offset + idx[l]] per lane l (idx int32 x LANES), one AVX-512 gather (TVM's LLVM
+    codegen would load each lane on its own)."""
+    return T.call_llvm_pure_intrin(f"float32x{LANES}", "llvm.x86.avx512.mask.gather.dps.512",
+                                   tirx.Broadcast(tirx.const(0.0, "float32"), LANES), T.address_of(buf[offset]), idx,
+                                   tirx.Broadcast(tirx.const(True, "bool"), LANES), tirx.const(4, "int32"))
