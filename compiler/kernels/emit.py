@@ -105,15 +105,20 @@ def packed_epilogue_geometry(geo: ConvGeometry, next_w_bits: np.ndarray, next_at
     if not use_packed_kernel(geo, target):
         return None
     nxt = geometry(list(geo.out_shape), next_w_bits, next_attrs, target)
-    ok = (nxt.g == 1 and nxt.word_bits == 32 and not nxt.mma and not any(nxt.attrs.pads)
-          and not use_pm1_kernel(nxt) and nxt.packed_shape == packed_shape(geo))
+    ok = _dense_xnor(nxt) and not any(nxt.attrs.pads) and nxt.packed_shape == packed_shape(geo)
     return nxt if ok else None
+
+
+def _dense_xnor(geo: ConvGeometry) -> bool:
+    """An ungrouped conv on the XNOR-popcount kernels of 32-bit words (not the ±1 kernel, not CUDA's MMA):
+    the convs whose packed input a producer may write, or whose pack may read parts or gather."""
+    return geo.g == 1 and geo.word_bits == 32 and not geo.mma and not use_pm1_kernel(geo)
 
 
 def packs_from_parts(geo: ConvGeometry, target: Any) -> bool:
     """True where the conv's pack can read its input as the parts of a channel Concat (pack_flat.py's
     parts): an ungrouped XNOR conv whose pack is pack_flat."""
-    return geo.g == 1 and not geo.mma and not use_pm1_kernel(geo) and use_pack_flat(geo, target)
+    return _dense_xnor(geo) and use_pack_flat(geo, target)
 
 
 def subsampled_geometry(shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any,
@@ -134,7 +139,7 @@ def subsampled_geometry(shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, targe
         return None
     oh, ow = (h - r0 - 1) // sh + 1, (w - c0 - 1) // sw + 1
     geo = geometry([n, c, oh, ow], w_bits, replace(a, strides=(1, 1), dilations=(1, 1)), target)
-    ok = geo.word_bits == 32 and not geo.mma and not use_pm1_kernel(geo) and oh * ow >= LANES
+    ok = _dense_xnor(geo) and oh * ow >= LANES
     return geo if ok else None
 
 
