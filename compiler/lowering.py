@@ -41,7 +41,7 @@ class Lowering:
         self.layers: list[Layer] = []
         self.packed: dict[str, Any] = {}  # tensor name -> its kernels.emit.Packed words (never in env)
         # tensor name -> (parts, emit): a channel Concat emitted only when something reads it as a tensor
-        # (binary convs whose pack reads the parts do not: kernels.emit.packs_from_parts)
+        # (binary convs whose pack reads the parts do not: kernels.emit.reads_parts)
         self.deferred: dict[str, tuple[list, Any]] = {}
         # tensor name -> (source name, (r0, c0), emit): a Slice source[:, :, r0:, c0:] emitted only when
         # something reads it as a tensor (a strided 1x1 binary conv gathers from the source instead:
@@ -209,11 +209,9 @@ class Lowering:
         """The parts of a deferred Concat `name` when binary conv `conv` packs from them, else None."""
         if name not in self.deferred or conv.op_type != "BinaryConv2d" or self.cpu is None:
             return None
-        from dcpnas.compiler.kernels.emit import packs_from_parts, subsampled_geometry
+        from dcpnas.compiler.kernels.emit import reads_parts
 
-        shape, attrs = self.shape(env, name), self._binary_attrs(conv)
-        reads = (subsampled_geometry(shape, w, attrs, self.target, offset) is not None
-                 or packs_from_parts(geometry(shape, w, attrs, self.target), self.target))
+        reads = reads_parts(self.shape(env, name), w, self._binary_attrs(conv), self.target, offset)
         return self.deferred[name][0] if reads else None
 
     # ---- every other op

@@ -150,8 +150,6 @@ def make_flat_func(geo: ConvGeometry, affine: bool, prelu: bool, residual: int =
     return ib.get()
 
 
-
-
 def _input_args(geo: ConvGeometry, affine: bool):
     """Declare the leading PrimFunc parameters both forms share: (x, [in_scale, in_shift], Wpm); the affine
     ones None without affine."""
@@ -160,6 +158,7 @@ def _input_args(geo: ConvGeometry, affine: bool):
     s = T.arg("in_scale", T.buffer((c,), "float32")) if affine else None
     t = T.arg("in_shift", T.buffer((c,), "float32")) if affine else None
     return x, s, t, T.arg("Wpm", T.buffer((c, 1, kh, kw), "float32"))
+
 
 def _sign_plane(geo: ConvGeometry, plan: FlatPlan, u, x, i, ch, s, t) -> None:
     """Emit the sign pass of plane (i, ch) into u = [signs | negated signs] (flat padded rows, the border

@@ -121,6 +121,15 @@ def packs_from_parts(geo: ConvGeometry, target: Any) -> bool:
     return _dense_xnor(geo) and use_pack_flat(geo, target)
 
 
+def reads_parts(shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any,
+                offset: tuple[int, int] = (0, 0)) -> bool:
+    """True where binary conv `attrs` on a channel Concat of `shape` (read from offset (r0, c0)) can take
+    the Concat's parts instead (emit_binary_conv2d with a list): its pack is pack_flat, plain
+    (packs_from_parts) or gathering (subsampled_geometry)."""
+    return (subsampled_geometry(shape, w_bits, attrs, target, offset) is not None
+            or packs_from_parts(geometry(shape, w_bits, attrs, target), target))
+
+
 def subsampled_geometry(shape, w_bits: np.ndarray, attrs: BinaryConvAttrs, target: Any,
                         offset: tuple[int, int] = (0, 0)) -> ConvGeometry | None:
     """A dense unpadded 1x1 binary conv over x[:, :, r0:, c0:] (x of `shape`, offset (r0, c0)) with stride s
@@ -201,7 +210,7 @@ def emit_binary_conv2d(bb: relax.BlockBuilder, x: relax.Expr | Packed, w_bits: n
     if sub is None and tuple(offset) != (0, 0):
         raise CompileError(f"internal: offset {tuple(offset)} for a conv that cannot gather its input")
     geo = sub or geometry(x_shape, w_bits, attrs, target)
-    if parts and (not (sub or packs_from_parts(geo, target))
+    if parts and (not reads_parts(x_shape, w_bits, attrs, target, offset)
                   or any(v[:1] + v[2:] != shape[:1] + shape[2:] for v in shapes)):
         raise CompileError("internal: a concatenated input for a conv whose pack cannot read the parts")
     if packed is not None and (in_scale is not None or use_pm1_kernel(geo) or geo.packed_shape != _words_shape(packed)):

@@ -60,15 +60,9 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
     per = tasks_per_chunk(tasks)
     parallel = n * c * hw >= parallel_min and tasks // per > 1
     one, zero = tirx.const(1, "uint32"), tirx.const(0, "uint32")
-    hs, ws = (h, w) if gather is None else gather[:2]
-    if gather is not None and (gather[2] + (h - 1) * gather[4] >= hs or gather[3] + (w - 1) * gather[5] >= ws):
+    hs, ws, r0, c0, sh, sw = gather or (h, w, 0, 0, 1, 1)  # x's plane, and where geo's pixels lie in it
+    if r0 + (h - 1) * sh >= hs or c0 + (w - 1) * sw >= ws:
         raise ValueError(f"internal: gather {gather} does not cover a {h}x{w} plane")
-
-    def src(at):  # the input offset (within a channel plane) of output pixel `at`
-        if gather is None:
-            return at
-        r0, c0, sh, sw = gather[2:]
-        return (r0 + at // w * sh) * ws + c0 + at % w * sw
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
@@ -111,7 +105,8 @@ def make_pack_flat(geo: ConvGeometry, affine: bool, parallel_min: int = 16384,
                                     with T.vectorized(0, LANES) as lane:
                                         T.buffer_store(pf, word(lambda buf, plane: buf[plane + at + lane], 1), [out + lane])
                                 else:
-                                    idx = src(tirx.Ramp(at, 1, LANES))
+                                    px = tirx.Ramp(at, 1, LANES)  # output pixels -> offsets in x's plane
+                                    idx = (r0 + px // w * sh) * ws + c0 + px % w * sw
                                     T.buffer_store(pf, word(lambda buf, plane: _gather(buf, plane, idx), LANES),
                                                    [tirx.Ramp(out, 1, LANES)])
     return ib.get()
