@@ -11,8 +11,10 @@ Budgets (the default is sized for a 2-core CPU: see README / the `default` entry
            Small on purpose: the supernet is op-count bound on CPU (~2000 kernels per forward).
            Scaling defaults (METHOD.md "Scaling", issue 12): mu = 20 on L_R per binary weight (Child signs
            keep flipping: benchmarks/scaling.py), lam = 0.5 as a fraction of ||g_C||, psi_init = 1 with a
-           normalised psi step, the backtrack capped at 1x the Adam step (uncapped it ran away: 0.57x -> 4.3x),
-           arch_lr 5e-2 (a short search: 48 steps),
+           normalised psi step, the backtrack capped at 1x the Adam step of each cell type's alphas
+           (uncapped it ran away: 0.57x -> 4.3x; one cap shared by both cell types left the normal
+           cell at 0.97 of uniform entropy, the reduce cell having taken the budget), arch_lr 5e-2
+           (a short search: 48 steps),
            curvature refreshed every 4 child arch steps, the Child initialised from the Parent.
   smoke    tiny supernet on 8x8 images, 1 epoch x 1 step: a pipeline check for tests (seconds).
   paper    5 cells, 16 channels, native resolution, all data, 50 epochs: for a GPU or torchrun.
@@ -92,7 +94,7 @@ class SearchConfig:
     eta: float = 0.1
     eta_psi: float = 5e-2  # psi's step per update (normalised, architect.py)
     psi_init: float = 1.0
-    psi_max_ratio: float = 1.0  # backtrack <= this x the Adam step per update (0 = no cap; architect.py)
+    psi_max_ratio: float = 1.0  # backtrack <= this x the Adam step, per update and alpha tensor (0: no cap)
     tau: float = 0.5
     # hardware awareness
     target: str | None = None

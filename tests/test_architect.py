@@ -113,3 +113,23 @@ def test_psi_max_ratio_caps_the_backtrack_at_a_multiple_of_the_optimizer_step():
         ratios[cap] = [arch.step([torch.randn(4, 5)])["psi_step_ratio"] for _ in range(3)]
     assert min(ratios[None]) > 5  # uncapped it runs away
     assert max(ratios[1.0]) == pytest.approx(1.0)
+
+
+def test_psi_cap_holds_per_alpha_tensor():
+    """The backtrack of one cell type's alphas is capped by its own Adam step: large reduce alphas (capped)
+    do not starve the normal alphas of their backtrack (a shared cap left the normal cell near uniform)."""
+    torch.manual_seed(3)
+    large, small = 3 * torch.randn(4, 5), 0.05 * torch.randn(4, 5)
+    grads = [[torch.randn(4, 5), torch.randn(4, 5)] for _ in range(4)]
+    R = [torch.rand(4, 5), torch.rand(4, 5)]
+    kw = dict(lr=0.01, weight_decay=0.0, decoupled=True, eta=0.5, psi_init=2.0, psi_max_ratio=1.0)
+    a, b = torch.nn.Parameter(large.clone()), torch.nn.Parameter(small.clone())
+    both = Architect([a, b], norms_fn=lambda: R, **kw)
+    alone_b = torch.nn.Parameter(small.clone())
+    alone = Architect([alone_b], norms_fn=lambda: R[1:], **kw)
+    for g in grads:
+        before = b.detach().clone()
+        both.step(g)
+        alone.step(g[1:])
+        assert float((b.detach() - before).norm()) > 0
+    torch.testing.assert_close(b.detach(), alone_b.detach(), rtol=0, atol=0)
