@@ -110,23 +110,20 @@ class Architect:
             a.grad = g.detach().to(a.dtype).clone()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        opt_norms = [float((a.detach() - prev).norm()) for a, prev in zip(self.alphas, previous)]
         if self.decoupled:
+            opt_norms = [float((a.detach() - prev).norm()) for a, prev in zip(self.alphas, previous)]
             norms = self.norms_fn() if self.norms_fn is not None else [torch.ones_like(a) for a in previous]
             self._backtrack = [self.eta * prev * top_tau_mask(R.to(prev.device), self.tau)
                                for prev, R in zip(previous, norms)]
             applied = [psi.view(-1, 1) * b for psi, b in zip(self.psi, self._backtrack)]
             back_sq = 0.0
             with torch.no_grad():
-                for a, t, opt_norm in zip(self.alphas, applied, opt_norms):
-                    # the cap holds per alpha tensor (per cell type): the backtrack is proportional to alpha,
-                    # so under one shared cap the cell type whose alphas grew first took the whole budget
-                    # (default search: reduce alphas rms 2.5, normal 0.36; normal entropy stuck at 0.97)
+                for a, t, opt_norm in zip(self.alphas, applied, opt_norms):  # the cap holds per alpha tensor
                     back = float(t.norm())
                     if self.psi_max_ratio is not None and back > self.psi_max_ratio * opt_norm:
-                        t = t * (self.psi_max_ratio * opt_norm / back)
+                        t, back = t * (self.psi_max_ratio * opt_norm / back), self.psi_max_ratio * opt_norm
                     a.add_(t)
-                    back_sq += float(t.square().sum())
+                    back_sq += back * back
             opt_total = sum(n * n for n in opt_norms) ** 0.5
             metrics["psi_step_ratio"] = back_sq ** 0.5 / opt_total if opt_total > 0 else 0.0
         return metrics
