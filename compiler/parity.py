@@ -176,35 +176,42 @@ def run_torch(module, x: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(x))).numpy().astype(np.float32)
 
 
-def tvm_probe_runner(lib_path, calls: list[tuple[str, str, int, tuple[int, int]]]):
+def tvm_probe_runner(lib_path, calls: list[tuple[str, str | None, int, tuple[int, int]]]):
     """x [1, C, H, W] -> (logits, {probe: x it binarised}) with the exported library on the local CPU.
     calls: (PrimFunc symbol, probe, parts, (r0, c0)) of the kernel that reads each binary conv's x first
-    (its pack or +-1 kernel), in execution order, with the number of its leading arguments that x is the
-    channel concatenation of (a pack that reads a Concat's parts), and the offset of x in them (a pack
-    that gathers a Slice [:, :, r0:, c0:] from its source); identical kernels may share a symbol, so
-    calls are matched in order."""
+    (its pack or +-1 kernel), with the number of its leading arguments that x is the channel
+    concatenation of (a pack that reads a Concat's parts), and the offset of x in them (a pack that
+    gathers a Slice [:, :, r0:, c0:] from its source), and probe None for every other call of those
+    symbols, all in execution order: identical kernels share a symbol, so calls are matched in order
+    (pipeline._probe_symbols)."""
     import tvm
     from tvm import relax
 
     dev = tvm.cpu()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
     symbols = {c[0] for c in calls}
-    seen: list[tuple[str, np.ndarray]] = []
+    ran: list[str] = []
+    seen: dict[str, np.ndarray] = {}
 
     def instrument(_func, symbol, before, _ret, *args):
         if before and symbol in symbols:  # read now: the storage may be reused after this call
-            k, (r0, c0) = calls[len(seen)][2:] if len(seen) < len(calls) else (1, (0, 0))
-            seen.append((symbol, np.concatenate([a.numpy() for a in args[:k]], axis=1)[:, :, r0:, c0:]))
+            i = len(ran)
+            ran.append(symbol)
+            if i < len(calls) and calls[i][0] == symbol and calls[i][1] is not None:
+                k, (r0, c0) = calls[i][2:]
+                seen[calls[i][1]] = np.concatenate([a.numpy() for a in args[:k]], axis=1)[:, :, r0:, c0:]
         return 0  # VMInstrumentReturnKind.NO_OP
 
     vm.set_instrument(instrument)
 
     def run(x: np.ndarray):
+        ran.clear()
         seen.clear()
         y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x), dev)).numpy()
-        if [s for s, _ in seen] != [c[0] for c in calls]:
-            raise ParityError(f"internal: TVM ran {len(seen)} binary kernels, the build lists {len(calls)}")
-        return y, {c[1]: v for c, (_, v) in zip(calls, seen)}
+        if ran != [c[0] for c in calls]:
+            raise ParityError(f"internal: TVM ran {len(ran)} calls of the binary convs' input kernels in an order "
+                              f"the build does not list ({len(calls)} listed)")
+        return y, dict(seen)
     return run
 
 

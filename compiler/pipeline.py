@@ -249,11 +249,21 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     return art
 
 
-def _probe_symbols(layers) -> list[tuple[str, str, int, tuple[int, int]]]:
+def _probe_symbols(layers) -> list[tuple[str, str | None, int, tuple[int, int]]]:
     """(PrimFunc symbol, binary conv node, input parts, input offset) of the kernel that reads each binary
-    conv's input first."""
-    return [(lay.funcs[0]["name"], lay.name, lay.input_parts, tuple(lay.input_offset)) for lay in layers
-            if lay.op == "BinaryConv2d" and lay.funcs]
+    conv's input first, and (symbol, None, 0, (0, 0)) for every other call of one of those symbols (identical
+    kernels share a symbol: a 1x1 conv that packs its own input may run the PrimFunc another layer uses as
+    its separate pack's consumer), all in execution order (the layers' order, each layer's calls in order)."""
+    probes = {lay.name: lay for lay in layers if lay.op == "BinaryConv2d" and lay.funcs}
+    symbols = {lay.funcs[0]["name"] for lay in probes.values()}
+    calls = []
+    for lay in layers:
+        for k, f in enumerate(lay.funcs):
+            if k == 0 and lay.name in probes:
+                calls.append((f["name"], lay.name, lay.input_parts, tuple(lay.input_offset)))
+            elif f["name"] in symbols:
+                calls.append((f["name"], None, 0, (0, 0)))
+    return calls
 
 
 def compiled_accuracy(onnx_bytes: bytes, tvm_fn, dataset, norm: dict) -> dict:

@@ -235,3 +235,14 @@ def test_compile_a_genotype_the_search_found(tmp_path):
     p = art.manifest["parity"]
     assert p["passed"] and p["top1_agreement"] == 1.0 and p["tvm_run"] == "ran"
     assert p["max_abs_diff_tvm"] <= 1e-4 * p["reference_max_abs"]
+
+
+@pytest.mark.tvm
+def test_parity_probes_survive_kernels_shared_between_layers(tmp_path):
+    """At 8x8 input the cells' maps are 8/4/2 pixels and one PrimFunc serves both a 1x1 conv fed by a
+    separate pack and one fed packed bits: the parity probe must match calls in order, not by symbol
+    (this compile crashed with a numpy ValueError before)."""
+    art = compile_genotype(DDPNAS_MCN_2.save(tmp_path / "genotype.json"), "x86-avx512", tmp_path / "b",
+                           input_shape=(3, 8, 8), **SMALL)
+    assert art.manifest["parity"]["passed"]
+
