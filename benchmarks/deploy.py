@@ -4,8 +4,9 @@
 
 Rows: DDPNAS_MCN_2 and DARTS_V2 (the DARTS paper's CIFAR cell) at 8 cells x 32 channels on 1x28x28,
 at the DARTS CIFAR evaluation size (20 x 36 on 3x32x32) and at the DARTS ImageNet-mobile size
-(14 x 48 on 3x224x224). Each row compiles the 1-bit network with fresh weights (`dcpnas compile
---cells C --channels K --input-shape ...`; the build folders go under --build-root and are reused)
+(14 x 48 on 3x224x224 with DARTS' ImageNet stem: three stride-2 float convs, the cells at 28/14/7).
+Each row compiles the 1-bit network with fresh weights (`dcpnas compile --cells C --channels K
+--input-shape ... [--stem imagenet]`; the build folders go under --build-root and are reused)
 and benches it with `dcpnas bench`'s library function (targets/bench.py): 1-bit TVM, the float TVM
 twin, the float network on ONNX Runtime and on OpenVINO, and the 1-bit network on OpenVINO, all
 timed side by side in interleaved rounds in one process (median and IQR), with the target's thread
@@ -27,7 +28,7 @@ DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_co
             "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
             "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
             "('max_pool_3x3', 1)], reduce_concat=range(2, 6))")
-SIZES = ((8, 32, (1, 28, 28)), (20, 36, (3, 32, 32)), (14, 48, (3, 224, 224)))
+SIZES = ((8, 32, (1, 28, 28), "cifar"), (20, 36, (3, 32, 32), "cifar"), (14, 48, (3, 224, 224), "imagenet"))
 SCHEMA = "dcpnas.deploy-bench/1"
 
 
@@ -37,18 +38,19 @@ def genotypes() -> dict:
     return {"ddpnas_mcn_2": DDPNAS_MCN_2, "darts_v2": Genotype.from_darts(DARTS_V2)}
 
 
-def row_name(geno: str, cells: int, channels: int, shape) -> str:
-    return f"{geno}-{cells}x{channels}-{'x'.join(map(str, shape))}"
+def row_name(geno: str, cells: int, channels: int, shape, stem: str = "cifar") -> str:
+    return f"{geno}-{cells}x{channels}-{'x'.join(map(str, shape))}" + ("" if stem == "cifar" else f"-{stem}")
 
 
-def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Path, rounds: int, min_repeat_ms: float):
+def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Path, rounds: int, min_repeat_ms: float,
+                stem: str = "cifar"):
     from dcpnas.compiler.artifact import Artifact
     from dcpnas.compiler.pipeline import compile_genotype
     from dcpnas.errors import DcpnasError
     from dcpnas.targets.bench import bench
     from dcpnas.targets.profiler import Profiler
 
-    name = row_name(geno_name, cells, channels, shape)
+    name = row_name(geno_name, cells, channels, shape, stem)
     src = build_root / "genotypes" / name / "genotype.json"
     geno.save(src)
     out = build_root / f"{name}-{target.name}"
@@ -58,7 +60,7 @@ def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Pat
         compile_s = None  # reused
     except DcpnasError:
         art = compile_genotype(src, target.name, out, cells=cells, channels=channels, input_shape=shape,
-                               parity_inputs=4, check=False)
+                               stem=stem, parity_inputs=4, check=False)
         compile_s = time.perf_counter() - t0
     r = bench(out, Profiler(target, repeat=rounds, min_repeat_ms=min_repeat_ms), per_layer=False)
     keys = ("binary_ms", "binary_iqr_ms", "float_tvm_ms", "float_tvm_iqr_ms", "float_ort_ms", "float_ort_iqr_ms",
@@ -67,6 +69,7 @@ def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Pat
             "speedup_vs_binary_openvino", "openvino", "openvino_float_precision", "openvino_binary_kernels",
             "threads", "device", "parity_passed", "warnings")
     return {"name": name, "genotype": geno_name, "cells": cells, "channels": channels, "input_shape": list(shape),
+            "stem": stem,
             "compile_s": compile_s, "build": str(out), "parity": {k: art.manifest["parity"].get(k) for k in
                                                                   ("passed", "top1_agreement", "max_abs_diff_tvm")},
             **{k: r.get(k) for k in keys}, "created": r["created"]}
@@ -94,9 +97,9 @@ def main(argv=None) -> int:
         "schema": SCHEMA, "target": target.name, "rows": [],
         "command": "python benchmarks/deploy.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     done = {r["name"]: r for r in report["rows"]}
-    for cells, channels, shape in SIZES:  # small sizes of both genotypes first
+    for cells, channels, shape, stem in SIZES:  # small sizes of both genotypes first
         for gname, geno in genotypes().items():
-            name = row_name(gname, cells, channels, shape)
+            name = row_name(gname, cells, channels, shape, stem)
             if (args.only and name not in args.only) or (args.skip_large and shape[1] >= 224):
                 continue
             if name in done and not args.force:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
                 continue
             print(f"{name}: compiling (if needed) and timing ...", file=sys.stderr, flush=True)
             row = measure_row(gname, geno, cells, channels, shape, target, Path(args.build_root), args.rounds,
-                              args.min_repeat_ms)
+                              args.min_repeat_ms, stem)
             done[name] = row
             report["rows"] = list(done.values())
             write_json(out, report)

@@ -55,6 +55,8 @@ def compile_cmd(
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of a fresh network \\[default: the train default]."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W of a fresh network's input when no "
                                               "dataset fixes it (e.g. 3,224,224); BatchNorm calibrated on random images."),
+    stem: str = typer.Option("cifar", "--stem", help="Stem of a fresh network: cifar (a 3x3 conv; cells at the input size) "
+                             "or imagenet (DARTS' stride-8 ImageNet stem, e.g. for 3,224,224)."),
     no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:
     """Export to ONNX (dcpnas domain), lower through TVM for the target, check parity, write the build folder."""
@@ -91,10 +93,12 @@ def compile_cmd(
             raise ConfigError(f"--input-shape must be C,H,W with positive integers (e.g. 3,32,32), got {input_shape!r}")
         if weights is not None:
             raise ConfigError("--input-shape is for a fresh network; a trained model.pt fixes its own input shape")
+    if stem != "cifar" and weights is not None:
+        raise ConfigError("--stem is for a fresh network; a trained model.pt fixes its own stem")
     with rich_progress(not no_progress) as progress:
         art = compile_genotype(input, target, out, weights=weights, float_=float_, data=data,
                                parity_inputs=parity_inputs, policy=policy, cells=cells, channels=channels, input_shape=shape,
-                               progress=progress)
+                               stem=stem, progress=progress)
     m = art.manifest
     p = m["parity"]
     f = m["files"]

@@ -187,7 +187,8 @@ class _Graph:
         from dcpnas.binary import BinaryConv2d
 
         table = [
-            (M.Network, self.network), (M.Stem, self.sequential_children), (M.EvalCell, None),
+            (M.Network, self.network), (M.Stem, self.sequential_children), (M.ImageNetStem, self.imagenet_stem),
+            (M.EvalCell, None),
             (M.Classifier, self.classifier), (O.ConvUnit, self.conv_unit), (O.SepBlock, self.sep_block),
             (O.SepConv, lambda m, x, p: self.emit(m.op, x, f"{p}.op")),
             (O.DilConv, lambda m, x, p: self.emit(m.op, x, f"{p}.op")),
@@ -203,13 +204,23 @@ class _Graph:
         raise CompileError(f"cannot export module {p or 'root'} of type {type(m).__name__} to ONNX "
                            f"(supported: the dcpnas network modules, Conv2d, BatchNorm2d, PReLU, Sequential)")
 
+    def imagenet_stem(self, m, x, p):
+        """The stem alone (an OpKey module of `dcpnas lut`): s1."""
+        return self.emit(m.stem1, self.emit(m.stem0, x, f"{p}.stem0"), f"{p}.stem1")
+
     def sequential_children(self, m, x, p):
         for name, child in m.named_children():
             x = self.emit(child, x, f"{p}.{name}" if p else name)
         return x
 
     def network(self, m, x, p):
-        s0 = s1 = self.emit(m.stem, x, "stem")
+        from dcpnas.model import ImageNetStem
+
+        if isinstance(m.stem, ImageNetStem):
+            s0 = self.emit(m.stem.stem0, x, "stem.stem0")
+            s1 = self.emit(m.stem.stem1, s0, "stem.stem1")
+        else:
+            s0 = s1 = self.emit(m.stem, x, "stem")
         for i, cell in enumerate(m.cells):
             s0, s1 = s1, self.cell(cell, s0, s1, f"cells.{i}")
         return self.emit(m.classifier, s1, "classifier")

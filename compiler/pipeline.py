@@ -60,9 +60,11 @@ def _weight_bytes(model) -> dict:
     return out
 
 
-def _network(source: Path, weights, float_: bool, data: str, policy: str | None, cells, channels, input_shape=None):
+def _network(source: Path, weights, float_: bool, data: str, policy: str | None, cells, channels, input_shape=None,
+             stem: str = "cifar"):
     """-> (module, space, genotype, normalization, dataset, weights label). input_shape (C, H, W): a
-    fresh network for images no dataset has (BatchNorm calibrated on random normal images; dataset None)."""
+    fresh network for images no dataset has (BatchNorm calibrated on random normal images; dataset None).
+    stem: of a fresh network (a trained model.pt fixes its own)."""
     import torch
 
     from dcpnas.data import load_dataset
@@ -86,7 +88,7 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
         label = str(weights)
     elif input_shape is not None and tuple(input_shape) != tuple(dataset.input_shape):
         space = default_eval_space(tuple(input_shape), dataset.num_classes, policy or "book", cells, channels,
-                                   steps=genotype.steps)
+                                   steps=genotype.steps, stem=stem)
         torch.manual_seed(0)
         net = Network(genotype, space, binary=not float_)
         with torch_threads(1):
@@ -94,7 +96,7 @@ def _network(source: Path, weights, float_: bool, data: str, policy: str | None,
         return net.eval(), space, genotype, None, None, "fresh (BatchNorm calibrated on random normal images)"
     else:
         space = default_eval_space(dataset.input_shape, dataset.num_classes, policy or "book", cells, channels,
-                                   steps=genotype.steps)
+                                   steps=genotype.steps, stem=stem)
         torch.manual_seed(0)
         net = Network(genotype, space, binary=not float_)
         norm = dataset.normalization()
@@ -145,7 +147,7 @@ def compile_genotype(source, target, out_dir=None, *, float_: bool = False, **kw
 def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False, data: str = "embedded",
                   parity_inputs: int = 16, policy: str | None = None, cells: int | None = None,
                   channels: int | None = None, progress: ProgressFn | None = None, check: bool = True,
-                  input_shape: tuple[int, int, int] | None = None):
+                  input_shape: tuple[int, int, int] | None = None, stem: str = "cifar"):
     """compile_genotype's work, into the (temporary) folder out_dir."""
     import onnx
     import tvm
@@ -179,7 +181,7 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
         binary = any(n.domain == "dcpnas" for n in model.graph.node)
     else:
         net, space, genotype, norm, dataset, label = _network(source, weights, float_, data, policy, cells, channels,
-                                                                  None if weights is not None else input_shape)
+                                                                  None if weights is not None else input_shape, stem)
         binary = not float_
     times["network"] = time.perf_counter() - t0
     progress("network", 1, 1)

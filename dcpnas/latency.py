@@ -4,8 +4,8 @@
 An op at one position of the network is named by an OpKey string "<op>|cin|cout|h|w|stride"
 (DESIGN.md LUT schema), with h, w the op's *input* size. Binary ops under the `authors` policy carry
 the suffix ":authors" on the op name (they lower to other kernels). The fixed part of the network is
-named by the pseudo-ops `stem`, `pre_conv1x1`, `pre_reduce` (FactorizedReduce preprocessing) and
-`classifier`. `none` costs nothing and has no entry.
+named by the pseudo-ops `stem` (stride 1: the `cifar` stem; stride 8: the `imagenet` stem, h and w its input),
+`pre_conv1x1`, `pre_reduce` (FactorizedReduce preprocessing) and `classifier`. `none` costs nothing and has no entry.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def fixed_keys(space: SearchSpace) -> list[str]:
     """Keys of the stem, every preprocessing conv and the classifier, in network order."""
     plans = cell_plan(space)
     c_img, H, W = space.input_shape
-    keys = [op_key("stem", c_img, space.stem_multiplier * space.channels, H, W, 1)]
+    if space.stem == "imagenet":  # stride 8 in the key: the three stride-2 convs of model.ImageNetStem
+        keys = [op_key("stem", c_img, space.channels, H, W, 8)]
+    else:
+        keys = [op_key("stem", c_img, space.stem_multiplier * space.channels, H, W, 1)]
     for p in plans:
         if p.reduction_prev:
             keys.append(op_key("pre_reduce", p.C_pp, p.C, 2 * p.H, 2 * p.W, 2, space.policy))

@@ -37,10 +37,13 @@ class CellPlan:
 def cell_plan(space: SearchSpace, multiplier: int | None = None) -> list[CellPlan]:
     """Channel and spatial plan of every cell (DARTS channel rule: x2 at each reduction)."""
     multiplier = multiplier or space.steps
-    C_stem = space.stem_multiplier * space.channels
-    C_pp, C_p, C = C_stem, C_stem, space.channels
     H, W = space.input_shape[1], space.input_shape[2]
-    plans, reduction_prev = [], False
+    if space.stem == "imagenet":  # s0 at 1/4, s1 at 1/8 of the input, both C channels (DARTS NetworkImageNet)
+        C_stem, H, W, reduction_prev = space.channels, H // 8, W // 8, True
+    else:
+        C_stem, reduction_prev = space.stem_multiplier * space.channels, False
+    C_pp, C_p, C = C_stem, C_stem, space.channels
+    plans = []
     for i in range(space.cells):
         reduction = i in space.reductions
         if reduction:
@@ -69,7 +72,7 @@ def _preprocess(plan: CellPlan, binary: bool, policy: str, affine: bool) -> tupl
 
 
 class Stem(nn.Module):
-    """Real-valued 3x3 conv + BN: [N, C_img, H, W] -> [N, stem_multiplier * C, H, W]."""
+    """Real-valued 3x3 conv + BN: [N, C_img, H, W] -> [N, stem_multiplier * C, H, W] (the `cifar` stem)."""
 
     def __init__(self, space: SearchSpace):
         super().__init__()
@@ -79,6 +82,37 @@ class Stem(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(x))
+
+    def states(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s0, s1) of the first cell: the same tensor."""
+        y = self(x)
+        return y, y
+
+
+class ImageNetStem(nn.Module):
+    """DARTS' ImageNet stem, real-valued (the `imagenet` stem): stem0 = conv s2 (C/2) -> BN -> ReLU -> conv s2
+    -> BN gives s0 [N, C, H/4, W/4]; stem1 = ReLU -> conv s2 -> BN gives s1 [N, C, H/8, W/8]. forward: s1."""
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        C, c_img = space.channels, space.input_shape[0]
+        half = max(C // 2, 1)
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(c_img, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+
+    def forward(self, x):
+        return self.states(x)[1]
+
+    def states(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
+
+
+def make_stem(space: SearchSpace) -> nn.Module:
+    """The stem of `space.stem`; its states(x) gives the first cell's (s0, s1)."""
+    return ImageNetStem(space) if space.stem == "imagenet" else Stem(space)
 
 
 class Classifier(nn.Module):
@@ -137,7 +171,7 @@ class Supernet(nn.Module):
     def __init__(self, space: SearchSpace, binary: bool):
         super().__init__()
         self.space, self.binary = space, binary
-        self.stem = Stem(space)
+        self.stem = make_stem(space)
         plans = cell_plan(space)
         self.cells = nn.ModuleList(SearchCell(p, space, binary) for p in plans)
         self.classifier = Classifier(space.steps * plans[-1].C, space.num_classes)
@@ -155,7 +189,7 @@ class Supernet(nn.Module):
     def forward(self, x, alphas=None):
         a_normal, a_reduce = alphas if alphas is not None else (self.alpha_normal, self.alpha_reduce)
         w_normal, w_reduce = F.softmax(a_normal, dim=-1), F.softmax(a_reduce, dim=-1)
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem.states(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
         return self.classifier(s1)
@@ -196,14 +230,14 @@ class Network(nn.Module):
         if len(genotype.normal_concat) != space.steps or len(genotype.reduce_concat) != space.steps:
             raise GenotypeError(f"concat lists must hold all {space.steps} intermediate nodes")
         self.genotype, self.space, self.binary = genotype, space, binary
-        self.stem = Stem(space)
+        self.stem = make_stem(space)
         plans = cell_plan(space)
         self.cells = nn.ModuleList(EvalCell(p, genotype, space, binary) for p in plans)
         out_nodes = len(genotype.reduce_concat if plans[-1].reduction else genotype.normal_concat)
         self.classifier = Classifier(out_nodes * plans[-1].C, space.num_classes)
 
     def forward(self, x):
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem.states(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
         return self.classifier(s1)

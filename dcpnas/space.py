@@ -17,6 +17,9 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 POLICIES: tuple[str, ...] = ("book", "authors")
+# cifar: one 3x3 conv at the input resolution (the DARTS CIFAR network); imagenet: DARTS' ImageNet stem, three
+# stride-2 3x3 convs, so that the cells work at 1/8 of the input (224x224 -> 28x28; the mobile setting)
+STEMS: tuple[str, ...] = ("cifar", "imagenet")
 STEPS = 4  # intermediate nodes per cell
 
 
@@ -38,6 +41,8 @@ class SearchSpace:
     channels: channels of the first cell's nodes (C); the stem outputs stem_multiplier * C.
     input_shape: (C, H, W) of one image; num_classes: logits.
     policy: binarisation policy, `book` (binarise depthwise and 1x1 convs too) or `authors`.
+    stem: `cifar` (a 3x3 conv, cells at the input size) or `imagenet` (DARTS' stride-8 ImageNet stem, real-valued:
+    conv s2 -> conv s2 gives the first cell's s0 at 1/4, conv s2 its s1 at 1/8; stem_multiplier unused).
     """
 
     primitives: tuple[str, ...] = PRIMITIVES
@@ -49,6 +54,7 @@ class SearchSpace:
     num_classes: int = 10
     policy: str = "book"
     reductions: tuple[int, ...] = field(default=())
+    stem: str = "cifar"
 
     def __post_init__(self) -> None:
         if self.cells < 1:
@@ -63,6 +69,11 @@ class SearchSpace:
             red = sorted({self.cells // 3, 2 * self.cells // 3} - {0}) if self.cells >= 3 else []
             object.__setattr__(self, "reductions", tuple(red))
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        if self.stem not in STEMS:
+            raise ConfigError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.stem == "imagenet" and (self.input_shape[1] % 8 or self.input_shape[2] % 8):
+            raise ConfigError(f"the imagenet stem downsamples by 8: the input's height and width must be multiples "
+                              f"of 8, got {self.input_shape[1]}x{self.input_shape[2]}")
         object.__setattr__(self, "primitives", tuple(self.primitives))
 
     @property
@@ -76,7 +87,7 @@ class SearchSpace:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "primitives": list(self.primitives),
             "steps": self.steps,
             "cells": self.cells,
@@ -87,6 +98,9 @@ class SearchSpace:
             "policy": self.policy,
             "reductions": list(self.reductions),
         }
+        if self.stem != "cifar":  # records written before stems had a choice stay byte-identical
+            d["stem"] = self.stem
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
@@ -101,6 +115,7 @@ class SearchSpace:
                 num_classes=int(d["num_classes"]),
                 policy=str(d.get("policy", "book")),
                 reductions=tuple(d.get("reductions", ())),
+                stem=str(d.get("stem", "cifar")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"bad search-space record: {e}") from None

@@ -41,14 +41,15 @@ CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
 
 def default_eval_space(input_shape=(1, 28, 28), num_classes: int = 10, policy: str = "book",
                        cells: int | None = None, channels: int | None = None,
-                       reductions: tuple[int, ...] | None = None, steps: int = STEPS) -> SearchSpace:
+                       reductions: tuple[int, ...] | None = None, steps: int = STEPS,
+                       stem: str = "cifar") -> SearchSpace:
     """The evaluation network's SearchSpace (cells, channels default to EVAL_CELLS, EVAL_CHANNELS;
     reductions: indices of the reduction cells, default cells//3 and 2*cells//3 as in DARTS; steps: the
-    genotype's nodes per cell)."""
+    genotype's nodes per cell; stem: space.STEMS)."""
     return SearchSpace(cells=EVAL_CELLS if cells is None else cells,
                        channels=EVAL_CHANNELS if channels is None else channels,
                        input_shape=tuple(input_shape), num_classes=int(num_classes), policy=policy,
-                       reductions=tuple(reductions or ()), steps=steps)
+                       reductions=tuple(reductions or ()), steps=steps, stem=stem)
 
 
 @dataclass(frozen=True)

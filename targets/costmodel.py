@@ -3,7 +3,7 @@
 Every OpKey is decomposed into the kernels the compiler emits for it (dcpnas.operations):
 a ConvUnit is BN_in -> [sign + bit-pack] -> conv -> BN_out -> PReLU, a sep_conv is two SepBlocks of a
 depthwise and a pointwise ConvUnit (+ residual add), a dil_conv one SepBlock, a FactorizedReduce two
-1x1 stride-2 ConvUnits + concat, pools 9 taps per output, the stem a float 3x3 conv + BN, the
+1x1 stride-2 ConvUnits + concat, pools 9 taps per output, the stem a float 3x3 conv + BN (the imagenet stem three stride-2 ones), the
 classifier a global average pool + linear. This gives five work counts per key (`features`):
 
     kbitops   thousands of XNOR-popcount bit products of dense binary convs (Ho*Wo*Cout*Cin/g*k*k)
@@ -56,7 +56,13 @@ def features(key: str) -> np.ndarray:
     op, policy, cin, cout, h, w, s = parse_key(key)
     real_dw = policy == "authors"
     f = np.zeros(len(FEATURES))
-    if op == "stem":
+    if op == "stem" and s == 8:  # model.ImageNetStem: three stride-2 3x3 convs (+ BN, ReLU)
+        half = max(cout // 2, 1)
+        for ci, co, d in ((cin, half, 2), (half, cout, 4), (cout, cout, 8)):
+            f[2] += 2 * (h // d) * (w // d) * co * ci * 9
+            f[3] += ci * (h // d * 2) * (w // d * 2) + 3 * (h // d) * (w // d) * co
+        f[4] += 6
+    elif op == "stem":
         f[2] += 2 * h * w * cout * cin * 9
         f[3] += cin * h * w + 2 * h * w * cout
         f[4] += 2

@@ -41,13 +41,16 @@ BASELINE_FALLBACK_KEY = "max_pool_3x3|8|8|4|4|1"
 
 def op_module(key: str):
     """The torch module (binary, eval mode) of one OpKey and its input shape (1, C, H, W)."""
-    from dcpnas.model import Classifier, Stem
+    from dcpnas.model import Classifier, make_stem
     from dcpnas.operations import ConvUnit, FactorizedReduce, make_op
     from dcpnas.space import SearchSpace
 
     op, policy, cin, cout, h, w, s = parse_key(key)
     if op == "stem":
-        m = Stem(SearchSpace(cells=1, channels=cout, stem_multiplier=1, input_shape=(cin, h, w)))
+        if s not in (1, 8):
+            raise LutError(f"OpKey {key!r}: a stem has stride 1 (cifar) or 8 (imagenet)")
+        m = make_stem(SearchSpace(cells=1, channels=cout, stem_multiplier=1, input_shape=(cin, h, w),
+                                  stem="imagenet" if s == 8 else "cifar"))
     elif op == "classifier":
         m = Classifier(cin, cout)
     elif op == "pre_conv1x1":

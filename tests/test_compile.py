@@ -246,3 +246,26 @@ def test_parity_probes_survive_kernels_shared_between_layers(tmp_path):
                            input_shape=(3, 8, 8), **SMALL)
     assert art.manifest["parity"]["passed"]
 
+
+@pytest.mark.tvm
+def test_imagenet_stem_compiles_with_parity(tmp_path):
+    """DARTS' stride-8 ImageNet stem (three float stride-2 convs, ReLU): the cells run at 1/8 of the input."""
+    from dcpnas.cli.compile import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "build"
+    r = CliRunner().invoke(app, ["compile", str(DDPNAS_MCN_2.save(tmp_path / "genotype.json")), "--target",
+                                 "x86-avx512", "-o", str(out), "-q", "--cells", "3", "--channels", "8",
+                                 "--input-shape", "3,32,32", "--stem", "imagenet", "--parity-inputs", "4"])
+    assert r.exit_code == 0, r.output
+    m = Artifact.load(out).manifest
+    assert m["space"]["stem"] == "imagenet" and m["parity"]["passed"]
+    assert m["op_keys"]["stem"] == "stem|3|8|32|32|8"
+    assert any(layer["op"] == "Relu" for layer in m["layers"]) or any("stem.stem1" in n for layer in m["layers"]
+                                                                       for n in layer["nodes"])
+    r = CliRunner().invoke(app, ["compile", str(tmp_path / "genotype.json"), "--target", "x86-avx512", "-o",
+                                 str(tmp_path / "b2"), "-q", "--cells", "3", "--input-shape", "3,36,36",
+                                 "--stem", "imagenet"])
+    assert r.exit_code == 1 and "multiples of 8" in r.output

@@ -10,8 +10,8 @@ def deploy(benchmark_script):
 
 
 def _fake_row(deploy, calls, fail_on=None):
-    def measure_row(gname, geno, cells, channels, shape, target, build_root, rounds, min_repeat_ms):
-        name = deploy.row_name(gname, cells, channels, shape)
+    def measure_row(gname, geno, cells, channels, shape, target, build_root, rounds, min_repeat_ms, stem):
+        name = deploy.row_name(gname, cells, channels, shape, stem)
         calls.append(name)
         if name == fail_on:
             raise RuntimeError("killed")
@@ -39,3 +39,10 @@ def test_rows_resume_after_a_crash(deploy, tmp_path, monkeypatch):
 def test_darts_v2_is_the_papers_cell(deploy):
     g = deploy.genotypes()["darts_v2"]
     assert g.normal[-1] == ("dil_conv_3x3", 2) and g.reduce[0] == ("max_pool_3x3", 0)
+
+
+def test_the_224_rows_use_the_imagenet_stem(deploy, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(deploy, "measure_row", _fake_row(deploy, calls))
+    assert deploy.main(["--out", str(tmp_path / "d.json"), "--only", "darts_v2-14x48-3x224x224-imagenet", "--json"]) == 0
+    assert calls == ["darts_v2-14x48-3x224x224-imagenet"]

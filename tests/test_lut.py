@@ -94,6 +94,9 @@ def test_features_hand_counted():
     assert not costmodel.features("skip_connect|8|8|28|28|1").any()
     s = costmodel.features("stem|1|24|28|28|1")
     assert s[2] * 1000 == 2 * 28 * 28 * 24 * 9
+    # the imagenet stem: 3 -> 24 s2 (112x112 out), 24 -> 48 s2 (56x56), 48 -> 48 s2 (28x28)
+    s = costmodel.features("stem|3|48|224|224|8")
+    assert s[2] * 1000 == 2 * 9 * (112 * 112 * 24 * 3 + 56 * 56 * 48 * 24 + 28 * 28 * 48 * 48)
 
 
 def test_nnls_matches_bruteforce():
@@ -169,7 +172,7 @@ def test_statistics():
     assert fit_per_cell(raw, raw + 0.5, cells) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("key", ["stem|1|24|28|28|1", "classifier|128|10|7|7|1", "pre_conv1x1|24|8|28|28|1",
+@pytest.mark.parametrize("key", ["stem|1|24|28|28|1", "stem|3|16|64|64|8", "classifier|128|10|7|7|1", "pre_conv1x1|24|8|28|28|1",
                                  "pre_reduce|32|16|28|28|2", "skip_connect|16|16|28|28|2", "max_pool_3x3|16|16|28|28|2",
                                  "sep_conv_5x5:authors|8|8|28|28|1", "dil_conv_3x3|16|16|14|14|1"])
 def test_op_module_shapes(key):
@@ -189,6 +192,8 @@ def test_op_module_shapes(key):
 def test_fixed_keys_are_all_parseable():
     for k in fixed_keys(SearchSpace(cells=8, channels=16, input_shape=(3, 32, 32))):
         costmodel.features(k)
+    keys = fixed_keys(SearchSpace(cells=14, channels=48, input_shape=(3, 224, 224), stem="imagenet"))
+    assert keys[0] == "stem|3|48|224|224|8" and keys[1] == "pre_reduce|48|48|56|56|2"
 
 
 def _handmade_compile_fn(calls):

@@ -62,6 +62,25 @@ def test_cell_plan_channels_and_sizes():
         cell_plan(SearchSpace(cells=3, channels=4, input_shape=(1, 7, 7)))
 
 
+def test_imagenet_stem_plan_and_network():
+    """DARTS' ImageNet network: the stem divides the input by 8 (s0 at 1/4, s1 at 1/8), the first cell
+    preprocesses s0 with a FactorizedReduce, and every node starts at C channels."""
+    space = SearchSpace(cells=5, channels=16, input_shape=(3, 64, 64), stem="imagenet")
+    plans = cell_plan(space)
+    assert plans[0].reduction_prev and plans[0].C_pp == plans[0].C_p == 16 and (plans[0].H, plans[0].W) == (8, 8)
+    assert [p.reduction for p in plans] == [False, True, False, True, False]
+    net = Network(DDPNAS_MCN_2, space, binary=True)
+    s0, s1 = net.stem.states(torch.randn(2, 3, 64, 64))
+    assert s0.shape == (2, 16, 16, 16) and s1.shape == (2, 16, 8, 8)
+    _check_backward(net, torch.randn(2, 3, 64, 64), expect_scale_grad=True)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert "stem" not in SearchSpace().to_dict()  # records of the cifar stem are unchanged
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        SearchSpace(input_shape=(3, 36, 36), stem="imagenet")
+    with pytest.raises(ConfigError, match="unknown stem"):
+        SearchSpace(stem="mobile")
+
+
 def _check_backward(net, x, expect_scale_grad: bool):
     net.train()
     out = net(x)
