@@ -1,5 +1,6 @@
 """The fp32 depthwise conv over a flat padded plane (compiler/conv_flat.py, taken by float_schedule.conv2d_nchw
-for depthwise convs on AVX-512) against torch, with every epilogue part, and the rule that picks it."""
+for depthwise convs on AVX-512) against torch, with every epilogue part, and the rule that picks it; the dense
+strided conv over phase planes (float_schedule.conv2d_nchw) likewise."""
 
 import numpy as np
 import pytest
@@ -122,3 +123,43 @@ def test_flat_pointwise_rule():
     assert not use_flat_pointwise((1, 128, 28, 28), (32, 64, 1, 1), cpu=cpu, strides=(1, 1), pads=(0,) * 4,
                                   group=2)  # grouped
     assert not use_flat_pointwise((1, 128, 3, 3), (32, 128, 1, 1), cpu=cpu, **kw)  # 9 pixels
+
+
+# (C_in, C_out, H, W, kernel, stride (h, w), pads, group): the imagenet stem's convs, odd planes, a 5x5 at stride 3,
+# unequal strides, an unpadded 1x1 at stride 2 and a grouped conv
+STRIDED = [(3, 24, 32, 32, 3, (2, 2), (1, 1, 1, 1), 1), (24, 16, 15, 17, 3, (2, 2), (1, 1, 1, 1), 1),
+           (4, 6, 13, 11, 5, (3, 3), (2, 1, 2, 0), 1), (8, 8, 12, 10, 3, (2, 1), (1, 1, 1, 1), 1),
+           (16, 8, 14, 14, 1, (2, 2), (0, 0, 0, 0), 1), (8, 8, 10, 10, 3, (2, 2), (1, 1, 1, 1), 2)]
+
+
+@pytest.mark.parametrize("case", STRIDED, ids=lambda c: "ci{}co{}h{}w{}k{}s{}{}p{}g{}".format(
+    *c[:5], *c[5], "".join(map(str, c[6])), c[7]))
+@pytest.mark.parametrize("parts", ["plain", "all"])
+def test_strided_conv_over_phase_planes_matches_torch(case, parts):
+    import torch
+    import tvm
+
+    from dcpnas.compiler.lowering import cpu_sched
+
+    ci, co, h, w, k, s, pads, g = case
+    full = parts == "all"
+    rng = np.random.default_rng(ci * h + k)
+    x = rng.standard_normal((1, ci, h, w)).astype(np.float32)
+    wt = rng.standard_normal((co, ci // g, k, k)).astype(np.float32)
+    ins, ish = rng.uniform(0.5, 2, ci).astype(np.float32), rng.standard_normal(ci).astype(np.float32)
+    sc, bi = rng.uniform(0.5, 2, co).astype(np.float32), rng.standard_normal(co).astype(np.float32)
+    sl = rng.uniform(-0.3, 0.3, co).astype(np.float32)
+    xt = torch.from_numpy(x * ins.reshape(1, -1, 1, 1) + ish.reshape(1, -1, 1, 1) if full else x)
+    xt = torch.nn.functional.pad(xt, (pads[1], pads[3], pads[0], pads[2]))
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(wt), stride=s, groups=g).numpy()
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    if full:
+        ref = ref * sc.reshape(1, -1, 1, 1) + bi.reshape(1, -1, 1, 1)
+        ref = np.where(ref >= 0, ref, ref * sl.reshape(1, -1, 1, 1)) + res
+    f = fs.conv2d_nchw(x.shape, wt.shape, strides=s, pads=pads, dilations=(1, 1), group=g, name="sconv",
+                       cpu=cpu_sched(X86), in_affine=full, bias=full, prelu=full, residual=full)
+    assert f"pad = T.sblock_alloc_buffer((1, {ci}, {s[0]}, {s[1]}," in str(f)  # the phase planes
+    args = [x, wt] + ([ins, ish, sc, bi, sl, res] if full else []) + [np.zeros(ref.shape, np.float32)]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+    tvm.compile(tvm.IRModule({"sconv": f}), target=tvm.target.Target(X86)).jit()["sconv"](*args)
+    np.testing.assert_allclose(args[-1].numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
