@@ -315,7 +315,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         fresh = not (si == state["stage"] and (state["epoch_in_stage"] > 0 or opt_state is not None))
         _set_stage(model, binary_weight, fresh=fresh and state["epoch_in_stage"] == 0)
         lr = config.stage2_lr if name == "stage2" and config.stage2_lr is not None else config.lr
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        # fused: one kernel over all ~600 parameter tensors (the default loops in Python on CPU: 28 ms vs 4 ms
+        # a step of the demo network, ~5% of a training step)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True)
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
             opt.load_state_dict(opt_state)
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
