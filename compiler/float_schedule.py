@@ -65,10 +65,11 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
     if in_affine:
         a_s, a_b = te.placeholder((C,), "float32", "in_scale"), te.placeholder((C,), "float32", "in_shift")
         params += [a_s, a_b]
-    # strided (dilation 1) on a CPU: the padded input is split into its sh x sw phases, planes
+    # strided (dilation 1, kernel > 1x1) on a CPU: the padded input is split into its phases, planes
     # ph[n, c, py, px, a, b] = padded[n, c, a*sh + py, b*sw + px], so that the conv's vector loads along the
-    # output row are contiguous (stride 2 read every other pixel: gathers, ~7-13 GMAC/s vs ~95 at stride 1)
-    phased = cpu is not None and (sh, sw) != (1, 1) and (dh, dw) == (1, 1)
+    # output row are contiguous (stride 2 read every other pixel: gathers, ~7-13 GMAC/s vs ~95 at stride 1).
+    # A strided 1x1 conv reads each pixel once: the extra pass of a phase copy costs more than it saves.
+    phased = cpu is not None and (sh, sw) != (1, 1) and (dh, dw) == (1, 1) and (KH, KW) != (1, 1)
     padded = in_affine or pt or pl or pb or pr or phased
 
     def pad_value(n, c, i, j):
@@ -79,8 +80,8 @@ def conv2d_nchw(x_shape, w_shape, *, strides, pads, dilations, group, name, cpu:
         return tirx.if_then_else(inside, v, tirx.const(0.0, "float32"))
     rc, ry, rx = te.reduce_axis((0, Cg), "rc"), te.reduce_axis((0, KH), "ry"), te.reduce_axis((0, KW), "rx")
     if phased:
-        hq, wq = OH + (KH - 1) // sh, OW + (KW - 1) // sw
-        src = te.compute((N, C, sh, sw, hq, wq),
+        hq, wq = OH + (KH - 1) // sh, OW + (KW - 1) // sw  # only the phases a tap reads: min(stride, kernel)
+        src = te.compute((N, C, min(sh, KH), min(sw, KW), hq, wq),
                          lambda n, c, py, px, a, b: pad_value(n, c, a * sh + py, b * sw + px), name="pad")
         acc = te.compute(
             (N, Co, OH, OW),
