@@ -83,16 +83,21 @@ def rich_progress(enabled: bool = True) -> Iterator[Callable]:
 
     def update(phase: str, done: int, total: int, **metrics) -> None:
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        if not tasks:  # started with the first bar: a command that fails before it prints its error line alone
+            progress.start()
         if phase not in tasks:
             tasks[phase] = progress.add_task(phase, total=total, metrics=text)
         progress.update(tasks[phase], completed=done, total=total, metrics=text)
 
-    with progress:
-        try:
-            yield update
-        except BaseException:
-            progress.live.transient = True  # a failed command leaves its error line, not half-drawn bars
-            raise
+    try:
+        yield update
+    except BaseException:  # a failed command leaves its error line, not half-drawn bars (nor a blank line in a log)
+        progress.live.transient = True
+        progress.console.quiet = not progress.console.is_terminal
+        raise
+    finally:
+        if tasks:
+            progress.stop()
 
 
 def require(flag: str, value, lo=None, hi=None, *, positive: bool = False) -> None:

@@ -517,3 +517,28 @@ def test_search_and_train_output_paths_refused_in_one_line(tmp_path, cmd):
         r, text = cli(*cmd, "-o", out)
         assert_one_error_line(r, text, contains=why)
     assert (tmp_path / "a_file").read_text() == "x"
+
+
+@pytest.mark.parametrize("argv, contains", [
+    (["search", "--threads", "nan"], "--threads"), (["train"], "Missing argument"),
+    (["warp"], "No such command"), (["bench", "--threads", "2", "--bogus"], "--bogus")])
+def test_usage_errors_are_one_line_and_exit_1(argv, contains, capsys):
+    """The console entry point (not the Typer app alone): the parser's own errors follow the rule too."""
+    from dcpnas.cli import main
+
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and contains in err and "--help" in err
+
+
+def test_bare_command_prints_help_and_a_failing_command_only_its_error(tmp_path, capsys):
+    from dcpnas.cli import main
+
+    assert main([]) == 0
+    out, _ = capsys.readouterr()
+    assert "search" in out and "compile" in out
+    # compile starts its progress bars before it finds the genotype missing: no bar, no blank line left
+    assert main(["compile", str(tmp_path / "none.json"), "--target", "x86-avx512"]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and "not found" in err
