@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {' '.join(e.format_message().split())}{where}", file=sys.stderr)
         return 1
-    except typer.Abort:  # Ctrl-C or end of input at a prompt
-        print("aborted", file=sys.stderr)
-        return 130
+    except typer.Abort:  # end of input at a prompt (Ctrl-C inside a command: cli.common.handle_errors, 130)
+        print("error: aborted", file=sys.stderr)
+        return 1
     return rc if isinstance(rc, int) else 0

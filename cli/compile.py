@@ -67,6 +67,10 @@ def compile_cmd(
     require("--parity-inputs", parity_inputs, 1, 100_000)
     require("--cells", cells, 1, MAX_CELLS)
     require("--channels", channels, 1, MAX_CHANNELS)
+    from dcpnas.space import STEMS
+
+    if stem not in STEMS:
+        raise ConfigError(f"--stem {stem!r}: choose one of {', '.join(STEMS)}")
 
     is_genotype = input.suffix.lower() != ".onnx"
     if fresh and weights is not None:
@@ -93,8 +97,9 @@ def compile_cmd(
             raise ConfigError(f"--input-shape must be C,H,W with positive integers (e.g. 3,32,32), got {input_shape!r}")
         if weights is not None:
             raise ConfigError("--input-shape is for a fresh network; a trained model.pt fixes its own input shape")
-    if stem != "cifar" and weights is not None:
-        raise ConfigError("--stem is for a fresh network; a trained model.pt fixes its own stem")
+    if stem != "cifar" and (weights is not None or not is_genotype):
+        raise ConfigError("--stem is for a fresh network; a trained model.pt or an .onnx file fixes its own stem "
+                          "(--fresh builds a fresh one of a trained run's genotype)")
     with rich_progress(not no_progress) as progress:
         art = compile_genotype(input, target, out, weights=weights, float_=float_, data=data,
                                parity_inputs=parity_inputs, policy=policy, cells=cells, channels=channels, input_shape=shape,

@@ -261,7 +261,7 @@ def _probe_symbols(layers) -> list[tuple[str, str | None, int, tuple[int, int]]]
     calls = []
     for lay in layers:
         for k, f in enumerate(lay.funcs):
-            if k == 0 and lay.name in probes:
+            if k == 0 and lay.op == "BinaryConv2d" and probes.get(lay.name) is lay:
                 calls.append((f["name"], lay.name, lay.input_parts, tuple(lay.input_offset)))
             elif f["name"] in symbols:
                 calls.append((f["name"], None, 0, (0, 0)))

@@ -50,7 +50,8 @@ def cell_plan(space: SearchSpace, multiplier: int | None = None) -> list[CellPla
             if H % 2 or W % 2:
                 raise ConfigError(
                     f"cell {i} reduces a {H}x{W} feature map; reduction cells need even sizes "
-                    f"(choose an input size divisible by {2 ** len(space.reductions)})"
+                    f"(choose an input size divisible by "
+                    f"{2 ** len(space.reductions) * (8 if space.stem == 'imagenet' else 1)})"
                 )
             C *= 2
         plans.append(CellPlan(i, reduction, reduction_prev, C_pp, C_p, C, H, W))

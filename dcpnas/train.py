@@ -319,6 +319,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         # a step of the demo network, ~5% of a training step)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True)
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
+            for g in opt_state["param_groups"]:  # a checkpoint from before the fused optimiser resumes fused
+                g.update(fused=True, foreach=None)
             opt.load_state_dict(opt_state)
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
         for epoch in range(start_epoch, epochs):

@@ -269,3 +269,5 @@ def test_imagenet_stem_compiles_with_parity(tmp_path):
                                  str(tmp_path / "b2"), "-q", "--cells", "3", "--input-shape", "3,36,36",
                                  "--stem", "imagenet"])
     assert r.exit_code == 1 and "multiples of 8" in r.output
+    r = CliRunner().invoke(app, ["compile", str(tmp_path / "genotype.json"), "--stem", "mobile"])
+    assert r.exit_code == 1 and "choose one of cifar, imagenet" in r.output
