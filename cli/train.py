@@ -37,6 +37,7 @@ def train_cmd(
     channels: Optional[int] = typer.Option(None, "--channels", help="Channels of the first cell."),
     reductions: Optional[str] = typer.Option(None, "--reductions", help="Reduction cell indices, e.g. 0,2 \\[default: cells//3 and 2*cells//3]."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Binarisation policy: book | authors (default: the one the genotype was searched with, else book)."),
+    stem: Optional[str] = typer.Option(None, "--stem", help="cifar (default: a 3x3 conv, cells at the image size) or imagenet (DARTS' stride-8 stem, for large images)."),
     data: Optional[str] = typer.Option(None, "--data", help="embedded | fashion-mnist:DIR | cifar10:DIR | imagefolder:DIR"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
@@ -67,7 +68,7 @@ def train_cmd(
             raise ConfigError(f"--reductions {reductions!r}: expected cell indices like 0,2") from None
     overrides = {k: v for k, v in {
         "reductions": red,
-        "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "data": data, "seed": seed,
+        "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "stem": stem, "data": data, "seed": seed,
         "batch_size": batch_size, "device": device}.items() if v is not None}
     if float_net:
         overrides["binary"] = False

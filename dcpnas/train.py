@@ -29,7 +29,7 @@ from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
 from dcpnas.model import Network
 from dcpnas.progress import ProgressFn, no_progress
-from dcpnas.space import POLICIES, STEPS, SearchSpace
+from dcpnas.space import POLICIES, STEMS, STEPS, SearchSpace
 
 # Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
 # sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
@@ -79,6 +79,7 @@ class TrainConfig:
     channels: int | None = None
     reductions: tuple[int, ...] | None = None  # None: DARTS placement (cells//3, 2*cells//3)
     policy: str | None = None  # None: the policy the genotype was searched with (else book)
+    stem: str = "cifar"  # space.STEMS: `imagenet` for large inputs (DARTS' stride-8 stem; sides multiples of 8)
     data: str = "embedded"
     seed: int = 0
     train_subset: int | None = None
@@ -113,6 +114,8 @@ class TrainConfig:
             object.__setattr__(self, "reductions", tuple(sorted(int(r) for r in self.reductions)))
         if self.policy is not None and self.policy not in POLICIES:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
 
     def stages(self) -> list[tuple[str, int, bool | None, float]]:
         """[(name, epochs, binary_weight, weight_decay)]; binary_weight None for the float network."""
@@ -123,7 +126,10 @@ class TrainConfig:
         return out + [("stage2", self.epochs - e1, True, 0.0)]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["stem"] == "cifar":  # configs (and checkpoints) from before stems had a choice still match
+            del d["stem"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
@@ -146,7 +152,7 @@ def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes
     searched = genotype.search.get("space", {}) if isinstance(genotype.search, dict) else {}
     policy = config.policy or (searched.get("policy") if isinstance(searched, dict) else None) or "book"
     return default_eval_space(input_shape, num_classes, policy, config.cells, config.channels, config.reductions,
-                              genotype.steps)
+                              genotype.steps, config.stem)
 
 
 def run_folder(genotype_file: str | Path, binary: bool = True) -> Path:

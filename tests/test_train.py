@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -338,3 +339,26 @@ def test_stage2_lr_is_stage_two_peak(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "cosine_lr", lambda base, step, total: (peaks.append(base), real(base, step, total))[1])
     train(DDPNAS_MCN_2, TrainConfig(epochs=2, stage2_lr=7e-4, lr=3e-3, **TINY), tmp_path / "r")
     assert set(peaks) == {3e-3, 7e-4} and peaks[0] == 3e-3 and peaks[-1] == 7e-4
+
+
+def test_imagenet_stem_trains_on_large_images(tmp_path):
+    """--stem imagenet: DARTS' stride-8 stem for large inputs (here 32x32 RGB PNGs, cells at 4x4); the
+    model.pt records the stem, and configs of the cifar stem keep their old form (old checkpoints resume)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8), "RGB").save(
+                    tmp_path / "img" / split / c / f"{k}.png")
+    cfg = TrainConfig(epochs=1, stem="imagenet", cells=3, channels=4, batch_size=4, binary=False,
+                      data=f"imagefolder:{tmp_path / 'img'}")
+    assert cfg.to_dict()["stem"] == "imagenet" and "stem" not in TrainConfig().to_dict()
+    res = train(DDPNAS_MCN_2, cfg, tmp_path / "run")
+    net, meta = load_model(res.model_path, genotype=DDPNAS_MCN_2)
+    assert meta["space"].stem == "imagenet" and meta["space"].input_shape == (3, 32, 32)
+    assert net.stem.states(torch.zeros(1, 3, 32, 32))[1].shape == (1, 4, 4, 4)
+    with pytest.raises(ConfigError, match="unknown stem"):
+        TrainConfig(stem="mobile")
