@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(lut_app, name="lut")
 
 
-def _spaces(cells, channels, input_shape, policy, coverage):
+def _spaces(cells, channels, input_shape, policy, coverage, stem="cifar"):
     from dcpnas.errors import ConfigError
     from dcpnas.space import SearchSpace
     from dcpnas.targets.modeled import coverage_spaces
@@ -30,13 +30,14 @@ def _spaces(cells, channels, input_shape, policy, coverage):
         shape = tuple(int(v) for v in input_shape.split(","))
     except ValueError:
         raise ConfigError(f"--input-shape must be C,H,W like 1,28,28, got {input_shape!r}") from None
-    return [SearchSpace(cells=c, channels=ch, input_shape=shape, policy=policy) for c in cells for ch in channels]
+    return [SearchSpace(cells=c, channels=ch, input_shape=shape, policy=policy, stem=stem) for c in cells for ch in channels]
 
 
 CELLS = typer.Option(None, "--cells", help="Cells of the search space (repeat for several) [default: 5].")
 CHANNELS = typer.Option(None, "--channels", help="Channels C of the search space (repeat for several) [default: 8].")
 SHAPE = typer.Option("1,28,28", "--input-shape", help="Input C,H,W.")
 POLICY = typer.Option("book", "--policy", help="Binarisation policy: book | authors.")
+STEM = typer.Option("cifar", "--stem", help="Stem of the networks: cifar | imagenet (DARTS' stride-8 stem, large inputs).")
 STAT = typer.Option("median", "--statistic", help="median | min (min on a shared, loaded host: contention only adds time).")
 
 
@@ -52,7 +53,7 @@ def build_cmd(
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is emulated (qemu): label the LUT 'emulated'."),
     coverage: bool = typer.Option(False, "--coverage", help="Cover the shipped set of spaces (cells 3-8, channels 4-16, 2 inputs, 2 policies)."),
     cells: Optional[list[int]] = CELLS, channels: Optional[list[int]] = CHANNELS,
-    input_shape: str = SHAPE, policy: str = POLICY,
+    input_shape: str = SHAPE, policy: str = POLICY, stem: str = STEM,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file [default: the target's LUT; emulated: ./<target>.emulated.json]."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep entries already measured."),
     refine: bool = typer.Option(False, "--refine", help="Time existing entries again, keep the lower (with --statistic min)."),
@@ -74,7 +75,7 @@ def build_cmd(
     for c in channels or ():
         require("--channels", c, 1, MAX_CHANNELS)
     t = get_target(target, threads=threads)
-    spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)))
+    spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)), stem)
     if modeled:
         lut = build_modeled_lut(t, spaces)
         path = lut.save(out or t.lut_path)
@@ -149,7 +150,7 @@ def check_cmd(
     fit_glue: bool = typer.Option(False, "--fit-glue", help="Fit the per-cell glue and save it into the LUT."),
     seed: int = typer.Option(0, "--seed"),
     cells: int = typer.Option(5, "--cells"), channels: int = typer.Option(8, "--channels"),
-    input_shape: str = SHAPE, policy: str = POLICY,
+    input_shape: str = SHAPE, policy: str = POLICY, stem: str = STEM,
     statistic: str = STAT,
     repeat: int = typer.Option(15, "--repeat", help="Timing samples per genotype."),
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
@@ -175,7 +176,7 @@ def check_cmd(
     if threads is not None:
         lut.check_threads(threads, "a check")
     t = get_target(target, threads=lut.threads)  # the LUT's thread count: predictions hold for it only
-    space = _spaces([cells], [channels], input_shape, policy, False)[0]
+    space = _spaces([cells], [channels], input_shape, policy, False, stem)[0]
     prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=lut.threads, repeat=repeat,
                     min_repeat_ms=min_repeat_ms, statistic=statistic)
     if lut.method == "measured" and lut.statistic != statistic:

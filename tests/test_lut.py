@@ -317,3 +317,20 @@ def test_lut_check_cli_json_alone_on_stdout_and_threads():
     assert out["n"] == 1 and out["threads"] == lut.threads and "warning" in res.stderr
     bad = CliRunner().invoke(app, args + ["--threads", str(lut.threads + 1)])
     assert bad.exit_code == 1 and f"holds {lut.threads}-thread figures" in bad.stderr
+
+
+def test_lut_build_for_the_imagenet_stem(tmp_path):
+    """`dcpnas lut build --stem imagenet`: the stride-8 stem's key is in the table (modeled: no device)."""
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    out = tmp_path / "lut.json"
+    res = CliRunner().invoke(app, ["lut", "build", "--target", "x86-avx512", "--modeled", "--cells", "3", "--channels",
+                                   "4", "--input-shape", "3,32,32", "--stem", "imagenet", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    entries = LatencyTable.load(out).entries
+    assert "stem|3|4|32|32|8" in entries and LatencyTable.load(out).raw("stem|3|4|32|32|8") > 0
+    bad = CliRunner().invoke(app, ["lut", "build", "--target", "x86-avx512", "--modeled", "--cells", "3",
+                                   "--input-shape", "3,36,36", "--stem", "imagenet", "-o", str(out), "-q"])
+    assert bad.exit_code == 1 and "multiples of 8" in bad.output
