@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     ap.add_argument("--no-augment", action="store_true", help="no random shifts/flips (short schedules)")
     ap.add_argument("--latency", default=None, metavar="TARGET",
                     help="compile each finished 1-bit row for TARGET and time it (after training)")
@@ -85,7 +86,8 @@ def row_config(args, row: str):
                        stage1_fraction=args.stage1_fraction, batch_size=args.batch_size, lr=args.lr,
                        binary=binary, cells=args.cells, channels=args.channels, reductions=reductions,
                        policy=policy or "authors", data=args.data, seed=args.seed,
-                       train_subset=args.train_subset, test_subset=args.test_subset, augment=not args.no_augment)
+                       train_subset=args.train_subset, test_subset=args.test_subset, augment=not args.no_augment,
+                       device=args.device)
 
 
 def load_genotype(spec: str):
@@ -289,6 +291,8 @@ def train_command(args, rows: list[str]) -> str:
             parts += [flag, str(v)]
     if args.no_augment:
         parts.append("--no-augment")
+    if args.device != "cpu":
+        parts += ["--device", args.device]
     return shlex.join(parts + ["--rows", ",".join(rows or args.rows)])
 
 

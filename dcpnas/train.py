@@ -330,7 +330,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             opt.load_state_dict(opt_state)
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
         for epoch in range(start_epoch, epochs):
-            loss_sum, correct, seen = 0.0, 0, 0
+            # running sums stay on the device; read (a host sync) only every REPORT_EVERY steps: on a GPU a sync
+            # a step stalls the launch queue
+            loss_sum, correct, seen = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
             perm = torch.randperm(n, generator=gen)
             for b in range(steps):
                 idx = perm[b * bs:(b + 1) * bs]
@@ -350,11 +352,13 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += float(loss.detach()) * len(yb)
-                correct += int((logits.detach().argmax(1) == yb).sum())
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
-                progress(name, epoch * steps + b + 1, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
-                         loss=loss_sum / seen, acc=correct / seen)
+                if b == 0 or (b + 1) % REPORT_EVERY == 0 or b + 1 == steps:
+                    progress(name, epoch * steps + b + 1, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
+                             loss=float(loss_sum) / seen, acc=int(correct) / seen)
+            loss_sum, correct = float(loss_sum), int(correct)
             test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
             record = {"epoch": len(state["history"]) + 1, "stage": name, "epoch_in_stage": epoch + 1,
                       "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
@@ -387,6 +391,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         kind = "1-bit" if config.binary else "float"
         plot_history(state["history"], out_dir / "curves.png", f"{kind} network {genotype.digest()[:8]}")
     return TrainResult(out_dir, model_path, test_acc, test_loss, seconds, state["history"], space)
+
+
+REPORT_EVERY = 10  # training steps between progress reports (and host syncs)
 
 
 def write_metrics(out_dir: Path, history: list[dict]) -> None:
