@@ -14,6 +14,50 @@ from dcpnas.binary import BinaryConv2d
 from dcpnas.errors import ConfigError
 
 
+class _PReLUFn(torch.autograd.Function):
+    """y = max(x, 0) + w * min(x, 0), w per channel (dim 1): torch's PReLU, in float ops only.
+
+    torch's CPU PReLU backward runs through bool masks (`where`), ~35x slower than a float elementwise op
+    here: 1.2 ms of a 64x16x14x14 batch, a fifth of a training step. With h = max(sign(x), 0) (1 on x > 0,
+    else 0): dx = g * (h + w (1 - h)), dw = sum over all but dim 1 of g * min(x, 0) -- exact for h in {0, 1},
+    the values of torch's kernel. The backward is made of differentiable ops (the exact curvature estimator
+    differentiates it again); jvp serves forward-mode AD (the ggn estimator)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        ctx.save_for_forward(x, w)
+        return torch.addcmul(x.clamp(min=0), _per_channel(w, x), x.clamp(max=0))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        h = torch.sign(x).clamp(min=0)
+        gx = g * torch.addcmul(h, _per_channel(w, x), 1 - h)
+        gw = (g * x.clamp(max=0)).sum([d for d in range(x.dim()) if d != 1])
+        return gx, gw
+
+    @staticmethod
+    def jvp(ctx, tx, tw):
+        x, w = ctx.saved_tensors
+        h = torch.sign(x).clamp(min=0)
+        out = tx * torch.addcmul(h, _per_channel(w, x), 1 - h) if tx is not None else torch.zeros_like(x)
+        return out if tw is None else out + _per_channel(tw, x) * x.clamp(max=0)
+
+
+def _per_channel(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return w.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class PReLU(nn.PReLU):
+    """nn.PReLU (same parameter, state dict and export) with a faster CPU backward (_PReLUFn)."""
+
+    def forward(self, x):
+        if self.num_parameters == 1 or x.dim() < 2:
+            return super().forward(x)
+        return _PReLUFn.apply(x, self.weight)
+
+
 class ConvUnit(nn.Module):
     """BN -> conv -> BN -> PReLU. The conv is a BinaryConv2d when `binary` (activations binarised
     unless `real_act`), else a float nn.Conv2d. [N, C_in, H, W] -> [N, C_out, H', W']."""
@@ -28,7 +72,7 @@ class ConvUnit(nn.Module):
         else:
             self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride, padding, dilation, groups, bias=False)
         self.bn_out = nn.BatchNorm2d(C_out, affine=affine)
-        self.act = nn.PReLU(C_out)
+        self.act = PReLU(C_out)
 
     def forward(self, x):
         return self.act(self.bn_out(self.conv(self.bn_in(x))))

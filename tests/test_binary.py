@@ -141,3 +141,58 @@ def test_set_binary_weights_reinitialises_beta():
         net[0].scale.fill_(7.0)
     set_binary_weights(net, True)
     assert torch.all(net[0].scale == 7.0)
+
+
+def test_sign_of_nan_and_memory_format():
+    x = torch.tensor([float("nan"), -float("inf"), float("inf"), 1e-45, -1e-45])
+    s = sign(x)
+    assert s.tolist() == [1.0, -1.0, 1.0, 1.0, -1.0]  # torch.sign(nan) is 0: NaN gives +1 (inputs reject NaN)
+    y = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    assert sign(y).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(sign(y), torch.where(y >= 0, 1.0, -1.0))
+
+
+def _prelu_pair(fmt, kink=True):
+    from dcpnas.operations import PReLU
+
+    torch.manual_seed(0)
+    ours, ref = PReLU(6), torch.nn.PReLU(6)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(6))
+        ref.weight.copy_(ours.weight)
+    x = torch.randn(3, 6, 5, 4, dtype=torch.float64).contiguous(memory_format=fmt)
+    if kink:  # both give the slope's side at 0 (torch's own double backward does not: measure zero)
+        x[0, 0, 0, :2] = 0.0
+    return ours.double(), ref.double(), x
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_prelu_matches_torch_forward_backward_and_double_backward(fmt):
+    for kink in (True, False):
+        ours, ref, x = _prelu_pair(fmt, kink)
+        g = torch.randn(x.shape, dtype=torch.float64)
+        outs = []
+        for m in (ours, ref):
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            gx, gw = torch.autograd.grad((y * g).sum(), [xi, m.weight], create_graph=True)
+            out = [y.detach(), gx.detach(), gw.detach()]
+            if not kink:  # a second-order term (what the exact curvature estimator differentiates)
+                out += torch.autograd.grad((gx * g).sum() + gw.pow(2).sum(), [m.weight, xi])
+            outs.append(out)
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b)
+        assert outs[0][0].is_contiguous(memory_format=fmt)
+
+
+def test_prelu_jvp_matches_torch():
+    import torch.autograd.forward_ad as fwAD
+
+    ours, ref, x = _prelu_pair(torch.contiguous_format, kink=False)
+    tx = torch.randn(x.shape, dtype=torch.float64)
+    outs = []
+    for m in (ours, ref):
+        with fwAD.dual_level():
+            y = m(fwAD.make_dual(x, tx))
+            outs.append(fwAD.unpack_dual(y).tangent)
+    torch.testing.assert_close(outs[0], outs[1])
