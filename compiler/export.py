@@ -206,7 +206,17 @@ class _Graph:
 
     def imagenet_stem(self, m, x, p):
         """The stem alone (an OpKey module of `dcpnas lut`): s1."""
-        return self.emit(m.stem1, self.emit(m.stem0, x, f"{p}.stem0"), f"{p}.stem1")
+        return self.stem_states(m, x, p)[1]
+
+    def stem_states(self, m, x, p):
+        """(s0, s1) of the first cell, as the model's `stem.states(x)`."""
+        from dcpnas.model import ImageNetStem
+
+        if isinstance(m, ImageNetStem):
+            s0 = self.emit(m.stem0, x, f"{p}.stem0")
+            return s0, self.emit(m.stem1, s0, f"{p}.stem1")
+        y = self.emit(m, x, p)
+        return y, y
 
     def sequential_children(self, m, x, p):
         for name, child in m.named_children():
@@ -214,13 +224,7 @@ class _Graph:
         return x
 
     def network(self, m, x, p):
-        from dcpnas.model import ImageNetStem
-
-        if isinstance(m.stem, ImageNetStem):
-            s0 = self.emit(m.stem.stem0, x, "stem.stem0")
-            s1 = self.emit(m.stem.stem1, s0, "stem.stem1")
-        else:
-            s0 = s1 = self.emit(m.stem, x, "stem")
+        s0, s1 = self.stem_states(m.stem, x, "stem")
         for i, cell in enumerate(m.cells):
             s0, s1 = s1, self.cell(cell, s0, s1, f"cells.{i}")
         return self.emit(m.classifier, s1, "classifier")
