@@ -32,17 +32,21 @@ class _PReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        h = torch.sign(x).clamp(min=0)
-        gx = g * torch.addcmul(h, _per_channel(w, x), 1 - h)
+        gx = g * _slope(x, w)
         gw = (g * x.clamp(max=0)).sum([d for d in range(x.dim()) if d != 1])
         return gx, gw
 
     @staticmethod
     def jvp(ctx, tx, tw):
         x, w = ctx.saved_tensors
-        h = torch.sign(x).clamp(min=0)
-        out = tx * torch.addcmul(h, _per_channel(w, x), 1 - h) if tx is not None else torch.zeros_like(x)
+        out = tx * _slope(x, w) if tx is not None else torch.zeros_like(x)
         return out if tw is None else out + _per_channel(tw, x) * x.clamp(max=0)
+
+
+def _slope(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """dy/dx of PReLU: 1 on x > 0, w elsewhere, as h + w (1 - h) with h = max(sign(x), 0) in {0, 1} (exact)."""
+    h = torch.sign(x).clamp(min=0)
+    return torch.addcmul(h, _per_channel(w, x), 1 - h)
 
 
 def _per_channel(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
