@@ -10,7 +10,7 @@ Each row compiles the 1-bit network with fresh weights (`dcpnas compile --cells 
 and benches it with `dcpnas bench`'s library function (targets/bench.py): 1-bit TVM, the float TVM
 twin, the float network on ONNX Runtime and on OpenVINO, and the 1-bit network on OpenVINO, all
 timed side by side in interleaved rounds in one process (median and IQR), with the target's thread
-count. Resumable: each row is saved (atomically) into --out as soon as it is measured; rows already
+count; each row in a fresh process (isolated()). Resumable: each row is saved (atomically) into --out as soon as it is measured; rows already
 there are skipped unless --force. A build whose parity failed is benched and flagged.
 """
 
@@ -42,14 +42,16 @@ def row_name(geno: str, cells: int, channels: int, shape, stem: str = "cifar") -
     return f"{geno}-{cells}x{channels}-{'x'.join(map(str, shape))}" + ("" if stem == "cifar" else f"-{stem}")
 
 
-def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Path, rounds: int, min_repeat_ms: float,
-                stem: str = "cifar"):
+def measure_row(geno_name, geno, cells, channels, shape, target_name: str, threads, build_root: Path, rounds: int,
+                min_repeat_ms: float, stem: str = "cifar"):
     from dcpnas.compiler.artifact import Artifact
     from dcpnas.compiler.pipeline import compile_genotype
     from dcpnas.errors import DcpnasError
     from dcpnas.targets.bench import bench
+    from dcpnas.targets import get_target
     from dcpnas.targets.profiler import Profiler
 
+    target = get_target(target_name, threads=threads)
     name = row_name(geno_name, cells, channels, shape, stem)
     src = build_root / "genotypes" / name / "genotype.json"
     geno.save(src)
@@ -73,6 +75,16 @@ def measure_row(geno_name, geno, cells, channels, shape, target, build_root: Pat
             "compile_s": compile_s, "build": str(out), "parity": {k: art.manifest["parity"].get(k) for k in
                                                                   ("passed", "top1_agreement", "max_abs_diff_tvm")},
             **{k: r.get(k) for k in keys}, "created": r["created"]}
+
+
+def isolated(fn, *args):
+    """fn(*args) in a fresh process, as a user benches one build (`dcpnas bench`): no runtime, thread pool or
+    session of an earlier row is alive while a row is timed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def main(argv=None) -> int:
@@ -106,8 +118,8 @@ def main(argv=None) -> int:
                 print(f"{name}: kept from {out}", file=sys.stderr)
                 continue
             print(f"{name}: compiling (if needed) and timing ...", file=sys.stderr, flush=True)
-            row = measure_row(gname, geno, cells, channels, shape, target, Path(args.build_root), args.rounds,
-                              args.min_repeat_ms, stem)
+            row = isolated(measure_row, gname, geno, cells, channels, shape, args.target, args.threads,
+                           Path(args.build_root), args.rounds, args.min_repeat_ms, stem)
             done[name] = row
             report["rows"] = list(done.values())
             write_json(out, report)

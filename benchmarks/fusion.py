@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         ap.error("--threads >= 1 and --rounds >= 3")
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
     import numpy as np
-    import onnxruntime as ort
+    from dcpnas.targets.bench import ort_runner
     import openvino as ov
     import tvm
     from tvm import relax
@@ -62,12 +62,8 @@ def main(argv=None) -> int:
     req = ov.Core().compile_model(a.float_onnx, "CPU", {"INFERENCE_NUM_THREADS": a.threads,
                                                         "PERFORMANCE_HINT": "LATENCY",
                                                         "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = a.threads
-    sess = ort.InferenceSession(a.float_onnx, so, providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
     samplers["float_openvino"] = python_sampler(lambda: req.infer({0: xf}))
-    samplers["float_ort"] = python_sampler(lambda: sess.run(None, {iname: xf}))
+    samplers["float_ort"] = python_sampler(ort_runner(Path(a.float_onnx).read_bytes(), xf, a.threads))
     res = interleaved(samplers, rounds=a.rounds)
     best_float = min(res["float_openvino"].median_ms, res["float_ort"].median_ms)
     speed = {n: best_float / res[n].median_ms for n in calls}

@@ -60,12 +60,9 @@ def conv_onnx(x, w, pad) -> bytes:
 
 
 def ort_conv(x, w, pad):
-    import onnxruntime as ort
+    from dcpnas.targets.bench import ort_runner  # no spinning workers (they steal the next peer's core)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
-    s = ort.InferenceSession(conv_onnx(x, w, pad), so, providers=["CPUExecutionProvider"])
-    return lambda: s.run(None, {"x": x})
+    return ort_runner(conv_onnx(x, w, pad), x, 2)
 
 
 def openvino_convs(x, w, signs, scale, bias, pad):

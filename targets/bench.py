@@ -93,12 +93,19 @@ def newest_build(root: Path) -> Path:
 
 # ---- timing ----------------------------------------------------------------------------------------
 def ort_runner(onnx_bytes: bytes, x: np.ndarray, threads: int):
-    """A callable running the ONNX model on ONNX Runtime (CPU, intra-op threads = `threads`, sequential)."""
+    """A callable running the ONNX model on ONNX Runtime (CPU, intra-op threads = `threads`, sequential).
+
+    Its workers do not spin between runs: ORT pins them to cores and by default lets them spin-wait after
+    a run, which takes a core from the peer timed next in interleaved rounds. Measured (2 threads, the
+    14 x 48 224x224 DDPNAS_MCN_2 build, fresh processes, the two settings alternated 4 times): OpenVINO
+    float 8.3-9.8 ms beside a spinning ORT, 6.2-7.2 ms beside this one; ORT itself pays 1.3x (26 -> 34 ms)
+    and stays 4-5x slower than OpenVINO."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda: sess.run(None, {name: x})

@@ -1,16 +1,25 @@
 """benchmarks/deploy.py: rows saved as they finish, resumed, the 224x224 rows skippable."""
 
 import json
+import os
 
 import pytest
+
 
 @pytest.fixture(scope="module")
 def deploy(benchmark_script):
     return benchmark_script("deploy")
 
 
+@pytest.fixture(autouse=True)
+def inline_rows(request, monkeypatch):
+    """The fake rows below run in this process (a fresh process per row cannot import a monkeypatched function)."""
+    if "deploy" in request.fixturenames and request.node.name != "test_each_row_runs_in_a_fresh_process":
+        monkeypatch.setattr(request.getfixturevalue("deploy"), "isolated", lambda fn, *a: fn(*a))
+
+
 def _fake_row(deploy, calls, fail_on=None):
-    def measure_row(gname, geno, cells, channels, shape, target, build_root, rounds, min_repeat_ms, stem):
+    def measure_row(gname, geno, cells, channels, shape, target_name, threads, build_root, rounds, min_repeat_ms, stem):
         name = deploy.row_name(gname, cells, channels, shape, stem)
         calls.append(name)
         if name == fail_on:
@@ -46,3 +55,7 @@ def test_the_224_rows_use_the_imagenet_stem(deploy, tmp_path, monkeypatch):
     monkeypatch.setattr(deploy, "measure_row", _fake_row(deploy, calls))
     assert deploy.main(["--out", str(tmp_path / "d.json"), "--only", "darts_v2-14x48-3x224x224-imagenet", "--json"]) == 0
     assert calls == ["darts_v2-14x48-3x224x224-imagenet"]
+
+
+def test_each_row_runs_in_a_fresh_process(deploy):
+    assert deploy.isolated(os.getpid) != os.getpid()
