@@ -49,7 +49,7 @@ def tune_cmd(
             attrs = BinaryConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), 1, c)
             geo = ConvGeometry(1, c, h, h, c, attrs)
             if not tunable(geo, tgt.tvm):
-                console.print(f"{workload_key(geo)}: skipped (the pointwise kernel serves this 1x1 conv: no tile to tune)")
+                console.print(f"{workload_key(geo)}: skipped (a pixels-in-lanes kernel serves this conv: no tile to tune)")
                 continue
             rec = tune_conv(geo, tgt.tvm, progress)
             entries[workload_key(geo)] = rec

@@ -86,6 +86,14 @@ CASES = [
     # the pointwise kernel (pixels in the lanes): 49 pixels (a shifted last block), exactly one vector, 3 images
     (1, 96, 7, 7, 36, 1, 1, 0, 1, 1),
     (3, 32, 4, 4, 8, 1, 1, 0, 1, 1),
+    # the pixel-rows kernel (stride 1, rows of >= 16 outputs): a shifted last block (20 = 16 + 4), two images,
+    # dilation 2, 5x5, asymmetric pads (4 column classes), a padded 1x1, 130 input channels (5 words, tail bits)
+    (2, 40, 20, 20, 36, 3, 1, 1, 1, 1),
+    (1, 24, 18, 33, 16, 3, 1, 2, 2, 1),
+    (1, 64, 16, 16, 32, 5, 1, 2, 1, 1),
+    (1, 32, 9, 17, 8, 3, 1, (0, 2, 1, 0), 1, 1),
+    (1, 16, 6, 30, 10, 1, 1, 1, 1, 1),
+    (1, 130, 16, 16, 64, 3, 1, 1, 1, 1),
 ]
 
 
@@ -313,6 +321,30 @@ def test_pointwise_kernel_is_chosen_where_it_applies():
     assert tunable(m.geo, X86_AVX2)
     with pytest.raises(CompileError, match="pointwise kernel"):
         tune_conv(m.geo, X86)
+
+
+@pytest.mark.tvm
+def test_pixel_rows_kernel_is_chosen_where_it_applies():
+    """Ungrouped stride-1 convs with a kernel > 1x1 (or padding) and >= 16 output columns take the pixel-rows
+    kernel (compiler/kernels/pixel_rows.py) on AVX-512; narrower rows, strides, groups and AVX2 do not."""
+    from dcpnas.compiler.kernels.emit import conv_output_shape
+    from dcpnas.compiler.kernels.pixel_rows import use_pixel_rows_kernel
+    from dcpnas.compiler.kernels.shapes import geometry
+    from dcpnas.compiler.kernels.tuning import tunable
+
+    def geo(n, c, h, w, co, k, s, p, d, g, target=X86):
+        return geometry((n, c, h, w), np.zeros((co, -(-(c // g) // 8), k, k), np.uint8), _attrs(c, k, s, p, d, g), target)
+
+    assert use_pixel_rows_kernel(geo(1, 64, 56, 56, 64, 3, 1, 1, 1, 1), X86)
+    assert use_pixel_rows_kernel(geo(1, 64, 16, 16, 64, 1, 1, 1, 1, 1), X86)  # a padded 1x1
+    assert not use_pixel_rows_kernel(geo(1, 64, 14, 14, 64, 3, 1, 1, 1, 1), X86)  # 14 columns: channel form
+    assert not use_pixel_rows_kernel(geo(1, 64, 56, 56, 64, 3, 2, 1, 1, 1), X86)  # stride 2
+    assert not use_pixel_rows_kernel(geo(1, 64, 56, 56, 64, 3, 1, 1, 1, 2), X86)  # groups
+    assert not use_pixel_rows_kernel(geo(1, 64, 56, 56, 64, 1, 1, 0, 1, 1), X86)  # the pointwise kernel's
+    g = geo(1, 64, 28, 28, 64, 3, 1, 1, 1, 1, X86_AVX2)
+    assert not use_pixel_rows_kernel(g, X86_AVX2) and tunable(g, X86_AVX2)
+    g = geo(1, 64, 28, 28, 64, 3, 1, 1, 1, 1)
+    assert conv_output_shape(g, X86) == g.out_shape and not tunable(g, X86)  # NCHW out, no register tile
 
 
 @pytest.mark.tvm

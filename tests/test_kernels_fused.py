@@ -12,8 +12,9 @@ X86_AVX2 = get_target("x86-avx2").tvm
 
 pytestmark = pytest.mark.tvm
 
-# (C_in, C_out, spatial, kernel, group): depthwise 3x3 and small 1x1 (+-1 kernel), dense 1x1 and 3x3 (XNOR)
-CASES = [(16, 16, 14, 3, 16), (8, 8, 28, 1, 1), (32, 32, 14, 1, 1), (64, 64, 7, 3, 1)]
+# (C_in, C_out, spatial, kernel, group): depthwise 3x3 and small 1x1 (+-1 kernel), dense 1x1 and 3x3 (XNOR;
+# 3x3 at 7x7 the channel-vector form, at 20x20 the pixel-rows kernel)
+CASES = [(16, 16, 14, 3, 16), (8, 8, 28, 1, 1), (32, 32, 14, 1, 1), (64, 64, 7, 3, 1), (40, 24, 20, 3, 1)]  # last: pixel rows
 
 
 def _run(case, target, seed=0, n_res=1):

@@ -16,6 +16,7 @@ from .depthwise import pm1_func, pm1_weights, use_pm1_kernel
 from .depthwise_flat import make_packed_func, packed_shape, sign_table, use_packed_kernel
 from .pack import border_classes, border_correction, weights_to_words
 from .pack_flat import LANES, make_pack_flat, use_pack_flat
+from .pixel_rows import make_pixel_rows_func, use_pixel_rows_kernel
 from .pointwise import make_pointwise_func, use_pointwise_kernel
 from .reference import BinaryConvAttrs
 from .schedule_cpu import schedule_conv_bytes, schedule_conv_cpu, schedule_pack_cpu
@@ -53,16 +54,17 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
     pack = cpu_pack_func(geo, target, affine, pack)
     if geo.word_bits == 8:
         return pack, schedule_conv_bytes(conv, geo, xt_cap=cpu.bytes_xt)
-    if conv_output_shape(geo, target) == geo.out_shape:  # pixels in the lanes (pointwise.py)
-        return pack, make_pointwise_func(geo, len(set(rows)), len(set(cols)), prelu, residual, cpu)
+    if conv_output_shape(geo, target) == geo.out_shape:  # pixels in the lanes (pointwise.py, pixel_rows.py)
+        make = make_pointwise_func if use_pointwise_kernel(geo, target) else make_pixel_rows_func
+        return pack, make(geo, len(set(rows)), len(set(cols)), prelu, residual, cpu)
     tile = lookup_tile(load_records(target) if records is None else records, geo)
     return pack, schedule_conv_cpu(conv, geo, cpu, tile=tile)
 
 
 def conv_output_shape(geo: ConvGeometry, target: Any) -> tuple[int, ...]:
-    """The shape of kernel_funcs' conv output and residual inputs: NCHW for the pixels-in-lanes 1x1 kernel
-    (pointwise.py, x86 32-bit words), [N, G, Cog, OH, OW] for the others (the same memory)."""
-    nchw = family(target) != "cuda" and use_pointwise_kernel(geo, target)
+    """The shape of kernel_funcs' conv output and residual inputs: NCHW for the pixels-in-lanes kernels
+    (pointwise.py, pixel_rows.py: x86 32-bit words), [N, G, Cog, OH, OW] for the others (the same memory)."""
+    nchw = family(target) != "cuda" and (use_pointwise_kernel(geo, target) or use_pixel_rows_kernel(geo, target))
     return geo.out_shape if nchw else geo.out5_shape
 
 

@@ -43,10 +43,11 @@ def candidate_tiles(geo: ConvGeometry, target: Any) -> list[tuple]:
 
 
 def tunable(geo: ConvGeometry, target: Any) -> bool:
-    """False for the convs that the pointwise kernel serves (pixels in the lanes: no register tile to choose)."""
-    from .pointwise import use_pointwise_kernel
+    """False for the convs that the pixels-in-lanes kernels serve (pointwise.py, pixel_rows.py: no register tile
+    to choose)."""
+    from .emit import conv_output_shape
 
-    return not use_pointwise_kernel(geo, target)
+    return family(target) == "cuda" or conv_output_shape(geo, target) != geo.out_shape
 
 
 def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, number: int = 50) -> dict:
@@ -58,8 +59,8 @@ def tune_conv(geo: ConvGeometry, target: Any, progress: Callable | None = None, 
     if family(target) == "cuda" or as_target(target).attrs.get("mtriple", "").startswith("aarch64"):
         raise TargetError("dcpnas tune measures on this machine: only x86 targets can be tuned here")
     if not tunable(geo, target):
-        raise CompileError(f"{workload_key(geo)}: this 1x1 conv runs the pointwise kernel (pixels in the vector "
-                           f"lanes), which has no register tile to tune")
+        raise CompileError(f"{workload_key(geo)}: this conv runs a pixels-in-lanes kernel (pointwise kernel or "
+                           f"pixel rows), which has no register tile to tune")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((geo.n, geo.c_in, geo.h, geo.w)).astype(np.float32)
     wb = pack_weights(rng.standard_normal((geo.c_out, geo.cg) + geo.attrs.kernel_shape))
