@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch device to train on")
     ap.add_argument("--no-augment", action="store_true", help="no random shifts/flips (short schedules)")
     ap.add_argument("--latency", default=None, metavar="TARGET",
                     help="compile each finished 1-bit row for TARGET and time it (after training)")

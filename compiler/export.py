@@ -194,7 +194,7 @@ class _Graph:
             (O.DilConv, lambda m, x, p: self.emit(m.op, x, f"{p}.op")),
             (O.FactorizedReduce, self.factorized_reduce), (O.Pool, self.pool), (O.Identity, lambda m, x, p: x),
             (O.Zero, self.zero), (BinaryConv2d, self.binary_conv), (nn.Conv2d, self.conv),
-            (nn.BatchNorm2d, self.batchnorm), (nn.PReLU, self.prelu), (O.PReLU, self.prelu), (nn.Sequential, self.sequential_children),
+            (nn.BatchNorm2d, self.batchnorm), (O.PReLU, self.prelu), (nn.Sequential, self.sequential_children),
             (nn.Identity, lambda m, x, p: x), (nn.ReLU, lambda m, x, p: self.node("Relu", [x], f"{p}.relu")),
             (nn.MaxPool2d, lambda m, x, p: self.pool(O.Pool("max", m.stride), x, p)),
         ]

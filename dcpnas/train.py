@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
-from dcpnas.config import MAX_CELLS, MAX_CHANNELS, config_from_dict
+from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
 from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
@@ -116,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.stem not in STEMS:
             raise ConfigError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
 
     def stages(self) -> list[tuple[str, int, bool | None, float]]:
         """[(name, epochs, binary_weight, weight_decay)]; binary_weight None for the float network."""

@@ -51,6 +51,8 @@ def test_stages_split():
     assert TrainConfig(epochs=4, binary=False).stages() == [("float", 4, None, 1e-5)]
     with pytest.raises(ConfigError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        TrainConfig(device="gpu")  # one line, not torch's traceback at the first .to()
 
 
 def test_default_eval_space_is_larger_than_the_supernet_default():
