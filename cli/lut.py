@@ -89,7 +89,7 @@ def build_cmd(
         raise ConfigError("--emulated describes an RPC device: give --rpc")
     if not emulated and t.arch == "aarch64" and rpc and rpc.split(":")[0] in ("127.0.0.1", "localhost"):
         console.print("[yellow]warning[/]: an aarch64 server on this host is an emulator; add --emulated")
-    path = out or (Path(f"{t.name}.emulated.json") if emulated else t.lut_path)
+    path = out or (Path(f"{t.name}.emulated.json") if emulated else _measured_lut_path(t, threads))
     prof = Profiler(t, rpc=rpc, key=key, direct=no_tracker, threads=threads, repeat=repeat, min_repeat_ms=min_repeat_ms, statistic=statistic)
     keys = keys_of(spaces)
     with rich_progress(not no_progress) as progress:
@@ -102,6 +102,22 @@ def build_cmd(
         console.print(f"stability: median IQR/median of the ops {ms.get('median_rel_iqr')}, reference kernel "
                       f"{ms.get('reference_key')} {ms.get('reference_ms')} ms (IQR/median per chunk up to "
                       f"{ms.get('reference_rel_iqr_max')}), {ms.get('retimed')} ops timed again")
+
+
+def _measured_lut_path(t, threads: int | None) -> Path:
+    """Where `lut build` writes by default: the target's LUT file, unless it holds another thread count
+    than --threads: then the per-thread table beside it (Target.threads_lut_path), so that a build at
+    another count never mixes its figures into the shipped table."""
+    from dcpnas.errors import DcpnasError
+    from dcpnas.targets.lut import LatencyTable
+
+    if threads is None or not t.lut_path.is_file():
+        return t.lut_path
+    try:
+        held = LatencyTable.load(t.lut_path, expect_target=t.name).threads
+    except DcpnasError:
+        return t.lut_path  # an invalid table is rebuilt in place (build_lut reports it)
+    return t.lut_path if held == threads else t.threads_lut_path(threads)
 
 
 @lut_app.command("show")
@@ -172,7 +188,7 @@ def check_cmd(
     require("--min-repeat-ms", min_repeat_ms, positive=True)
     require("--cells", cells, 1, MAX_CELLS)
     require("--channels", channels, 1, MAX_CHANNELS)
-    lut = get_target(target).load_lut()
+    lut = get_target(target).load_lut(threads)  # the table of that thread count where one is shipped
     if threads is not None:
         lut.check_threads(threads, "a check")
     t = get_target(target, threads=lut.threads)  # the LUT's thread count: predictions hold for it only
@@ -185,8 +201,9 @@ def check_cmd(
         report = check_lut(t, lut, space, n, prof, seed=seed, fit_glue=fit_glue, progress=progress, build_dir=build_dir)
     if fit_glue:
         lut.save()
-    if not math.isfinite(report["spearman"]):  # one genotype, or equal latencies: no rank correlation (JSON null)
-        report["spearman"] = None
+    for k in ("spearman", "spearman_uncalibrated"):  # one genotype, or equal latencies: no rank correlation (JSON null)
+        if not math.isfinite(report[k]):
+            report[k] = None
     if out:
         write_json(out, {"schema": "dcpnas.lutcheck/1", **report})
     if json_out:
@@ -197,3 +214,9 @@ def check_cmd(
                   f"{'n/a' if report['spearman'] is None else format(report['spearman'], '.3f')}  (without glue: MAPE "
                   f"{report['mape_raw']:.1f}%; glue {report['glue_per_cell_ms']:.4f} ms/cell"
                   + (f"; leave-one-out MAPE {report['mape_loo']:.1f}%" if report["mape_loo"] is not None else "") + ")")
+    hs = report["host_speed"]
+    if hs:
+        console.print(f"timed beside the LUT's reference kernel ({hs['reference_key']}): the host ran {hs['median']:.2f}x "
+                      f"the LUT build's time (range {hs['min']:.2f}-{hs['max']:.2f}x); uncalibrated MAPE "
+                      f"{report['mape_uncalibrated']:.1f}%, Spearman "
+                      + ("n/a" if report["spearman_uncalibrated"] is None else f"{report['spearman_uncalibrated']:.3f}"))

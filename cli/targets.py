@@ -39,8 +39,10 @@ def targets_cmd(
         table.add_row(r["target"], r["arch"], str(r["threads"]), r["rpc_key"], f"[{style.get(state, 'white')}]{state}[/]",
                       str(r["lut_entries"]), (r.get("lut_created") or "")[:10])
         if state in ("measured", "emulated"):
-            notes.append(f"{r['target']}: {state} on {r['lut_device']}, {r['lut_threads']} thread(s)")
-            if r["lut_threads"] != r["threads"]:
+            counts = r.get("lut_thread_counts") or [r["lut_threads"]]
+            notes.append(f"{r['target']}: {state} on {r['lut_device']}, {r['lut_threads']} thread(s)"
+                         + (f"; tables for {', '.join(map(str, counts))} threads" if len(counts) > 1 else ""))
+            if r["threads"] not in counts:
                 notes.append(f"[yellow]{r['target']}: the LUT holds {r['lut_threads']}-thread figures, the target runs "
                              f"{r['threads']} threads: `dcpnas lut check` runs at the LUT's count, `dcpnas bench` "
                              f"shows no LUT column at another[/]")

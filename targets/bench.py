@@ -261,7 +261,7 @@ def _lut_column(art, target, threads: int) -> tuple[dict, dict]:
     if not art.manifest.get("op_keys"):
         return {}, {"lut": "n/a: the manifest records no op keys (built by an older dcpnas: compile it again)"}
     try:
-        lut = target.load_lut()
+        lut = target.load_lut(threads)  # the table of this thread count where one is shipped
     except DcpnasError as e:
         return {}, {"lut": f"unavailable: {e}"}
     if lut.threads != threads:

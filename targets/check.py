@@ -5,6 +5,14 @@ Prediction = dcpnas.latency.genotype_latency(genotype, space, lut) (the sum the 
 error of raw + cells * g, see measure.fit_per_cell) and saved into the LUT; the reported figures are
 then computed with the fitted glue, and `mape_loo` gives the leave-one-out MAPE (g fitted without
 the genotype it predicts) as an honest out-of-sample figure.
+
+Measurement that holds on a shared host: each network is timed in interleaved rounds beside the LUT's
+reference kernel (measure.REFERENCE_KEY, itself an entry of a measured LUT), and its time is scaled by
+(the reference's figure in the LUT) / (its figure in those rounds): a host running 2x slower than when
+the LUT was measured (another VM on the same cores, a load spell) doubles both and cancels. "mape" and
+"spearman" are those calibrated figures; "mape_uncalibrated" / "spearman_uncalibrated" the raw ones,
+and "host_speed" how much slower (> 1) or faster the host ran than during the LUT build. A LUT that
+is not measured or lacks the reference key is checked uncalibrated (host_speed None).
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import numpy as np
 
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.targets.lut import LatencyTable
-from dcpnas.targets.measure import CompileFn, default_compile_fn, fit_per_cell, mape, spearman
-from dcpnas.targets.profiler import Profiler
+from dcpnas.targets.measure import (REFERENCE, REFERENCE_KEY, CompileFn, OpTimer, default_compile_fn, fit_per_cell,
+                                    mape, spearman)
+from dcpnas.targets.profiler import Profiler, Timing, interleaved_samples
 from dcpnas.targets.registry import Target
 
 
@@ -55,19 +64,34 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
     genos = random_genotypes(space, n, seed)
     no_cell_glue = replace(lut, glue={k: v for k, v in lut.glue.items() if k != "per_cell_ms"})
     raw = [genotype_latency(g, space, no_cell_glue) for g in genos]   # raises LutError for a missing key
-    measured = []
+    measured, speed = [], []
     shape = (1, *space.input_shape)
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
+    stat = profiler.statistic
+    ref_lut_ms = reference_figure_ms(lut)
     with tempfile.TemporaryDirectory(prefix="dcpnas-check-", dir=workdir) as tmp, profiler.session() as sess:
         progress("lut check", 0, len(genos))
         root = Path(build_dir) if build_dir else Path(tmp)
+        ref = None if ref_lut_ms is None else OpTimer(target, profiler, compile_fn, Path(tmp)).sampler(sess, REFERENCE_KEY)
         for i, g in enumerate(genos):
             out = root / f"{target.name}-{g.digest()}"
             lib = out / "model.so"
             if not (build_dir and lib.is_file()):
                 lib = compile_fn(Network(g, space, binary=True).eval(), shape, target, out)
-            measured.append(sess.time_vm(sess.load(lib), [x]).value(profiler.statistic))
+            mod = sess.load(lib)
+            if ref is None:
+                measured.append(sess.time_vm(mod, [x]).value(stat))
+            else:
+                samples, number = interleaved_samples({"net": sess.vm_sampler(mod, [x]), REFERENCE: ref},
+                                                      warmup=profiler.warmup,
+                                                      rounds=profiler.repeat, min_repeat_ms=profiler.min_repeat_ms)
+                t = {k: Timing.from_samples(v, number[k]).value(stat) for k, v in samples.items()}
+                measured.append(t["net"])
+                speed.append(t[REFERENCE] / ref_lut_ms)
             progress("lut check", i + 1, len(genos), ms=measured[-1], pred=raw[i])
+    uncal = list(measured)
+    if speed:
+        measured = [m / s for m, s in zip(measured, speed)]
     cells = [space.cells] * len(genos)
     per_cell = float(lut.glue.get("per_cell_ms", 0.0))
     loo = None
@@ -85,7 +109,22 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
     return {
         "target": target.name, "n": len(genos), "mape": mape(pred, measured), "spearman": spearman(pred, measured),
         "mape_raw": mape(raw, measured), "mape_loo": loo, "glue_per_cell_ms": per_cell,
+        "mape_uncalibrated": mape(pred, uncal), "spearman_uncalibrated": spearman(pred, uncal),
+        "host_speed": None if not speed else {"reference_key": REFERENCE_KEY, "lut_reference_ms": ref_lut_ms,
+                                              "median": float(np.median(speed)), "min": float(min(speed)),
+                                              "max": float(max(speed))},
         "method": lut.method, "threads": profiler.threads, "statistic": profiler.statistic, "space": space.to_dict(),
-        "rows": [{"genotype": g.digest(), "predicted_ms": p, "raw_predicted_ms": r, "measured_ms": m}
-                 for g, p, r, m in zip(genos, pred, raw, measured)],
+        "rows": [{"genotype": g.digest(), "predicted_ms": p, "raw_predicted_ms": r, "measured_ms": m,
+                  "uncalibrated_ms": u, "host_speed": s}
+                 for g, p, r, m, u, s in zip(genos, pred, raw, measured, uncal, speed or [None] * len(genos))],
     }
+
+
+def reference_figure_ms(lut: LatencyTable) -> float | None:
+    """The reference kernel's figure in a measured LUT as timed (its entry + the call overhead the entry
+    excludes), in ms; None where the LUT is not measured on a device or lacks the key."""
+    e = lut.entries.get(REFERENCE_KEY)
+    if lut.method != "measured" or e is None:
+        return None
+    v = float(e["mean_ms"]) + float(lut.glue.get("call_overhead_ms", 0.0))
+    return v if v > 0 else None

@@ -81,11 +81,35 @@ class Target:
         except Exception as e:  # TVM raises several types for a bad dict
             raise TargetError(f"target {self.name}: TVM rejects its target dict {self.tvm}: {e}") from None
 
-    def load_lut(self) -> "LatencyTable":
-        """Its latency table; LutError telling to run `dcpnas lut build` when there is none."""
+    def lut_path_for(self, threads: int | None = None) -> Path:
+        """The LUT file that holds `threads`-thread figures: `<lut stem>.t<N>.json` beside the `lut` file where
+        one is shipped (one table per thread count), else the `lut` file itself (None: that file; its own
+        thread count is inside it, and callers refuse a mismatch: LatencyTable.check_threads)."""
+        if threads is not None:
+            p = self.threads_lut_path(threads)
+            if p.is_file():
+                return p
+        return self.lut_path
+
+    def threads_lut_path(self, threads: int) -> Path:
+        """Where a table measured at `threads` threads lives beside the `lut` file (present or not)."""
+        return self.lut_path.with_name(f"{self.lut_path.stem}.t{int(threads)}.json")
+
+    def lut_thread_counts(self) -> list[int]:
+        """The thread counts of the shipped per-thread tables (`<lut stem>.t<N>.json`), ascending."""
+        out = []
+        for p in self.lut_path.parent.glob(f"{self.lut_path.stem}.t*.json"):
+            n = p.name[len(self.lut_path.stem) + 2:-len(".json")]
+            if n.isdigit():
+                out.append(int(n))
+        return sorted(out)
+
+    def load_lut(self, threads: int | None = None) -> "LatencyTable":
+        """Its latency table (for `threads`: lut_path_for); LutError telling to run `dcpnas lut build` when
+        there is none."""
         from dcpnas.targets.lut import LatencyTable
 
-        return LatencyTable.load(self.lut_path, expect_target=self.name)
+        return LatencyTable.load(self.lut_path_for(threads), expect_target=self.name)
 
     def to_dict(self) -> dict:
         return {
@@ -217,5 +241,6 @@ def describe(target: Target) -> dict[str, Any]:
         row.update(lut="invalid", lut_method=None, lut_device=None, lut_entries=0, lut_created=None, lut_error=str(e))
         return row
     row.update(lut=lut.method, lut_method=lut.method, lut_device=lut.device, lut_entries=len(lut.entries),
-               lut_created=lut.created, lut_threads=lut.threads)
+               lut_created=lut.created, lut_threads=lut.threads,
+               lut_thread_counts=sorted({lut.threads, *target.lut_thread_counts()}))
     return row

@@ -303,6 +303,33 @@ def test_check_lut_reports_and_fits_glue():
 
 
 @pytest.mark.tvm
+def test_check_lut_calibrates_by_the_reference_kernel():
+    """A measured LUT's check times each network beside the reference kernel and divides by how much slower
+    the host ran than during the LUT build (host_speed); a modeled LUT is checked uncalibrated."""
+    from dcpnas.targets import build_modeled_lut
+    from dcpnas.targets.check import check_lut, reference_figure_ms
+    from dcpnas.targets.measure import REFERENCE_KEY
+    from dcpnas.targets.profiler import Profiler
+
+    space = SearchSpace(cells=3, channels=2, input_shape=(1, 8, 8))
+    target = get_target("x86-avx512")
+    lut = build_modeled_lut(target, [space])
+    prof = Profiler(target, repeat=3, min_repeat_ms=1, warmup=1)
+    plain = check_lut(target, lut, space, 2, prof, compile_fn=_handmade_compile_fn([]), seed=1)
+    assert plain["host_speed"] is None and plain["mape"] == plain["mape_uncalibrated"]
+    lut.method = "measured"
+    lut.entries[REFERENCE_KEY] = {"mean_ms": 0.5, "std_ms": 0.0, "count": 3}
+    lut.glue["call_overhead_ms"] = 0.25
+    assert reference_figure_ms(lut) == pytest.approx(0.75)
+    r = check_lut(target, lut, space, 2, prof, compile_fn=_handmade_compile_fn([]), seed=1)
+    hs = r["host_speed"]
+    assert hs["lut_reference_ms"] == pytest.approx(0.75) and 0 < hs["min"] <= hs["median"] <= hs["max"]
+    for row in r["rows"]:  # calibrated = as timed / host speed, the speed of that network's own rounds
+        assert row["measured_ms"] * row["host_speed"] == pytest.approx(row["uncalibrated_ms"])
+    assert r["mape_uncalibrated"] >= 0 and r["mape"] >= 0
+
+
+@pytest.mark.tvm
 def test_lut_check_cli_json_alone_on_stdout_and_threads():
     from typer.testing import CliRunner
 
@@ -315,8 +342,33 @@ def test_lut_check_cli_json_alone_on_stdout_and_threads():
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)  # the JSON alone: the statistic warning went to stderr
     assert out["n"] == 1 and out["threads"] == lut.threads and "warning" in res.stderr
-    bad = CliRunner().invoke(app, args + ["--threads", str(lut.threads + 1)])
+    t = get_target("x86-avx512")
+    other = next(n for n in range(1, 9) if n != lut.threads and n not in t.lut_thread_counts())
+    bad = CliRunner().invoke(app, args + ["--threads", str(other)])
     assert bad.exit_code == 1 and f"holds {lut.threads}-thread figures" in bad.stderr
+
+
+def test_one_table_per_thread_count(tmp_path):
+    """`<lut stem>.t<N>.json` beside a target's LUT holds its N-thread figures: load_lut(N), `lut check
+    --threads N` and bench use it; other counts get the main table (and its mismatch error); `lut build
+    --threads N` writes there by default rather than mixing counts in the main table."""
+    from dcpnas.cli.lut import _measured_lut_path
+    from dcpnas.targets.registry import BUILTIN_DIR, describe, load_target_file
+
+    toml = (BUILTIN_DIR / "x86-avx512.toml").read_text().replace('lut = "x86-avx512.json"', 'lut = "t.json"')
+    (tmp_path / "t.toml").write_text(toml)
+    one, two = good(), good()
+    one["threads"] = 1
+    LatencyTable.from_dict(one).save(tmp_path / "t.json")
+    t = load_target_file(tmp_path / "t.toml")
+    assert t.lut_thread_counts() == [] and t.load_lut(2).threads == 1
+    assert _measured_lut_path(t, 2) == tmp_path / "t.t2.json" and _measured_lut_path(t, 1) == tmp_path / "t.json"
+    LatencyTable.from_dict(two).save(tmp_path / "t.t2.json")
+    assert t.lut_thread_counts() == [2] and describe(t)["lut_thread_counts"] == [1, 2]
+    assert t.load_lut().threads == 1 and t.load_lut(2).threads == 2 and t.load_lut(3).threads == 1
+    with pytest.raises(LutError, match="holds 1-thread figures"):
+        t.load_lut(3).check_threads(3, "a check")
+    assert _measured_lut_path(t, 2) == tmp_path / "t.t2.json" and _measured_lut_path(t, None) == tmp_path / "t.json"
 
 
 def test_lut_build_for_the_imagenet_stem(tmp_path):
