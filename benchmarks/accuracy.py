@@ -110,11 +110,11 @@ def run_row(args, row: str, geno) -> None:
             raise SystemExit(f"{row} needs the float row finished first ({teacher} is missing)")
     cfg = row_config(args, row)
     t0 = time.perf_counter()
-    printed = [0]
+    printed = {}  # phase -> the step of its last line (each stage counts its steps from 1)
 
     def progress(phase, done, total, **m):  # train() reports every few steps: print one line per >= 20
-        if "test_acc" not in m and done - printed[0] >= 20:
-            printed[0] = done
+        if "test_acc" not in m and done - printed.get(phase, 0) >= 20:
+            printed[phase] = done
             print(f"{row}: {phase} step {done}/{total} loss {m['loss']:.3f} train accuracy {m['acc']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if "test_acc" in m:

@@ -52,3 +52,23 @@ def test_rows_train_report_and_skip(acc, tmp_path, monkeypatch):
 def test_unknown_row_is_refused(acc, tmp_path):
     with pytest.raises(SystemExit):
         acc.parse_args(["--rows", "float,mine"])
+
+
+def test_progress_lines_restart_with_each_stage(acc, tmp_path, monkeypatch, capsys):
+    """Each stage counts its steps from 1: stage 2 prints its progress lines too (it stayed silent for half
+    its steps when the counter ran on from stage 1's last step)."""
+    import types
+
+    import dcpnas.train
+
+    def fake_train(geno, cfg, out, progress, resume, teacher):
+        for phase, steps in (("stage1", 60), ("stage2", 60)):
+            for done in range(1, steps + 1):
+                progress(phase, done, steps, loss=0.5, acc=0.9)
+        return types.SimpleNamespace(test_accuracy=0.9, seconds=1.0)
+
+    monkeypatch.setattr(dcpnas.train, "train", fake_train)
+    args = acc.parse_args(["-o", str(tmp_path / "o"), "--runs", str(tmp_path / "r"), "--rows", "authors"])
+    acc.run_row(args, "authors", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("stage1 step" in ln for ln in lines) == 3 and sum("stage2 step" in ln for ln in lines) == 3
