@@ -106,17 +106,18 @@ def build_cmd(
 
 def _measured_lut_path(t, threads: int | None) -> Path:
     """Where `lut build` writes by default: the target's LUT file, unless it holds another thread count
-    than --threads: then the per-thread table beside it (Target.threads_lut_path), so that a build at
-    another count never mixes its figures into the shipped table."""
+    than the build measures (--threads, else the target's): then the per-thread table beside it
+    (Target.threads_lut_path), so that a build at another count never replaces the shipped table."""
     from dcpnas.errors import DcpnasError
     from dcpnas.targets.lut import LatencyTable
 
-    if threads is None or not t.lut_path.is_file():
+    threads = threads or t.threads
+    if not t.lut_path.is_file():
         return t.lut_path
     try:
         held = LatencyTable.load(t.lut_path, expect_target=t.name).threads
     except DcpnasError:
-        return t.lut_path  # an invalid table is rebuilt in place (build_lut reports it)
+        return t.lut_path  # an invalid table is rebuilt in place
     return t.lut_path if held == threads else t.threads_lut_path(threads)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
 from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
-from dcpnas.errors import ArtifactError, ConfigError
+from dcpnas.errors import ArtifactError, ConfigError, DeviceError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
 from dcpnas.model import Network
@@ -284,6 +284,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     x_test, y_test = data.tensors("test")
     fill = ((0.0 - torch.tensor(norm["mean"])) / torch.tensor(norm["std"])).float()
     dev = config.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA device is visible to PyTorch")
 
     torch.manual_seed(config.seed)
     model = Network(genotype, space, binary=config.binary).to(dev)

@@ -169,8 +169,13 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
             old = LatencyTable.load(path)
         except DcpnasError:
             old = None
-        if (old is not None and old.method == method and old.target == target.name and old.threads == profiler.threads
-                and old.statistic == profiler.statistic):
+        if old is not None:
+            differ = [f"{k} {a} (this build: {b})" for k, a, b in (
+                ("method", old.method, method), ("target", old.target, target.name),
+                ("threads", old.threads, profiler.threads), ("statistic", old.statistic, profiler.statistic)) if a != b]
+            if differ:  # resuming would mix incomparable figures; starting afresh would destroy the table
+                raise LutError(f"{path} holds a LUT of another kind ({'; '.join(differ)}): write elsewhere (-o FILE) "
+                               f"or replace it on purpose (--no-resume)")
             lut = old
     if lut is None:
         lut = LatencyTable(target=target.name, method=method, device=profiler.device_name, threads=profiler.threads,

@@ -324,6 +324,19 @@ def test_pointwise_kernel_is_chosen_where_it_applies():
 
 
 @pytest.mark.tvm
+@pytest.mark.parametrize("k,h", [(3, 20), (1, 8)], ids=["pixel-rows", "pointwise"])
+def test_unscheduled_module_of_a_pixels_in_lanes_conv(k, h):
+    """BinaryConvModule(schedule=False) runs the TE functions ([N, G, Cog, OH, OW] output) also for the convs
+    whose scheduled kernel writes NCHW."""
+    rng = np.random.default_rng(5)
+    attrs = _attrs(16, k)
+    x, wb = _case(rng, 1, 16, h, h, 16, attrs)
+    ones, zeros = np.ones(16, np.float32), np.zeros(16, np.float32)
+    m = BinaryConvModule(x.shape, wb, ones, zeros, attrs, X86, schedule=False)
+    np.testing.assert_array_equal(m.run(x), binary_conv2d_reference(x, wb, ones, zeros, attrs))
+
+
+@pytest.mark.tvm
 def test_pixel_rows_kernel_is_chosen_where_it_applies():
     """Ungrouped stride-1 convs with a kernel > 1x1 (or padding) and >= 16 output columns take the pixel-rows
     kernel (compiler/kernels/pixel_rows.py) on AVX-512; narrower rows, strides, groups and AVX2 do not."""

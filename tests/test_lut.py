@@ -243,6 +243,11 @@ def test_build_lut_resumes_and_saves_each_chunk(tmp_path, monkeypatch):
     e = lut.entries[keys[1]]
     assert e["count"] >= 3 and e["calibrated_ms"] >= e["mean_ms"] >= 0 and e["rel_iqr"] >= 0
     assert LatencyTable.load(path).entries == lut.entries
+    # a build at another thread count neither mixes its figures in nor replaces the table by resuming it
+    one = Profiler(target, threads=1, repeat=3, min_repeat_ms=1, warmup=1)
+    with pytest.raises(LutError, match=r"threads 2 \(this build: 1\).*--no-resume"):
+        build_lut(target, keys, path, one, compile_fn=fn)
+    assert LatencyTable.load(path).entries == lut.entries
 
 
 def test_calibration_cancels_a_load_burst():
@@ -368,7 +373,9 @@ def test_one_table_per_thread_count(tmp_path):
     assert t.load_lut().threads == 1 and t.load_lut(2).threads == 2 and t.load_lut(3).threads == 1
     with pytest.raises(LutError, match="holds 1-thread figures"):
         t.load_lut(3).check_threads(3, "a check")
-    assert _measured_lut_path(t, 2) == tmp_path / "t.t2.json" and _measured_lut_path(t, None) == tmp_path / "t.json"
+    assert _measured_lut_path(t, 2) == tmp_path / "t.t2.json" and _measured_lut_path(t, 1) == tmp_path / "t.json"
+    # no --threads: the target's own count (2), so the 1-thread main table is not replaced
+    assert t.threads == 2 and _measured_lut_path(t, None) == tmp_path / "t.t2.json"
 
 
 def test_lut_build_for_the_imagenet_stem(tmp_path):

@@ -36,6 +36,8 @@ class BinaryConvModule:
         self.ir_module = tvm.IRModule({"binpack": pack_f.with_attr("global_symbol", "binpack"),
                                        "binconv": conv_f.with_attr("global_symbol", "binconv")})
         self.consts = conv_constants(self.geo, w_bits, scale, bias, prelu)
+        # the conv's output array: the scheduled kernel's (NCHW for the pixels-in-lanes ones), else the TE's
+        self.conv_out_shape = conv_output_shape(self.geo, target) if schedule else self.geo.out5_shape
         with self.target:
             self.executable = tvm.compile(self.ir_module, target=self.target)
         self._rt = None
@@ -60,7 +62,7 @@ class BinaryConvModule:
         if self.in_affine:
             pack += [np.asarray(in_scale, np.float32).reshape(-1), np.asarray(in_shift, np.float32).reshape(-1)]
         p = np.zeros(geo.packed_shape, geo.word_dtype)
-        out = np.zeros(conv_output_shape(geo, self.target), np.float32)
+        out = np.zeros(self.conv_out_shape, np.float32)
         return {"binpack": pack + [p], "binconv": [p] + self.consts + [out]}
 
     def run(self, x: np.ndarray, in_scale=None, in_shift=None) -> np.ndarray:

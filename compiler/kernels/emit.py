@@ -30,8 +30,10 @@ def kernel_funcs(geo: ConvGeometry, target: Any, *, affine: bool, prelu: bool, s
                  records: dict | None = None, residual: int = 0):
     """-> (pack PrimFunc, conv PrimFunc), scheduled for `target` (attr tir.is_scheduled) unless schedule=False.
 
-    pack: (x, [in_scale, in_shift,] P); conv: (P, Wt, corr, ycls, xcls, scale, bias, [slope,] [res,] out5).
-    residual (CPU only): the number of addends res [N, G, Cog, OH, OW] the conv adds in its epilogue.
+    pack: (x, [in_scale, in_shift,] P); conv: (P, Wt, corr, ycls, xcls, scale, bias, [slope,] [res,] out), out and
+    res of conv_output_shape (NCHW for the pixels-in-lanes kernels, else [N, G, Cog, OH, OW]; with
+    schedule=False always the latter: the TE function).
+    residual (CPU only): the number of addends res the conv adds in its epilogue.
     records: tuned tiles (tuning.load_records); None: the committed records of this target, if any.
     """
     rows, cols = border_classes(geo.attrs, geo.h, geo.w)

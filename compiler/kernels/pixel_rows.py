@@ -45,7 +45,9 @@ def use_pixel_rows_kernel(geo: ConvGeometry, target) -> bool:
 
 
 def rows_tile(geo: ConvGeometry, lanes: int) -> tuple[int, int]:
-    """-> (column blocks per row, channels per task cn): cn * blocks <= ACC_REGS, cn a divisor of C_out."""
+    """-> (column blocks per row, channels per task cn): cn a divisor of C_out with cn * blocks <= ACC_REGS where
+    a row has at most ACC_REGS blocks (OW <= 256 at 16 lanes); wider rows get cn = 1 and accumulators that no
+    longer fit the registers (correct, slower)."""
     blocks = -(-geo.out_hw[1] // lanes)
     cap = max(1, ACC_REGS // blocks)
     cn = max(d for d in range(1, min(cap, MAX_CN) + 1) if geo.cog % d == 0)
