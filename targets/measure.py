@@ -173,10 +173,12 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
             differ = [f"{k} {a} (this build: {b})" for k, a, b in (
                 ("method", old.method, method), ("target", old.target, target.name),
                 ("threads", old.threads, profiler.threads), ("statistic", old.statistic, profiler.statistic)) if a != b]
-            if differ:  # resuming would mix incomparable figures; starting afresh would destroy the table
+            if differ and old.method != "modeled":  # a modeled table is derived (`lut build --modeled`): replaced
+                # resuming would mix incomparable figures; starting afresh would destroy the measurements
                 raise LutError(f"{path} holds a LUT of another kind ({'; '.join(differ)}): write elsewhere (-o FILE) "
                                f"or replace it on purpose (--no-resume)")
-            lut = old
+            if not differ:
+                lut = old
     if lut is None:
         lut = LatencyTable(target=target.name, method=method, device=profiler.device_name, threads=profiler.threads,
                            tvm_version=_tvm_version(), created=utc_now())

@@ -248,6 +248,13 @@ def test_build_lut_resumes_and_saves_each_chunk(tmp_path, monkeypatch):
     with pytest.raises(LutError, match=r"threads 2 \(this build: 1\).*--no-resume"):
         build_lut(target, keys, path, one, compile_fn=fn)
     assert LatencyTable.load(path).entries == lut.entries
+    # a modeled table (derived, not measured) is replaced by measurements, as docs/rpc.md's board workflow does
+    from dcpnas.targets import build_modeled_lut
+
+    modeled = tmp_path / "modeled.json"
+    build_modeled_lut(target, [SearchSpace(cells=3, channels=2, input_shape=(1, 8, 8))]).save(modeled)
+    got = build_lut(target, keys[:1], modeled, prof, compile_fn=fn)
+    assert got.method == "measured" and list(LatencyTable.load(modeled).entries) == keys[:1]
 
 
 def test_calibration_cancels_a_load_burst():
