@@ -10,8 +10,8 @@ Each row compiles the 1-bit network with fresh weights (`dcpnas compile --cells 
 and benches it with `dcpnas bench`'s library function (targets/bench.py): 1-bit TVM, the float TVM
 twin, the float network on ONNX Runtime and on OpenVINO, and the 1-bit network on OpenVINO, all
 timed side by side in interleaved rounds in one process (median and IQR), with the target's thread
-count; each row in a fresh process (isolated()). Resumable: each row is saved (atomically) into --out as soon as it is measured; rows already
-there are skipped unless --force. A build whose parity failed is benched and flagged.
+count; each row in a fresh process (isolated()). Resumable: each row is saved (atomically) into --out
+as soon as it is measured; rows already there are skipped unless --force. A build whose parity failed is benched and flagged.
 """
 
 from __future__ import annotations

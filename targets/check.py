@@ -27,7 +27,7 @@ from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.targets.lut import LatencyTable
 from dcpnas.targets.measure import (REFERENCE, REFERENCE_KEY, CompileFn, OpTimer, default_compile_fn, fit_per_cell,
                                     mape, spearman)
-from dcpnas.targets.profiler import Profiler, Timing, interleaved_samples
+from dcpnas.targets.profiler import Profiler, interleaved
 from dcpnas.targets.registry import Target
 
 
@@ -82,12 +82,10 @@ def check_lut(target: Target, lut: LatencyTable, space, n: int, profiler: Profil
             if ref is None:
                 measured.append(sess.time_vm(mod, [x]).value(stat))
             else:
-                samples, number = interleaved_samples({"net": sess.vm_sampler(mod, [x]), REFERENCE: ref},
-                                                      warmup=profiler.warmup,
-                                                      rounds=profiler.repeat, min_repeat_ms=profiler.min_repeat_ms)
-                t = {k: Timing.from_samples(v, number[k]).value(stat) for k, v in samples.items()}
-                measured.append(t["net"])
-                speed.append(t[REFERENCE] / ref_lut_ms)
+                t = interleaved({"net": sess.vm_sampler(mod, [x]), REFERENCE: ref}, warmup=profiler.warmup,
+                                rounds=profiler.repeat, min_repeat_ms=profiler.min_repeat_ms)
+                measured.append(t["net"].value(stat))
+                speed.append(t[REFERENCE].value(stat) / ref_lut_ms)
             progress("lut check", i + 1, len(genos), ms=measured[-1], pred=raw[i])
     uncal = list(measured)
     if speed:
