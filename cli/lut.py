@@ -75,6 +75,7 @@ def build_cmd(
     for c in channels or ():
         require("--channels", c, 1, MAX_CHANNELS)
     t = get_target(target, threads=threads)
+    _refuse_foreign_output(out)
     spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)), stem)
     if modeled:
         lut = build_modeled_lut(t, spaces)
@@ -102,6 +103,19 @@ def build_cmd(
         console.print(f"stability: median IQR/median of the ops {ms.get('median_rel_iqr')}, reference kernel "
                       f"{ms.get('reference_key')} {ms.get('reference_ms')} ms (IQR/median per chunk up to "
                       f"{ms.get('reference_rel_iqr_max')}), {ms.get('retimed')} ops timed again")
+
+
+def _refuse_foreign_output(out: Path | None) -> None:
+    """ConfigError where --out names an existing file that is not a dcpnas LUT (a build would overwrite it)."""
+    from dcpnas.errors import ConfigError, DcpnasError
+    from dcpnas.targets.lut import LatencyTable
+
+    if out is None or not Path(out).exists():
+        return
+    try:
+        LatencyTable.load(out)
+    except DcpnasError:
+        raise ConfigError(f"{out} exists and is not a dcpnas LUT: choose another --out (nothing was written)") from None
 
 
 def _measured_lut_path(t, threads: int | None) -> Path:

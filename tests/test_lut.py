@@ -400,3 +400,16 @@ def test_lut_build_for_the_imagenet_stem(tmp_path):
     bad = CliRunner().invoke(app, ["lut", "build", "--target", "x86-avx512", "--modeled", "--cells", "3",
                                    "--input-shape", "3,36,36", "--stem", "imagenet", "-o", str(out), "-q"])
     assert bad.exit_code == 1 and "multiples of 8" in bad.output
+
+
+
+def test_lut_build_never_overwrites_a_file_that_is_not_a_lut(tmp_path):
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    other = tmp_path / "notes.md"
+    other.write_text("# my notes\n")
+    res = CliRunner().invoke(app, ["lut", "build", "--target", "x86-avx512", "--modeled", "-o", str(other), "-q"])
+    assert res.exit_code == 1 and "is not a dcpnas LUT" in res.output
+    assert other.read_text() == "# my notes\n"
