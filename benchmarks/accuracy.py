@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="compile each finished 1-bit row for TARGET and time it (after training)")
     ap.add_argument("--latency-threads", type=int, default=1,
                     help="TVM threads for --latency (1: a shared machine makes 2-thread timings meaningless)")
+    ap.add_argument("--no-cuda-graph", action="store_true", help="on cuda, run each training step eagerly "
+                    "(default: one CUDA graph replayed per step, dcpnas.cuda_graph)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished rows")
     ap.add_argument("--throughput", action="store_true",
                     help="time training throughput of network/format/batch choices side by side (throughput.json)")
@@ -121,7 +123,7 @@ def run_row(args, row: str, geno) -> None:
             print(f"{row}: {phase} epoch {m['epoch']} test accuracy {m['test_acc']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher)
+    res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher, cuda_graph=not args.no_cuda_graph)
     print(f"{row}: test accuracy {res.test_accuracy:.4f}, {res.seconds:.0f} s", flush=True)
 
 

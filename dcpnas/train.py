@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
 from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
+from dcpnas.cuda_graph import GraphedStep, capturable_adamw, set_lr
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
@@ -188,16 +189,18 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, fill: torch.Tensor, pad
     """Random shift by up to `pad` pixels (uncovered pixels = `fill` [C], the normalised black) and
     random horizontal flip, per image. x [N, C, H, W] -> same shape."""
     n, c, h, w = x.shape
-    big = fill.view(1, c, 1, 1).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+    big = fill.to(x.device).view(1, c, 1, 1).expand(n, c, h + 2 * pad, w + 2 * pad).clone()
     big[:, :, pad:pad + h, pad:pad + w] = x
+    # the random draws come from `gen` (a CPU generator) whatever the device: the same data on CPU and GPU
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     flip = torch.rand(n, generator=gen) < 0.5
     rows = dy[:, None] + torch.arange(h)
     cols = dx[:, None] + torch.arange(w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    idx_n = torch.arange(n)[:, None, None, None]
-    idx_c = torch.arange(c)[None, :, None, None]
+    cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)
+    rows = rows.to(x.device)
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
     return big[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
@@ -262,13 +265,15 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 # -- the run ----------------------------------------------------------------------------------------
 
 def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progress: ProgressFn | None = None,
-          resume: bool = False, teacher=None) -> TrainResult:
+          resume: bool = False, teacher=None, cuda_graph: bool = True) -> TrainResult:
     """Train the evaluation network of `genotype` (see the module docstring); returns the final result.
 
     teacher: None, a model.pt path (validated: same genotype, same input shape and classes) or a module.
     resume: continue from out_dir/checkpoint.pt (config and genotype must be unchanged); without a
     checkpoint it starts afresh. progress(phase, done, total, **metrics) is called per batch and, with
-    test_acc, after each epoch (after the checkpoint is written).
+    test_acc, after each epoch (after the checkpoint is written). cuda_graph: on a CUDA device, replay
+    each stage's training step as one CUDA graph (dcpnas.cuda_graph; the same arithmetic, launched at
+    once); False runs it eagerly. The data then lives on the device too.
     """
     from dcpnas.data import load_dataset
 
@@ -286,6 +291,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     dev = config.device
     if dev == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda: no CUDA device is visible to PyTorch")
+    graphed = dev == "cuda" and cuda_graph
+    if dev == "cuda":  # a few hundred MB at most: no host copy and no pageable transfer per step
+        x_train, y_train, x_test, y_test = (t.to(dev) for t in (x_train, y_train, x_test, y_test))
 
     torch.manual_seed(config.seed)
     model = Network(genotype, space, binary=config.binary).to(dev)
@@ -327,11 +335,33 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         lr = config.stage2_lr if name == "stage2" and config.stage2_lr is not None else config.lr
         # fused: one kernel over all ~600 parameter tensors (the default loops in Python on CPU: 28 ms vs 4 ms
         # a step of the demo network, ~5% of a training step)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True)
+        opt = (capturable_adamw(model.parameters(), lr, wd, dev) if graphed else
+               torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True))
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
             for g in opt_state["param_groups"]:  # a checkpoint from before the fused optimiser resumes fused
-                g.update(fused=True, foreach=None)
+                g.update(fused=True, foreach=None, capturable=graphed)
+                g["lr"] = float(g["lr"])  # set again below, before every step
             opt.load_state_dict(opt_state)
+            if graphed:
+                for g in opt.param_groups:
+                    g["lr"] = torch.tensor(g["lr"], device=dev)
+
+        def loss_fn(xb, yb):
+            logits = model(xb)
+            if teacher_net is not None:
+                with torch.no_grad():
+                    t_logits = teacher_net(teacher_in(xb) if teacher_in else xb)
+                return distillation_loss(logits, t_logits, config.temperature), logits
+            return F.cross_entropy(logits, yb), logits
+
+        def eager_step(xb, yb):
+            loss, logits = loss_fn(xb, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss, logits
+
+        step_fn = None  # the graphed step is captured on the stage's first batch
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
         for epoch in range(start_epoch, epochs):
             # running sums stay on the device; read (a host sync) only every REPORT_EVERY steps: on a GPU a sync
@@ -340,22 +370,14 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             perm = torch.randperm(n, generator=gen)
             for b in range(steps):
                 idx = perm[b * bs:(b + 1) * bs]
-                xb, yb = x_train[idx], y_train[idx]
+                xb, yb = x_train[idx.to(x_train.device)], y_train[idx.to(y_train.device)]
                 if config.augment:
                     xb = augment_batch(xb, gen, fill)
                 xb, yb = xb.to(dev).contiguous(memory_format=fmt), yb.to(dev)
-                for g in opt.param_groups:
-                    g["lr"] = cosine_lr(lr, epoch * steps + b, epochs * steps)
-                logits = model(xb)
-                if teacher_net is not None:
-                    with torch.no_grad():
-                        t_logits = teacher_net(teacher_in(xb) if teacher_in else xb)
-                    loss = distillation_loss(logits, t_logits, config.temperature)
-                else:
-                    loss = F.cross_entropy(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                set_lr(opt, cosine_lr(lr, epoch * steps + b, epochs * steps))
+                if step_fn is None:
+                    step_fn = GraphedStep(model, opt, loss_fn, xb, yb) if graphed else eager_step
+                loss, logits = step_fn(xb, yb)
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
@@ -377,7 +399,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             progress(name, (epoch + 1) * steps, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
                      loss=record["train_loss"], acc=record["train_accuracy"], test_acc=test_acc)
         state.update(stage=si + 1, epoch_in_stage=0)
-        opt_state = None
+        opt_state = step_fn = None  # the next stage's forward differs: a new graph
 
     seconds = state["seconds"]
     test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
