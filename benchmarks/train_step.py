@@ -55,7 +55,8 @@ def main(argv=None) -> int:
         logits = net(xb)
         if teacher is not None:
             with torch.no_grad():
-                return distillation_loss(logits, teacher(xb)), logits
+                t_logits = teacher(xb)
+            return distillation_loss(logits, t_logits), logits
         return F.cross_entropy(logits, yb), logits
 
     eager_opt = torch.optim.AdamW(net.parameters(), lr=5e-3, fused=True)

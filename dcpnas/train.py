@@ -335,14 +335,16 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         lr = config.stage2_lr if name == "stage2" and config.stage2_lr is not None else config.lr
         # fused: one kernel over all ~600 parameter tensors (the default loops in Python on CPU: 28 ms vs 4 ms
         # a step of the demo network, ~5% of a training step)
-        opt = (capturable_adamw(model.parameters(), lr, wd, dev) if graphed else
+        # on CUDA the capturable variant with or without the graph: the same optimiser arithmetic either way
+        on_cuda = dev == "cuda"
+        opt = (capturable_adamw(model.parameters(), lr, wd, dev) if on_cuda else
                torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True))
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
             for g in opt_state["param_groups"]:  # a checkpoint from before the fused optimiser resumes fused
-                g.update(fused=True, foreach=None, capturable=graphed)
+                g.update(fused=True, foreach=None, capturable=on_cuda)
                 g["lr"] = float(g["lr"])  # set again below, before every step
             opt.load_state_dict(opt_state)
-            if graphed:
+            if on_cuda:
                 for g in opt.param_groups:
                     g["lr"] = torch.tensor(g["lr"], device=dev)
 

@@ -69,14 +69,12 @@ def test_graphed_step_matches_eager_steps(distilled):
             logits = net(x)
             if teacher is not None:
                 with torch.no_grad():
-                    return distillation_loss(logits, teacher(x)), logits
+                    t_logits = teacher(x)
+                return distillation_loss(logits, t_logits), logits
             return torch.nn.functional.cross_entropy(logits, y), logits
 
-        if graphed:
-            opt = capturable_adamw(net.parameters(), 5e-3, 1e-4, "cuda")
-            step = None
-        else:
-            opt = torch.optim.AdamW(net.parameters(), lr=5e-3, weight_decay=1e-4, fused=True)
+        opt = capturable_adamw(net.parameters(), 5e-3, 1e-4, "cuda")  # the same optimiser in both runs
+        step = None
         losses = []
         for i, (x, y) in enumerate(batches):
             set_lr(opt, 5e-3 * (1 - i / 8))
@@ -88,7 +86,7 @@ def test_graphed_step_matches_eager_steps(distilled):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         results.append((losses, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}))
     (l_eager, s_eager), (l_graph, s_graph) = results
     assert l_graph == pytest.approx(l_eager, rel=1e-4, abs=1e-5)
@@ -102,13 +100,13 @@ def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path):
     """dcpnas.train on CUDA with and without the graph: both stages, the same per-epoch accuracy (the
     arithmetic is the same; rounding may differ in the last bits), and a resumed graphed run finishes."""
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    cfg = TrainConfig(epochs=3, device="cuda", **TINY)
+    cfg = TrainConfig(epochs=4, device="cuda", **TINY)
     eager = train(DDPNAS_MCN_2, cfg, tmp_path / "eager", cuda_graph=False)
     graphed = train(DDPNAS_MCN_2, cfg, tmp_path / "graphed")
-    assert [h["stage"] for h in graphed.history] == ["stage1", "stage2", "stage2"]
+    assert [h["stage"] for h in graphed.history] == ["stage1", "stage1", "stage2", "stage2"]
     for he, hg in zip(eager.history, graphed.history):
-        assert hg["train_loss"] == pytest.approx(he["train_loss"], rel=1e-3)
-        assert abs(hg["test_accuracy"] - he["test_accuracy"]) <= 2 / 60
+        assert (hg["train_loss"], hg["test_accuracy"]) == pytest.approx((he["train_loss"], he["test_accuracy"]),
+                                                                       rel=1e-3, abs=1e-4), (eager.history, graphed.history)
     # interrupted in the middle of stage 2 (its optimiser state saved), then resumed with a new graph
     class Stop(Exception):
         pass
@@ -118,12 +116,13 @@ def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path):
     def stop(phase, done, total, **m):
         if "test_acc" in m:
             ends.append(phase)
-            if len(ends) == 2:
+            if len(ends) == 3:
                 raise Stop
 
     out = tmp_path / "resumed"
     with pytest.raises(Stop):
         train(DDPNAS_MCN_2, cfg, out, progress=stop, resume=True)
     res = train(DDPNAS_MCN_2, cfg, out, resume=True)
-    assert len(res.history) == 3
-    assert res.history[-1]["train_loss"] == pytest.approx(graphed.history[-1]["train_loss"], rel=1e-3)
+    assert len(res.history) == 4
+    assert res.history[-1]["train_loss"] == pytest.approx(graphed.history[-1]["train_loss"], rel=1e-3), \
+        (res.history, graphed.history)
