@@ -13,16 +13,9 @@ prev=""
 for a in "$@"; do [ "$prev" = "-o" ] && results=$a; prev=$a; done
 [ -n "$results" ] || { echo "give -o RESULTS" >&2; exit 2; }
 mkdir -p "$out" "$results"
-pkg=/tmp/dcpnas-pkg
-rm -rf "$pkg" && mkdir -p "$pkg/dcpnas"
-cp -r dcpnas/. "$pkg/dcpnas/" && cp -r compiler "$pkg/dcpnas/compiler" && cp -r targets "$pkg/dcpnas/targets" && cp -r cli "$pkg/dcpnas/cli"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. benchmarks/remote_lib.sh
+remote_pkg /tmp/dcpnas-remote
 nvidia-smi -L || true
-# pure-Python needs that such a box may lack (tomli_w), carried as wheels in .whl/
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "== smoke piece (tiny budget, /tmp)"
 python3 benchmarks/ablation.py -o /tmp/ablation-smoke --rows dcp-ggn --seeds 0 --search-budget smoke \

@@ -15,14 +15,8 @@ data=${3:-fashion-mnist:data/fashion-mnist}
 dev=${DEVICE:-cuda}
 work=${WORK:-/tmp/gpu-batch}
 mkdir -p "$out" "$work"
-pkg=$work/pkg
-rm -rf "$pkg" && mkdir -p "$pkg/dcpnas"
-cp -r dcpnas/. "$pkg/dcpnas/" && cp -r compiler "$pkg/dcpnas/compiler" && cp -r targets "$pkg/dcpnas/targets" && cp -r cli "$pkg/dcpnas/cli"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then  # pure-Python needs such a box may lack (tomli_w)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .whl/*.whl
-  export PYTHONPATH="$PYTHONPATH:$work/site"
-fi
+. benchmarks/remote_lib.sh
+remote_pkg "$work"
 nvidia-smi -L 2>/dev/null || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
@@ -70,14 +64,7 @@ python3 benchmarks/ablation.py -o "$abl_out" --data "$data" "${abl[@]}" --thread
 (while sleep 20; do pack; done) & packer=$!
 set +m
 # the deadline: rows and pieces resume from their checkpoints on a rerun
-while [ $(( $(date +%s) - start )) -lt "$secs" ]; do
-  alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-  [ $alive = 1 ] || break
-  sleep 2
-done
-for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null && echo "deadline: stopped job $p"; done
-sleep 2
-for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null; done
+remote_deadline "$start" "$secs" "${pids[@]}"
 kill -- "-$packer" 2>/dev/null
 wait 2>/dev/null
 python3 benchmarks/ablation.py -o "$abl_out" --data "$data" "${abl[@]}" --report-only --quiet

@@ -17,14 +17,8 @@ rows=${ROWS:-kd16=authors-kd:16:16}
 work=${WORK:-/tmp/gpu-train}
 start=$(date +%s)
 mkdir -p "$out" "$work"
-pkg=$work/pkg
-rm -rf "$pkg" && mkdir -p "$pkg/dcpnas"
-cp -r dcpnas/. "$pkg/dcpnas/" && cp -r compiler "$pkg/dcpnas/compiler" && cp -r targets "$pkg/dcpnas/targets" && cp -r cli "$pkg/dcpnas/cli"
-export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then  # pure-Python needs such a box may lack (tomli_w)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$work/site" .whl/*.whl
-  export PYTHONPATH="$PYTHONPATH:$work/site"
-fi
+. benchmarks/remote_lib.sh
+remote_pkg "$work"
 nvidia-smi -L 2>/dev/null || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
@@ -62,14 +56,7 @@ if [ "$dev" = cuda ]; then
   echo "== CUDA tests (beside the rows)"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -15
 fi
-while [ $(( $(date +%s) - start )) -lt "$secs" ]; do
-  alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-  [ $alive = 1 ] || break
-  sleep 2
-done
-for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null && echo "deadline: stopped job $p"; done
-sleep 2
-for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null; done
+remote_deadline "$start" "$secs" "${pids[@]}"
 kill -- "-$packer" 2>/dev/null
 wait 2>/dev/null
 pack

@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcpnas.cuda_graph import GraphedStep, capturable_adamw, set_lr  # noqa: E402
+from dcpnas.cuda_graph import GraphedStep, capturable_adamw, eager_step, set_lr  # noqa: E402
 from dcpnas.genotype import DDPNAS_MCN_2  # noqa: E402
 from dcpnas.model import Network  # noqa: E402
-from dcpnas.train import default_eval_space, distillation_loss  # noqa: E402
+from dcpnas.train import default_eval_space, training_loss  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -51,22 +50,9 @@ def main(argv=None) -> int:
     x = torch.randn(args.batch_size, *space.input_shape, device=dev)
     y = torch.randint(0, space.num_classes, (args.batch_size,), device=dev)
 
-    def loss_fn(xb, yb):
-        logits = net(xb)
-        if teacher is not None:
-            with torch.no_grad():
-                t_logits = teacher(xb)
-            return distillation_loss(logits, t_logits), logits
-        return F.cross_entropy(logits, yb), logits
-
+    loss_fn = training_loss(net, teacher)
     eager_opt = torch.optim.AdamW(net.parameters(), lr=5e-3, fused=True)
-
-    def eager(xb, yb):
-        loss, logits = loss_fn(xb, yb)
-        eager_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        eager_opt.step()
-        return loss, logits
+    eager = eager_step(eager_opt, loss_fn)
 
     modes = {"eager": eager}
     if dev == "cuda":

@@ -39,6 +39,19 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             g["lr"] = lr
 
 
+def eager_step(opt: torch.optim.Optimizer, loss_fn: LossFn) -> Callable:
+    """`step(x, y) -> (loss, logits)`: the training step run eagerly (what GraphedStep replays)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = loss_fn(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss, logits
+
+    return step
+
+
 class GraphedStep:
     """`step(x, y) -> (loss, logits)`: the captured training step of `loss_fn` with optimiser `opt`.
 
@@ -88,4 +101,4 @@ class GraphedStep:
         return self.loss, self.logits
 
 
-__all__ = ["GraphedStep", "capturable_adamw", "set_lr", "WARMUP_STEPS"]
+__all__ = ["GraphedStep", "eager_step", "capturable_adamw", "set_lr", "WARMUP_STEPS"]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
 from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
-from dcpnas.cuda_graph import GraphedStep, capturable_adamw, set_lr
+from dcpnas.cuda_graph import GraphedStep, capturable_adamw, eager_step, set_lr
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError
 from dcpnas.genotype import Genotype
 from dcpnas.io import atomic_write_text, make_folder, write_json
@@ -216,6 +216,22 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2
 
 
+def training_loss(model: torch.nn.Module, teacher: torch.nn.Module | None = None, teacher_in=None,
+                  temperature: float = 1.0):
+    """loss_fn(x, y) -> (loss, logits) of one batch: KL to `teacher`'s softmax (its input passed through
+    `teacher_in` when given) or, without a teacher, cross-entropy on the labels y."""
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        if teacher is None:
+            return F.cross_entropy(logits, y), logits
+        with torch.no_grad():
+            t_logits = teacher(teacher_in(x) if teacher_in else x)
+        return distillation_loss(logits, t_logits, temperature), logits
+
+    return loss_fn
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
              device: str = "cpu") -> tuple[float, float]:
@@ -348,21 +364,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 for g in opt.param_groups:
                     g["lr"] = torch.tensor(g["lr"], device=dev)
 
-        def loss_fn(xb, yb):
-            logits = model(xb)
-            if teacher_net is not None:
-                with torch.no_grad():
-                    t_logits = teacher_net(teacher_in(xb) if teacher_in else xb)
-                return distillation_loss(logits, t_logits, config.temperature), logits
-            return F.cross_entropy(logits, yb), logits
-
-        def eager_step(xb, yb):
-            loss, logits = loss_fn(xb, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss, logits
-
+        loss_fn = training_loss(model, teacher_net, teacher_in, config.temperature)
         step_fn = None  # the graphed step is captured on the stage's first batch
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
         for epoch in range(start_epoch, epochs):
@@ -378,7 +380,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 xb, yb = xb.to(dev).contiguous(memory_format=fmt), yb.to(dev)
                 set_lr(opt, cosine_lr(lr, epoch * steps + b, epochs * steps))
                 if step_fn is None:
-                    step_fn = GraphedStep(model, opt, loss_fn, xb, yb) if graphed else eager_step
+                    step_fn = GraphedStep(model, opt, loss_fn, xb, yb) if graphed else eager_step(opt, loss_fn)
                 loss, logits = step_fn(xb, yb)
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.detach().argmax(1) == yb).sum()
@@ -431,5 +433,5 @@ def write_metrics(out_dir: Path, history: list[dict]) -> None:
     atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss",
+__all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss", "training_loss",
            "augment_batch", "cosine_lr", "eval_space", "run_folder", "trained_weights", "EVAL_CELLS", "EVAL_CHANNELS"]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dcpnas.cuda_graph import GraphedStep, set_lr
+from dcpnas.cuda_graph import GraphedStep, eager_step, set_lr
 from dcpnas.genotype import DDPNAS_MCN_2
-from dcpnas.train import TrainConfig, augment_batch, default_eval_space, distillation_loss, train
+from dcpnas.train import TrainConfig, augment_batch, default_eval_space, train, training_loss
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TINY = dict(cells=3, channels=4, train_subset=120, test_subset=60, batch_size=20, eval_batch_size=16)
@@ -65,27 +65,14 @@ def test_graphed_step_matches_eager_steps(distilled):
     for graphed in (False, True):
         net, batches = _net_and_batches()
 
-        def loss_fn(x, y):
-            logits = net(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                return distillation_loss(logits, t_logits), logits
-            return torch.nn.functional.cross_entropy(logits, y), logits
-
+        loss_fn = training_loss(net, teacher)
         opt = capturable_adamw(net.parameters(), 5e-3, 1e-4, "cuda")  # the same optimiser in both runs
         step = None
         losses = []
         for i, (x, y) in enumerate(batches):
             set_lr(opt, 5e-3 * (1 - i / 8))
-            if graphed:
-                step = step or GraphedStep(net, opt, loss_fn, x, y)
-                loss, _ = step(x, y)
-            else:
-                loss, _ = loss_fn(x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            step = step or (GraphedStep(net, opt, loss_fn, x, y) if graphed else eager_step(opt, loss_fn))
+            loss, _ = step(x, y)
             losses.append(float(loss.detach()))
         results.append((losses, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}))
     (l_eager, s_eager), (l_graph, s_graph) = results
