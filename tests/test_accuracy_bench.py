@@ -61,7 +61,7 @@ def test_progress_lines_restart_with_each_stage(acc, tmp_path, monkeypatch, caps
 
     import dcpnas.train
 
-    def fake_train(geno, cfg, out, progress, resume, teacher):
+    def fake_train(geno, cfg, out, progress, resume, teacher, cuda_graph):
         for phase, steps in (("stage1", 60), ("stage2", 60)):
             for done in range(1, steps + 1):
                 progress(phase, done, steps, loss=0.5, acc=0.9)
