@@ -44,7 +44,8 @@ for spec in $rows; do
   name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch <<< "$rest"
   runs=$work/runs/$name
   mkdir -p "$runs"
-  [ -n "${TINY:-}" ] || cp -r "$teacher" "$runs/float"  # the teacher, finished (6 epochs, 16 channels, 92.64 %)
+  # the teacher, finished (6 epochs, 16 channels, 92.64 %); a rerun keeps the copy it has
+  [ -n "${TINY:-}" ] || [ -e "$runs/float" ] || cp -r "$teacher" "$runs/float"
   python3 benchmarks/accuracy.py -o "$work/results/$name" --runs "$runs" --rows "float,$row" \
     --genotype DDPNAS_MCN_2 --data "$data" --cells 4 --channels "$ch" --reductions 0,2 --binary-epochs "$epochs" \
     --stage1-fraction 0.34 --batch-size 64 --lr 0.005 --seed 0 --threads 1 --device "$dev" "${budget[@]}" \
@@ -52,6 +53,8 @@ for spec in $rows; do
 done
 (while sleep 20; do pack; done) & packer=$!
 set +m
+# killed from outside before the deadline: take the rows and the packer along (each is its own group)
+trap 'for p in "${pids[@]}" "$packer"; do kill -- "-$p" 2>/dev/null; done' INT TERM
 if [ "$dev" = cuda ]; then
   echo "== CUDA tests (beside the rows)"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -15

@@ -29,6 +29,6 @@ remote_deadline() {
   done
   for p in "$@"; do kill -TERM -- "-$p" 2>/dev/null && echo "deadline: stopped job $p"; done
   sleep 2
-  for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null; done
+  for p in "$@"; do kill -KILL -- "-$p" 2>/dev/null || true; done
   return 0
 }

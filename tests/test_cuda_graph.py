@@ -54,12 +54,13 @@ def _net_and_batches(seed=0, n_batches=6):
 
 @cuda
 @pytest.mark.parametrize("distilled", [False, True])
-def test_graphed_step_matches_eager_steps(distilled):
+def test_graphed_step_matches_eager_steps(distilled, monkeypatch):
     """Six AdamW steps with a changing lr, replayed from one graph, against six eager steps from the same
     start: losses and weights agree to float rounding, and the warm-up leaves no trace."""
     from dcpnas.cuda_graph import capturable_adamw
 
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).cuda() if distilled else None
     results = []
     for graphed in (False, True):
@@ -83,10 +84,11 @@ def test_graphed_step_matches_eager_steps(distilled):
 
 
 @cuda
-def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path):
+def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path, monkeypatch):
     """dcpnas.train on CUDA with and without the graph: both stages, the same per-epoch accuracy (the
     arithmetic is the same; rounding may differ in the last bits), and a resumed graphed run finishes."""
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     cfg = TrainConfig(epochs=4, device="cuda", **TINY)
     eager = train(DDPNAS_MCN_2, cfg, tmp_path / "eager", cuda_graph=False)
     graphed = train(DDPNAS_MCN_2, cfg, tmp_path / "graphed")
@@ -113,3 +115,10 @@ def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path):
     assert len(res.history) == 4
     assert res.history[-1]["train_loss"] == pytest.approx(graphed.history[-1]["train_loss"], rel=1e-3), \
         (res.history, graphed.history)
+    # the resumed stage 2 continued its optimiser (not a fresh one, and no warm-up steps left in it)
+    from dcpnas.checkpoint import load_torch
+
+    steps = 2 * (TINY["train_subset"] // TINY["batch_size"])
+    for run in (out, tmp_path / "graphed"):
+        state = load_torch(run / "checkpoint.pt")["optimizer"]["state"]
+        assert {float(s["step"]) for s in state.values()} == {steps}, run
