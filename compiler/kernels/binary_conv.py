@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te
 
+from .epilogue import float_epilogue
 from .pack import WORD_BITS, words_per_group
 from .reference import BinaryConvAttrs
 
@@ -127,12 +128,8 @@ def conv_compute(p: te.Tensor, wt: te.Tensor, corr: te.Tensor, ycls: te.Tensor, 
 
     def epilogue(i, gi, c, y, xx):
         v = kt - 2 * popc[i, gi, y, xx, c] - corr[ycls[y], xcls[xx], gi, c]
-        o = scale[gi, c] * v.astype("float32") + bias[gi, c]
-        if slope is not None:
-            o = tvm.tirx.Select(o >= 0, o, o * slope[gi, c])
-        for r in res:  # in graph order: (o + r0) + r1 rounds as the unfused adds do
-            o = o + r[i, gi, c, y, xx]
-        return o
+        return float_epilogue(v, scale[gi, c], bias[gi, c], None if slope is None else slope[gi, c],
+                              [r[i, gi, c, y, xx] for r in res])
 
     return te.compute((n, g, cog, oh, ow), epilogue, name="binconv_out")
 

@@ -26,6 +26,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .binary_conv import ConvGeometry
+from .epilogue import declare_conv_args, float_epilogue
 from .schedule_cpu import CpuParams, tasks_per_chunk
 from .targets import cpu_params, has_avx512_popcount
 
@@ -71,16 +72,8 @@ def make_pixel_rows_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: boo
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            p = T.arg("P", T.buffer(geo.packed_shape, "uint32"))
-            wt = T.arg("Wt", T.buffer((1, kh, kw, q, cog), "uint32"))
-            corr = T.arg("corr", T.buffer((n_ycls, n_xcls, 1, cog), "int32"))
-            ycls = T.arg("ycls", T.buffer((oh,), "int32"))
-            xcls = T.arg("xcls", T.buffer((ow,), "int32"))
-            scale = T.arg("scale", T.buffer((1, cog), "float32"))
-            bias = T.arg("bias", T.buffer((1, cog), "float32"))
-            slope = T.arg("slope", T.buffer((1, cog), "float32")) if prelu else None
-            res = [T.arg(f"res{k}", T.buffer(geo.out_shape, "float32")) for k in range(residual)]
-            out = T.arg("out", T.buffer(geo.out_shape, "float32"))
+            p, wt, corr, ycls, xcls, scale, bias, slope, res, out = declare_conv_args(
+                geo, (1, kh, kw, q, cog), (n_ycls, n_xcls, 1, cog), prelu, residual)
             pf = T.decl_buffer((n * q * hp * wp,), "uint32", data=p.data)
             wf = T.decl_buffer((kh * kw * q * cog,), "uint32", data=wt.data)
             of = T.decl_buffer((n * cog * oh * ow,), "float32", data=out.data)
@@ -117,11 +110,8 @@ def make_pixel_rows_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: boo
                                 for m in range(1, n_xcls):  # the column class, without a gather
                                     cv = tirx.Select(xc == m, corr[yc, m, 0, c], cv)
                                 v = kt - 2 * acc[(ci * blocks + b) * lanes + lane] - cv
-                                o = scale[0, c] * v.astype("float32") + bias[0, c]
-                                if slope is not None:
-                                    o = tirx.Select(o >= tirx.const(0.0, "float32"), o, o * slope[0, c])
                                 idx = ((i * cog + c) * oh + y) * ow + x0 + lane
-                                for r in rf:  # in graph order, as binary_conv.conv_compute
-                                    o = o + r[idx]
+                                o = float_epilogue(v, scale[0, c], bias[0, c], slope[0, c] if prelu else None,
+                                                   [r[idx] for r in rf])
                                 T.buffer_store(of, o, [idx])
     return ib.get()

@@ -23,6 +23,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from .binary_conv import ConvGeometry
+from .epilogue import declare_conv_args, float_epilogue
 from .schedule_cpu import CpuParams, tasks_per_chunk
 from .targets import cpu_params, has_avx512_popcount
 
@@ -57,16 +58,8 @@ def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
         with T.prim_func():
             T.func_name("main")
             T.func_attr({"tirx.noalias": True, "tir.is_scheduled": True})
-            p = T.arg("P", T.buffer(geo.packed_shape, "uint32"))
-            wt = T.arg("Wt", T.buffer((1, 1, 1, q, cog), "uint32"))
-            corr = T.arg("corr", T.buffer((1, 1, 1, cog), "int32"))
-            T.arg("ycls", T.buffer((oh,), "int32"))
-            T.arg("xcls", T.buffer((ow,), "int32"))
-            scale = T.arg("scale", T.buffer((1, cog), "float32"))
-            bias = T.arg("bias", T.buffer((1, cog), "float32"))
-            slope = T.arg("slope", T.buffer((1, cog), "float32")) if prelu else None
-            res = [T.arg(f"res{k}", T.buffer(geo.out_shape, "float32")) for k in range(residual)]
-            out = T.arg("out", T.buffer(geo.out_shape, "float32"))
+            p, wt, corr, _, _, scale, bias, slope, res, out = declare_conv_args(
+                geo, (1, 1, 1, q, cog), (1, 1, 1, cog), prelu, residual)
             pf = T.decl_buffer((n * q * hw,), "uint32", data=p.data)
             wf = T.decl_buffer((q * cog,), "uint32", data=wt.data)
             of = T.decl_buffer((n * cog * hw,), "float32", data=out.data)
@@ -92,11 +85,8 @@ def make_pointwise_func(geo: ConvGeometry, n_ycls: int, n_xcls: int, prelu: bool
                         c = c0 + ci
                         with T.vectorized(0, lanes) as lane:
                             v = kt - 2 * acc[ci * lanes + lane] - corr[0, 0, 0, c]
-                            o = scale[0, c] * v.astype("float32") + bias[0, c]
-                            if slope is not None:
-                                o = tirx.Select(o >= tirx.const(0.0, "float32"), o, o * slope[0, c])
                             idx = (i * cog + c) * hw + s0 + lane
-                            for r in rf:  # in graph order, as binary_conv.conv_compute
-                                o = o + r[idx]
+                            o = float_epilogue(v, scale[0, c], bias[0, c], slope[0, c] if prelu else None,
+                                               [r[idx] for r in rf])
                             T.buffer_store(of, o, [idx])
     return ib.get()
