@@ -5,7 +5,7 @@
 # 12-epoch float twin, benchmarks/results/accuracy-full-12ep/rows/float), then the CUDA tests.
 # Everything stops at SECONDS; every row's per-epoch metrics (and the model.pt of finished rows) are packed
 # into OUT_DIR/accuracy.tgz every 20 s, so that a run cut short still returns what it did.
-#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS (ROW one of accuracy.py's rows)
+#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR] (ROW one of accuracy.py's rows)
 # Usage: ROWS="kd16=authors-kd:16:16" bash benchmarks/gpu_train_remote.sh OUT_DIR SECONDS [DATA]
 # Dry run on a CPU: DEVICE=cpu TINY=1 ROWS="a=authors-kd:2:4" bash benchmarks/gpu_train_remote.sh /tmp/o 120
 set -uo pipefail
@@ -41,14 +41,15 @@ pack() {
 set -m  # every background job its own process group: the deadline stops each job with all its children
 pids=()
 for spec in $rows; do
-  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch <<< "$rest"
+  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch lr2 <<< "$rest"
+  extra=(); [ -z "$lr2" ] || extra=(--stage2-lr "$lr2")
   runs=$work/runs/$name
   mkdir -p "$runs"
   # the teacher, finished (6 epochs, 16 channels, 92.64 %); a rerun keeps the copy it has
   [ -n "${TINY:-}" ] || [ -e "$runs/float" ] || cp -r "$teacher" "$runs/float"
   python3 benchmarks/accuracy.py -o "$work/results/$name" --runs "$runs" --rows "float,$row" \
     --genotype DDPNAS_MCN_2 --data "$data" --cells 4 --channels "$ch" --reductions 0,2 --binary-epochs "$epochs" \
-    --stage1-fraction 0.34 --batch-size 64 --lr 0.005 --seed 0 --threads 1 --device "$dev" "${budget[@]}" \
+    --stage1-fraction 0.34 --batch-size 64 --lr 0.005 --seed 0 --threads 1 --device "$dev" "${budget[@]}" "${extra[@]}" \
     > "$work/$name.log" 2>&1 & pids+=($!)
 done
 (while sleep 20; do pack; done) & packer=$!
