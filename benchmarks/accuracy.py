@@ -15,9 +15,11 @@ Every finished row rewrites OUT/accuracy.json (schema dcpnas.accuracy/1) and OUT
 `--latency TARGET` compiles each finished 1-bit row with its trained weights (`compile_genotype`) and
 records the TVM latency measured by `dcpnas bench`'s timer beside its accuracy.
 
-    # the committed run (2-core CPU shared with other jobs): benchmarks/results/accuracy/
-    nice -n 10 .venv/bin/python benchmarks/accuracy.py -o benchmarks/results/accuracy \\
-        --data fashion-mnist:../shared/data/fashion-mnist --rows float,authors-kd
+    # the headline run (benchmarks/results/accuracy/, its rows in benchmarks/results/accuracy-full-16ep/rows;
+    # the exact command is in accuracy.json): the float twin, then the 1-bit `authors` network distilled from it
+    .venv/bin/python benchmarks/accuracy.py -o benchmarks/results/accuracy \\
+        --runs benchmarks/results/accuracy-full-16ep/rows --rows float,authors-kd --cells 4 --channels 16 \\
+        --float-epochs 6 --binary-epochs 16 --stage1-fraction 0.34 --batch-size 64 --threads 2
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--stage1-fraction", type=float, default=1 / 3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--stage2-lr", type=float, default=None,
+                    help="peak lr of the 1-bit rows' stage 2 (default: --lr; its cosine restarts at stage 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
@@ -89,7 +93,7 @@ def row_config(args, row: str):
                        binary=binary, cells=args.cells, channels=args.channels, reductions=reductions,
                        policy=policy or "authors", data=args.data, seed=args.seed,
                        train_subset=args.train_subset, test_subset=args.test_subset, augment=not args.no_augment,
-                       device=args.device)
+                       device=args.device, stage2_lr=args.stage2_lr if binary else None)
 
 
 def load_genotype(spec: str):
@@ -290,7 +294,8 @@ def train_command(args, rows: list[str]) -> str:
              str(args.channels), "--reductions", args.reductions, "--float-epochs", str(args.float_epochs),
              "--binary-epochs", str(args.binary_epochs), "--stage1-fraction", repr(args.stage1_fraction),
              "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed)]
-    for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset)):
+    for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset),
+                    ("--stage2-lr", args.stage2_lr)):
         if v is not None:
             parts += [flag, str(v)]
     if args.no_augment:
