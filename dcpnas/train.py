@@ -303,13 +303,14 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     norm = data.normalization()
     x_train, y_train = data.tensors("train")
     x_test, y_test = data.tensors("test")
-    fill = ((0.0 - torch.tensor(norm["mean"])) / torch.tensor(norm["std"])).float().to(config.device)
+    fill = ((0.0 - torch.tensor(norm["mean"])) / torch.tensor(norm["std"])).float()
     dev = config.device
     if dev == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda: no CUDA device is visible to PyTorch")
     graphed = dev == "cuda" and cuda_graph
     if dev == "cuda" and _fits_on_device(x_train, y_train, x_test, y_test):  # no host gather and copy per step
         x_train, y_train, x_test, y_test = (t.to(dev) for t in (x_train, y_train, x_test, y_test))
+    fill = fill.to(x_train.device)  # where the batches are augmented
 
     torch.manual_seed(config.seed)
     model = Network(genotype, space, binary=config.binary).to(dev)
