@@ -18,7 +18,7 @@ remote_pkg /tmp/dcpnas-remote
 nvidia-smi -L || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "== smoke piece (tiny budget, /tmp)"
-python3 benchmarks/ablation.py -o /tmp/ablation-smoke --rows dcp-ggn --seeds 0 --search-budget smoke \
+python3 benchmarks/ablation.py -o /tmp/ablation-smoke --rows dcp --seeds 0 --search-budget smoke \
   --search-epochs 1 --train-epochs 2 --train-subset 256 --test-subset 256 --cells 2 --channels 4 \
   --data embedded --device "${SMOKE_DEVICE:-cuda}" 2>&1 | tail -12
 pack() {  # each call its own temporary name: the periodic packer and the final one never share a file
