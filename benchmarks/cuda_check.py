@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/cuda_check.py prepare build/cuda-check --target cuda-sm90
     # on the GPU machine: only the TVM runtime (libtvm_runtime + libtvm_runtime_cuda) and torch are needed
     python3 benchmarks/cuda_check.py run build/cuda-check -o results/
-    # the runtime-only TVM package that `run` imports (--tvm-dir), made from this venv's TVM
+    # the runtime-only TVM package that `run` imports (put it on PYTHONPATH there, as cuda_check_remote.sh does),
+    # made from this venv's TVM
     .venv/bin/python benchmarks/cuda_check.py runtime-pkg build/tvm-runtime
 
 `run` checks every binary conv (pack + XNOR/popcount conv, and the +-1 kernel) against the numpy

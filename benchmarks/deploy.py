@@ -100,6 +100,10 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="measure rows already in --out again")
     ap.add_argument("--json", action="store_true", help="print the results JSON on stdout at the end")
     args = ap.parse_args(argv)
+    known = [row_name(g, c, ch, s, st) for c, ch, s, st in SIZES for g in genotypes()]
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:  # a row that does not exist would otherwise be skipped in silence and nothing measured
+        ap.error(f"--only: no row named {', '.join(unknown)}; the rows: {', '.join(known)}")
     from dcpnas.io import read_json, write_json
     from dcpnas.targets import get_target
 

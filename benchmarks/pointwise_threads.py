@@ -1,9 +1,10 @@
 """Per XNOR 1x1 (pointwise) conv shape of a build: its parallel vs serial kernel, timed alone at the
 threads of TVM_NUM_THREADS (15 interleaved rounds of 200 calls). Usage: TVM_NUM_THREADS=2 python
 benchmarks/pointwise_threads.py BUILD_DIR"""
+import argparse
 import collections
 import json
-import sys
+from pathlib import Path
 
 import numpy as np
 import tvm
@@ -15,7 +16,9 @@ from dcpnas.compiler.kernels.targets import cpu_params
 from dcpnas.targets import get_target
 X86 = get_target("x86-avx512").tvm
 cpu = cpu_params(X86)
-m = json.load(open(sys.argv[1] + "/manifest.json"))
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("build_dir", type=Path, help="a build folder of `dcpnas compile` (its manifest.json)")
+m = json.loads((ap.parse_args().build_dir / "manifest.json").read_text())
 shapes = collections.Counter()
 for l in m["layers"]:
     for f in l["funcs"]:

@@ -23,18 +23,18 @@ def _ms(v) -> str:
 @handle_errors
 def bench_cmd(
     build_dir: Optional[Path] = typer.Argument(None, help="A build folder of `dcpnas compile` (with manifest.json) "
-                                                        "[default: the newest 1-bit build under ./build]."),
+                                                        "\\[default: the newest 1-bit build under ./build]."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (time on a board)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker \\[default: the target's rpc_key]."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
-    target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name or .toml [default: the build's]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count \\[default: the target's]."),
+    target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name or .toml \\[default: the build's]."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples (median and IQR over them)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed runs first."),
     min_repeat_ms: float = typer.Option(20.0, "--min-repeat-ms", help="Length of one timing sample (ms)."),
     no_layers: bool = typer.Option(False, "--no-layers", help="End to end only (skip per-layer timing)."),
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is an emulator (qemu): label the timings."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go [default: DIR]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where bench.json and bench.png go \\[default: DIR]."),
     json_out: bool = typer.Option(False, "--json", help="Print the DESIGN.md JSON summary on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", "-q", help="No progress bars."),
 ) -> None:

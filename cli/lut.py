@@ -33,8 +33,8 @@ def _spaces(cells, channels, input_shape, policy, coverage, stem="cifar"):
     return [SearchSpace(cells=c, channels=ch, input_shape=shape, policy=policy, stem=stem) for c in cells for ch in channels]
 
 
-CELLS = typer.Option(None, "--cells", help="Cells of the search space (repeat for several) [default: 5].")
-CHANNELS = typer.Option(None, "--channels", help="Channels C of the search space (repeat for several) [default: 8].")
+CELLS = typer.Option(None, "--cells", help="Cells of the search space (repeat for several) \\[default: 5].")
+CHANNELS = typer.Option(None, "--channels", help="Channels C of the search space (repeat for several) \\[default: 8].")
 SHAPE = typer.Option("1,28,28", "--input-shape", help="Input C,H,W.")
 POLICY = typer.Option("book", "--policy", help="Binarisation policy: book | authors.")
 STEM = typer.Option("cifar", "--stem", help="Stem of the networks: cifar | imagenet (DARTS' stride-8 stem, large inputs).")
@@ -46,15 +46,15 @@ STAT = typer.Option("median", "--statistic", help="median | min (min on a shared
 def build_cmd(
     target: str = typer.Option(..., "--target", "-t", help="Target name or target .toml file."),
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker (a board)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker [default: the target's rpc_key]."),
+    key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker \\[default: the target's rpc_key]."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself (e.g. the emulated aarch64 one), not a tracker."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the target's]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count \\[default: the target's]."),
     modeled: bool = typer.Option(False, "--modeled", help="Write a modeled LUT from the cost model (no device)."),
     emulated: bool = typer.Option(False, "--emulated", help="The RPC device is emulated (qemu): label the LUT 'emulated'."),
     coverage: bool = typer.Option(False, "--coverage", help="Cover the shipped set of spaces (cells 3-8, channels 4-16, 2 inputs, 2 policies)."),
     cells: Optional[list[int]] = CELLS, channels: Optional[list[int]] = CHANNELS,
     input_shape: str = SHAPE, policy: str = POLICY, stem: str = STEM,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file [default: the target's LUT; emulated: ./<target>.emulated.json]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file \\[default: the target's LUT; emulated: ./<target>.emulated.json]."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep entries already measured."),
     refine: bool = typer.Option(False, "--refine", help="Time existing entries again, keep the lower (with --statistic min)."),
     repeat: int = typer.Option(15, "--repeat", help="Timing samples per op."),
@@ -177,7 +177,7 @@ def check_cmd(
     rpc: Optional[str] = typer.Option(None, "--rpc", help="HOST:PORT of a TVM RPC tracker."),
     key: Optional[str] = typer.Option(None, "--key", help="Device key on the tracker."),
     no_tracker: bool = typer.Option(False, "--no-tracker", help="--rpc is an RPC server itself, not a tracker."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count [default: the LUT's; another is refused]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Thread count \\[default: the LUT's; another is refused]."),
     fit_glue: bool = typer.Option(False, "--fit-glue", help="Fit the per-cell glue and save it into the LUT."),
     seed: int = typer.Option(0, "--seed"),
     cells: int = typer.Option(5, "--cells"), channels: int = typer.Option(8, "--channels"),

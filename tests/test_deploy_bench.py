@@ -59,3 +59,12 @@ def test_the_224_rows_use_the_imagenet_stem(deploy, tmp_path, monkeypatch):
 
 def test_each_row_runs_in_a_fresh_process(deploy):
     assert deploy.isolated(os.getpid) != os.getpid()
+
+
+def test_only_with_an_unknown_row_is_an_error_not_an_empty_run(deploy, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        deploy.main(["--only", "ddpnas_mcn_2-14x48-3x224x224", "--out", str(tmp_path / "d.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no row named ddpnas_mcn_2-14x48-3x224x224" in err and "ddpnas_mcn_2-14x48-3x224x224-imagenet" in err
+    assert not (tmp_path / "d.json").exists()

@@ -542,3 +542,22 @@ def test_bare_command_prints_help_and_a_failing_command_only_its_error(tmp_path,
     assert main(["compile", str(tmp_path / "none.json"), "--target", "x86-avx512"]) == 1
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: ") and "not found" in err
+
+
+def test_help_keeps_every_default_written_in_a_help_string():
+    """Rich markup eats an unescaped "[default: ...]" in a help string: `--help` then shows "Thread count ."."""
+    import typer
+
+    def commands(cmd, path):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from commands(sub, [*path, name])
+
+    runner = CliRunner()
+    for path, cmd in commands(typer.main.get_command(app), []):
+        written = sum((getattr(p, "help", None) or "").count("[default:") for p in cmd.params)
+        if not written:
+            continue
+        res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert res.output.count("[default:") >= written, (path, res.output)
