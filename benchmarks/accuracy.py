@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--stage2-lr", type=float, default=None,
                     help="peak lr of the 1-bit rows' stage 2 (default: --lr; its cosine restarts at stage 2)")
+    ap.add_argument("--stage1-from", type=Path, default=None, metavar="RUNS",
+                    help="start each 1-bit row's stage 2 from RUNS/<row>/stage1.pt, the end of stage 1 of an earlier "
+                         "run that differs only in stage-2 settings (--stage2-lr): stage 1 is not trained again")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
@@ -127,7 +130,9 @@ def run_row(args, row: str, geno) -> None:
             print(f"{row}: {phase} epoch {m['epoch']} test accuracy {m['test_acc']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher, cuda_graph=not args.no_cuda_graph)
+    start = args.stage1_from / row / "stage1.pt" if args.stage1_from is not None and ROWS[row][0] else None
+    res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher, cuda_graph=not args.no_cuda_graph,
+                start_from=start)
     print(f"{row}: test accuracy {res.test_accuracy:.4f}, {res.seconds:.0f} s", flush=True)
 
 
@@ -254,6 +259,7 @@ def report(args) -> dict:
             "dataset": r["dataset"], "n_train": r["n_train"], "n_test": r["n_test"], "space": r["space"],
             "epoch_test_accuracy": [h["test_accuracy"] for h in r["history"]],
             "latency": lat.get(policy) if binary else None,
+            "stage1_from": r.get("stage1_from"),  # stage 1 trained by an earlier run (its seconds are in train_s)
         })
     best = max((r for r in rows if r["binary"] and r["finished"]), key=lambda r: r["test_accuracy"], default=None)
     summary = {
@@ -295,7 +301,7 @@ def train_command(args, rows: list[str]) -> str:
              "--binary-epochs", str(args.binary_epochs), "--stage1-fraction", repr(args.stage1_fraction),
              "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed)]
     for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset),
-                    ("--stage2-lr", args.stage2_lr)):
+                    ("--stage2-lr", args.stage2_lr), ("--stage1-from", args.stage1_from)):
         if v is not None:
             parts += [flag, str(v)]
     if args.no_augment:

@@ -8,7 +8,9 @@ student softmax) when a teacher (the real-valued network of the same genotype, t
 The test split is used only for reporting: the network kept is the last one, no model selection.
 
 Out folder: model.pt (dcpnas.checkpoint), checkpoint.pt (each epoch; `resume=True` continues from it
-exactly), metrics.jsonl (one record per epoch), train.json (schema dcpnas.train/1), curves.png.
+exactly), stage1.pt (a 1-bit run's checkpoint at the end of stage 1: another run that differs only in its
+stage-2 settings starts stage 2 from it, `start_from`), metrics.jsonl (one record per epoch), train.json
+(schema dcpnas.train/1), curves.png.
 """
 
 from __future__ import annotations
@@ -280,13 +282,40 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 
 # -- the run ----------------------------------------------------------------------------------------
 
+STAGE2_ONLY = ("stage2_lr",)  # config fields that stage 1 does not read: runs that differ only there share stage 1
+
+
+def stage1_snapshot(path: str | Path, genotype: Genotype, config: TrainConfig) -> dict:
+    """The stage1.pt checkpoint at `path`, validated for `config`: written by a run of the same genotype whose
+    config differs at most in STAGE2_ONLY, at the end of its stage 1 (of this config's length)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such stage-1 checkpoint (a 1-bit run writes stage1.pt when its stage 1 ends)")
+    ck = load_torch(path)
+    if ck.get("schema") != CHECKPOINT_SCHEMA or not isinstance(ck.get("config"), dict):
+        raise ArtifactError(f"{path}: expected a training checkpoint of schema {CHECKPOINT_SCHEMA!r}")
+    mine = {k: v for k, v in config.to_dict().items() if k not in STAGE2_ONLY}
+    theirs = {k: v for k, v in ck["config"].items() if k not in STAGE2_ONLY}
+    if theirs != mine or ck.get("genotype_digest") != genotype.digest():
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)) or ["genotype"]
+        raise ConfigError(f"{path}: its run differs in {', '.join(diff)}; only {', '.join(STAGE2_ONLY)} may differ "
+                          f"from the run that starts stage 2 from it")
+    stages = config.stages()
+    if len(stages) < 2 or ck.get("stage") != 0 or ck.get("epoch_in_stage") != stages[0][1]:
+        raise ArtifactError(f"{path}: not a checkpoint at the end of stage 1 of this recipe")
+    return ck
+
+
 def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progress: ProgressFn | None = None,
-          resume: bool = False, teacher=None, cuda_graph: bool = True) -> TrainResult:
+          resume: bool = False, teacher=None, cuda_graph: bool = True, start_from: str | Path | None = None
+          ) -> TrainResult:
     """Train the evaluation network of `genotype` (see the module docstring); returns the final result.
 
     teacher: None, a model.pt path (validated: same genotype, same input shape and classes) or a module.
     resume: continue from out_dir/checkpoint.pt (config and genotype must be unchanged); without a
-    checkpoint it starts afresh. progress(phase, done, total, **metrics) is called per batch and, with
+    checkpoint it starts afresh. start_from: a stage1.pt of another run (`stage1_snapshot`): without a checkpoint
+    of its own the run starts stage 2 from it (its stage-1 history and time are kept in the records), and
+    train.json names it. progress(phase, done, total, **metrics) is called per batch and, with
     test_acc, after each epoch (after the checkpoint is written). cuda_graph: on a CUDA device, replay
     each stage's training step as one CUDA graph (dcpnas.cuda_graph; the same arithmetic, launched at
     once); False runs it eagerly. The data then lives on the device too.
@@ -327,13 +356,18 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     state = {"stage": 0, "epoch_in_stage": 0, "history": [], "seconds": 0.0}
     ckpt_path = out_dir / "checkpoint.pt"
     opt_state = None
-    if resume and ckpt_path.is_file():
-        ck = load_torch(ckpt_path)
-        if ck.get("schema") != CHECKPOINT_SCHEMA:
-            raise ArtifactError(f"{ckpt_path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
-        if ck.get("config") != config.to_dict() or ck.get("genotype_digest") != genotype.digest():
-            raise ConfigError(f"{ckpt_path}: was written with another config or genotype; "
-                              f"use the same options to --resume, or a new -o folder")
+    snapshot = stage1_snapshot(start_from, genotype, config) if start_from is not None else None
+    own = resume and ckpt_path.is_file()
+    if own or snapshot is not None:
+        if own:
+            ck = load_torch(ckpt_path)
+            if ck.get("schema") != CHECKPOINT_SCHEMA:
+                raise ArtifactError(f"{ckpt_path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
+            if ck.get("config") != config.to_dict() or ck.get("genotype_digest") != genotype.digest():
+                raise ConfigError(f"{ckpt_path}: was written with another config or genotype; "
+                                  f"use the same options to --resume, or a new -o folder")
+        else:
+            ck = snapshot
         _set_stage(model, stages[ck["stage"]][2], fresh=False)
         model.load_state_dict(ck["model"])
         gen.set_state(ck["rng"])
@@ -397,9 +431,11 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                       "seconds": time.perf_counter() - t_start}
             state["history"].append(record)
             state.update(stage=si, epoch_in_stage=epoch + 1, seconds=record["seconds"])
-            save_torch(ckpt_path, {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(),
-                                   "genotype_digest": genotype.digest(), "model": model.state_dict(),
-                                   "optimizer": opt.state_dict(), "rng": gen.get_state(), **state})
+            ck = {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(), "genotype_digest": genotype.digest(),
+                  "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), **state}
+            save_torch(ckpt_path, ck)
+            if name == "stage1" and epoch + 1 == epochs and si + 1 < len(stages):
+                save_torch(out_dir / "stage1.pt", ck)  # where runs that differ only in stage 2 can start
             write_metrics(out_dir, state["history"])
             progress(name, (epoch + 1) * steps, epochs * steps, epoch=f"{epoch + 1}/{epochs}",
                      loss=record["train_loss"], acc=record["train_accuracy"], test_acc=test_acc)
@@ -415,7 +451,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         "schema": RESULT_SCHEMA, "genotype": genotype.to_dict(), "genotype_digest": genotype.digest(),
         "space": space.to_dict(), "config": config.to_dict(), "dataset": data.name,
         "n_train": n, "n_test": len(y_test), "test_accuracy": test_acc, "test_loss": test_loss,
-        "seconds": seconds, "teacher": info["teacher"], "history": state["history"]})
+        "seconds": seconds, "teacher": info["teacher"], "history": state["history"],
+        "stage1_from": str(start_from) if start_from is not None else None})
     if state["history"]:
         from dcpnas.train_plots import plot_history
 

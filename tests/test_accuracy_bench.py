@@ -61,7 +61,7 @@ def test_progress_lines_restart_with_each_stage(acc, tmp_path, monkeypatch, caps
 
     import dcpnas.train
 
-    def fake_train(geno, cfg, out, progress, resume, teacher, cuda_graph):
+    def fake_train(geno, cfg, out, progress, resume, teacher, cuda_graph, start_from=None):
         for phase, steps in (("stage1", 60), ("stage2", 60)):
             for done in range(1, steps + 1):
                 progress(phase, done, steps, loss=0.5, acc=0.9)
@@ -72,3 +72,21 @@ def test_progress_lines_restart_with_each_stage(acc, tmp_path, monkeypatch, caps
     acc.run_row(args, "authors", None)
     lines = capsys.readouterr().out.splitlines()
     assert sum("stage1 step" in ln for ln in lines) == 3 and sum("stage2 step" in ln for ln in lines) == 3
+
+
+def test_stage1_from_an_earlier_run(acc, tmp_path):
+    """--stage1-from RUNS: a 1-bit row starts stage 2 from RUNS/<row>/stage1.pt (only stage-2 settings differ)."""
+    import torch
+
+    torch.set_num_threads(1)
+    base = ["--data", "embedded", "--train-subset", "40", "--test-subset", "20", "--cells", "3", "--channels", "4",
+            "--binary-epochs", "3", "--batch-size", "20", "--rows", "authors"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert acc.main(["-o", str(a / "out"), "--runs", str(a / "runs"), *base]) == 0
+    assert acc.main(["-o", str(b / "out"), "--runs", str(b / "runs"), *base, "--stage2-lr", "1e-4",
+                     "--stage1-from", str(a / "runs")]) == 0
+    ta, tb = (json.loads((d / "runs" / "authors" / "train.json").read_text()) for d in (a, b))
+    assert tb["stage1_from"] == str(a / "runs" / "authors" / "stage1.pt") and ta["stage1_from"] is None
+    assert tb["history"][0] == ta["history"][0] and tb["history"][1] != ta["history"][1]
+    rep = json.loads((b / "out" / "accuracy.json").read_text())
+    assert rep["rows"][0]["stage1_from"] == tb["stage1_from"] and "--stage1-from" in rep["command"]

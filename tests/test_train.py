@@ -178,6 +178,37 @@ def test_resume_is_exact(tmp_path):
         train(DDPNAS_MCN_2, TrainConfig(epochs=4, **TINY), out, resume=True)
 
 
+def test_stage2_starts_from_another_runs_stage1(tmp_path):
+    """A 1-bit run keeps its checkpoint at the end of stage 1 (stage1.pt); a run that differs only in its
+    stage-2 settings starts stage 2 from it: with the same config it ends bit for bit where the source run
+    ended, with another stage-2 lr its stage 1 is the source's and its stage 2 is not."""
+    from dcpnas.train import stage1_snapshot
+
+    cfg = TrainConfig(epochs=3, **TINY)
+    ref = train(DDPNAS_MCN_2, cfg, tmp_path / "ref")
+    snap = tmp_path / "ref" / "stage1.pt"
+    assert snap.is_file()
+    same = train(DDPNAS_MCN_2, cfg, tmp_path / "same", start_from=snap)
+    a, _ = load_model(ref.model_path)
+    b, _ = load_model(same.model_path)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert [h["test_accuracy"] for h in same.history] == [h["test_accuracy"] for h in ref.history]
+    low = train(DDPNAS_MCN_2, TrainConfig(epochs=3, stage2_lr=1e-4, **TINY), tmp_path / "low", start_from=snap)
+    assert low.history[:2] == ref.history[:2] and low.history[2]["train_loss"] != ref.history[2]["train_loss"]
+    rec = json.loads((tmp_path / "low" / "train.json").read_text())
+    assert rec["stage1_from"] == str(snap) and rec["config"]["stage2_lr"] == 1e-4
+    # a snapshot fits only runs that differ in stage 2: another lr or length is refused, with the reason
+    with pytest.raises(ConfigError, match="differs in lr"):
+        stage1_snapshot(snap, DDPNAS_MCN_2, TrainConfig(epochs=3, lr=1e-3, **TINY))
+    with pytest.raises(ConfigError, match="differs in epochs"):
+        train(DDPNAS_MCN_2, TrainConfig(epochs=4, **TINY), tmp_path / "long", start_from=snap)
+    with pytest.raises(ArtifactError, match="not a checkpoint at the end of stage 1"):
+        stage1_snapshot(tmp_path / "ref" / "checkpoint.pt", DDPNAS_MCN_2, cfg)  # the run's last epoch
+    with pytest.raises(ArtifactError, match="no such stage-1 checkpoint"):
+        stage1_snapshot(tmp_path / "none.pt", DDPNAS_MCN_2, cfg)
+
+
 def test_float_teacher_distillation(tmp_path):
     float_cfg = TrainConfig(epochs=1, binary=False, **TINY)
     t = train(DDPNAS_MCN_2, float_cfg, tmp_path / "float")
