@@ -5,7 +5,9 @@
 # 12-epoch float twin, benchmarks/results/accuracy-full-12ep/rows/float), then the CUDA tests.
 # Everything stops at SECONDS; every row's per-epoch metrics (and the model.pt of finished rows) are packed
 # into OUT_DIR/accuracy.tgz every 20 s, so that a run cut short still returns what it did.
-#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR] (ROW one of accuracy.py's rows)
+#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR[:STAGE1_RUNS]] (ROW one of accuracy.py's
+#   rows; STAGE1_RUNS: start stage 2 from STAGE1_RUNS/ROW/stage1.pt, e.g. benchmarks/results/accuracy-s2lr/rows,
+#   an earlier run of the same recipe: only the stage-2 lr may differ)
 # Usage: ROWS="kd16=authors-kd:16:16" bash benchmarks/gpu_train_remote.sh OUT_DIR SECONDS [DATA]
 # Dry run on a CPU: DEVICE=cpu TINY=1 ROWS="a=authors-kd:2:4" bash benchmarks/gpu_train_remote.sh /tmp/o 120
 set -uo pipefail
@@ -41,8 +43,8 @@ pack() {
 set -m  # every background job its own process group: the deadline stops each job with all its children
 pids=()
 for spec in $rows; do
-  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch lr2 <<< "$rest"
-  extra=(); [ -z "$lr2" ] || extra=(--stage2-lr "$lr2")
+  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch lr2 s1 <<< "$rest"
+  extra=(); [ -z "$lr2" ] || extra=(--stage2-lr "$lr2"); [ -z "$s1" ] || extra+=(--stage1-from "$s1")
   runs=$work/runs/$name
   mkdir -p "$runs"
   # the teacher, finished (6 epochs, 16 channels, 92.64 %); a rerun keeps the copy it has

@@ -282,23 +282,25 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 
 # -- the run ----------------------------------------------------------------------------------------
 
-STAGE2_ONLY = ("stage2_lr",)  # config fields that stage 1 does not read: runs that differ only there share stage 1
+# config fields in which a run may differ from the run whose stage1.pt it starts from: stage 1 does not read
+# stage2_lr, and the device changes where the arithmetic runs, not what it is (a CPU stage 1 can go on on a GPU)
+STAGE1_FREE = ("stage2_lr", "device")
 
 
 def stage1_snapshot(path: str | Path, genotype: Genotype, config: TrainConfig) -> dict:
     """The stage1.pt checkpoint at `path`, validated for `config`: written by a run of the same genotype whose
-    config differs at most in STAGE2_ONLY, at the end of its stage 1 (of this config's length)."""
+    config differs at most in STAGE1_FREE, at the end of its stage 1 (of this config's length)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such stage-1 checkpoint (a 1-bit run writes stage1.pt when its stage 1 ends)")
     ck = load_torch(path)
     if ck.get("schema") != CHECKPOINT_SCHEMA or not isinstance(ck.get("config"), dict):
         raise ArtifactError(f"{path}: expected a training checkpoint of schema {CHECKPOINT_SCHEMA!r}")
-    mine = {k: v for k, v in config.to_dict().items() if k not in STAGE2_ONLY}
-    theirs = {k: v for k, v in ck["config"].items() if k not in STAGE2_ONLY}
+    mine = {k: v for k, v in config.to_dict().items() if k not in STAGE1_FREE}
+    theirs = {k: v for k, v in ck["config"].items() if k not in STAGE1_FREE}
     if theirs != mine or ck.get("genotype_digest") != genotype.digest():
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)) or ["genotype"]
-        raise ConfigError(f"{path}: its run differs in {', '.join(diff)}; only {', '.join(STAGE2_ONLY)} may differ "
+        raise ConfigError(f"{path}: its run differs in {', '.join(diff)}; only {', '.join(STAGE1_FREE)} may differ "
                           f"from the run that starts stage 2 from it")
     stages = config.stages()
     if len(stages) < 2 or ck.get("stage") != 0 or ck.get("epoch_in_stage") != stages[0][1]:

@@ -198,7 +198,8 @@ def test_stage2_starts_from_another_runs_stage1(tmp_path):
     assert low.history[:2] == ref.history[:2] and low.history[2]["train_loss"] != ref.history[2]["train_loss"]
     rec = json.loads((tmp_path / "low" / "train.json").read_text())
     assert rec["stage1_from"] == str(snap) and rec["config"]["stage2_lr"] == 1e-4
-    # a snapshot fits only runs that differ in stage 2: another lr or length is refused, with the reason
+    # a snapshot fits only runs that differ in stage 2 (or in the device): another lr or length is refused
+    assert stage1_snapshot(snap, DDPNAS_MCN_2, TrainConfig(epochs=3, device="cuda", **TINY))["epoch_in_stage"] == 2
     with pytest.raises(ConfigError, match="differs in lr"):
         stage1_snapshot(snap, DDPNAS_MCN_2, TrainConfig(epochs=3, lr=1e-3, **TINY))
     with pytest.raises(ConfigError, match="differs in epochs"):
