@@ -7,7 +7,9 @@
 # into OUT_DIR/accuracy.tgz every 20 s, so that a run cut short still returns what it did.
 #   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR[:STAGE1_RUNS]] (ROW one of accuracy.py's
 #   rows; STAGE1_RUNS: start stage 2 from STAGE1_RUNS/ROW/stage1.pt, e.g. benchmarks/results/accuracy-s2lr/rows,
-#   an earlier run of the same recipe: only the stage-2 lr may differ)
+#   an earlier run of the same recipe: only the stage-2 lr and the device may differ, the DATA spec may not: for
+#   the committed CPU runs give DATA=fashion-mnist:../shared/data/fashion-mnist, after
+#   `mkdir -p ../shared/data && ln -s "$PWD/data/fashion-mnist" ../shared/data/` where only data/ was carried)
 # Usage: ROWS="kd16=authors-kd:16:16" bash benchmarks/gpu_train_remote.sh OUT_DIR SECONDS [DATA]
 # Dry run on a CPU: DEVICE=cpu TINY=1 ROWS="a=authors-kd:2:4" bash benchmarks/gpu_train_remote.sh /tmp/o 120
 set -uo pipefail
