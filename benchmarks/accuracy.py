@@ -105,6 +105,11 @@ def load_genotype(spec: str):
     return getattr(G, spec) if spec == "DDPNAS_MCN_2" else G.load_genotype(spec)
 
 
+def stage1_source(args, row: str) -> Path | None:
+    """The stage1.pt that --stage1-from gives a 1-bit row (None for the float row or without the flag)."""
+    return args.stage1_from / row / "stage1.pt" if args.stage1_from is not None and ROWS[row][0] else None
+
+
 def run_row(args, row: str, geno) -> None:
     from dcpnas.train import train
 
@@ -130,9 +135,8 @@ def run_row(args, row: str, geno) -> None:
             print(f"{row}: {phase} epoch {m['epoch']} test accuracy {m['test_acc']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    start = args.stage1_from / row / "stage1.pt" if args.stage1_from is not None and ROWS[row][0] else None
     res = train(geno, cfg, out, progress=progress, resume=True, teacher=teacher, cuda_graph=not args.no_cuda_graph,
-                start_from=start)
+                start_from=stage1_source(args, row))
     print(f"{row}: test accuracy {res.test_accuracy:.4f}, {res.seconds:.0f} s", flush=True)
 
 
@@ -328,9 +332,19 @@ def main(argv=None) -> int:
         for r in throughput(args, geno)["rows"]:
             print(f"{r['peer']:45s} {r['images_per_s']:7.1f} img/s  {r['ratio_to_first']:.2f}x", flush=True)
     if not args.report_only:
-        for row in args.rows:
-            run_row(args, row, geno)
-            report(args)
+        from dcpnas.errors import DcpnasError
+        from dcpnas.train import stage1_snapshot
+
+        try:
+            for row in args.rows:  # a snapshot that does not fit fails now, not after the rows before it
+                if stage1_source(args, row) is not None and not (args.runs / row / "train.json").is_file():
+                    stage1_snapshot(stage1_source(args, row), geno, row_config(args, row))
+            for row in args.rows:
+                run_row(args, row, geno)
+                report(args)
+        except DcpnasError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if args.latency:
         from dcpnas.io import write_json
 

@@ -287,15 +287,29 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 STAGE1_FREE = ("stage2_lr", "device")
 
 
+def _load_checkpoint(path: Path) -> dict:
+    ck = load_torch(path)
+    if ck.get("schema") != CHECKPOINT_SCHEMA or not isinstance(ck.get("config"), dict):
+        raise ArtifactError(f"{path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
+    return ck
+
+
+def _own_checkpoint(path: Path, genotype: Genotype, config: TrainConfig) -> dict:
+    """out_dir/checkpoint.pt for `resume`: written by this very config and genotype."""
+    ck = _load_checkpoint(path)
+    if ck["config"] != config.to_dict() or ck.get("genotype_digest") != genotype.digest():
+        raise ConfigError(f"{path}: was written with another config or genotype; "
+                          f"use the same options to --resume, or a new -o folder")
+    return ck
+
+
 def stage1_snapshot(path: str | Path, genotype: Genotype, config: TrainConfig) -> dict:
     """The stage1.pt checkpoint at `path`, validated for `config`: written by a run of the same genotype whose
     config differs at most in STAGE1_FREE, at the end of its stage 1 (of this config's length)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such stage-1 checkpoint (a 1-bit run writes stage1.pt when its stage 1 ends)")
-    ck = load_torch(path)
-    if ck.get("schema") != CHECKPOINT_SCHEMA or not isinstance(ck.get("config"), dict):
-        raise ArtifactError(f"{path}: expected a training checkpoint of schema {CHECKPOINT_SCHEMA!r}")
+    ck = _load_checkpoint(path)
     mine = {k: v for k, v in config.to_dict().items() if k not in STAGE1_FREE}
     theirs = {k: v for k, v in ck["config"].items() if k not in STAGE1_FREE}
     if theirs != mine or ck.get("genotype_digest") != genotype.digest():
@@ -359,17 +373,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     ckpt_path = out_dir / "checkpoint.pt"
     opt_state = None
     snapshot = stage1_snapshot(start_from, genotype, config) if start_from is not None else None
-    own = resume and ckpt_path.is_file()
-    if own or snapshot is not None:
-        if own:
-            ck = load_torch(ckpt_path)
-            if ck.get("schema") != CHECKPOINT_SCHEMA:
-                raise ArtifactError(f"{ckpt_path}: expected schema {CHECKPOINT_SCHEMA!r}, found {ck.get('schema')!r}")
-            if ck.get("config") != config.to_dict() or ck.get("genotype_digest") != genotype.digest():
-                raise ConfigError(f"{ckpt_path}: was written with another config or genotype; "
-                                  f"use the same options to --resume, or a new -o folder")
-        else:
-            ck = snapshot
+    ck = _own_checkpoint(ckpt_path, genotype, config) if resume and ckpt_path.is_file() else snapshot
+    if ck is not None:
         _set_stage(model, stages[ck["stage"]][2], fresh=False)
         model.load_state_dict(ck["model"])
         gen.set_state(ck["rng"])

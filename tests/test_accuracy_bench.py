@@ -90,3 +90,17 @@ def test_stage1_from_an_earlier_run(acc, tmp_path):
     assert tb["history"][0] == ta["history"][0] and tb["history"][1] != ta["history"][1]
     rep = json.loads((b / "out" / "accuracy.json").read_text())
     assert rep["rows"][0]["stage1_from"] == tb["stage1_from"] and "--stage1-from" in rep["command"]
+
+
+def test_stage1_from_that_does_not_fit_is_one_error_before_any_row_trains(acc, tmp_path, capsys):
+    """A missing or foreign stage1.pt: one 'error:' line and exit 1 before the float row spends its hours."""
+    bad = tmp_path / "bad" / "authors"
+    bad.mkdir(parents=True)
+    (bad / "stage1.pt").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle payload, never run
+    runs = tmp_path / "runs"
+    for src in (tmp_path / "none", tmp_path / "bad"):
+        assert acc.main(["-o", str(tmp_path / "out"), "--runs", str(runs), "--data", "embedded", "--rows",
+                         "float,authors", "--binary-epochs", "3", "--stage1-from", str(src)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not runs.exists()
