@@ -42,6 +42,8 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Add the LUT latency of each layer of this target to the summary."),
+    stage2_lr: Optional[float] = typer.Option(None, "--stage2-lr", help="Peak lr of stage 2 (binary weights) \\[default: the lr of stage 1]."),
+    stage1_from: Optional[Path] = typer.Option(None, "--stage1-from", help="stage1.pt (or the folder) of an earlier 1-bit run of the same recipe (only --stage2-lr and --device may differ): skip stage 1 and train stage 2 from it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or a \\[train] table); flags win."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
@@ -70,12 +72,19 @@ def train_cmd(
     overrides = {k: v for k, v in {
         "reductions": red,
         "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "stem": stem, "data": data, "seed": seed,
-        "batch_size": batch_size, "device": device}.items() if v is not None}
+        "batch_size": batch_size, "device": device, "stage2_lr": stage2_lr}.items() if v is not None}
     if float_net:
         overrides["binary"] = False
     cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides, "options")
     if teacher is not None and not cfg.binary:
         raise ConfigError("--teacher distils into the 1-bit network; drop --float or --teacher")
+    if stage1_from is not None and not cfg.binary:
+        raise ConfigError("--stage1-from starts stage 2 of a 1-bit run; a --float run has no stages")
+    if stage1_from is not None:  # checked before anything is printed or written: a misfit fails in a second
+        from dcpnas.train import stage1_snapshot
+
+        stage1_from = stage1_from / "stage1.pt" if stage1_from.is_dir() else stage1_from
+        stage1_snapshot(stage1_from, geno, cfg)
     if teacher is not None and no_teacher:
         raise ConfigError("--teacher and --no-teacher contradict each other; give one")
     if teacher is None and cfg.binary and not no_teacher and Path(genotype).is_file():
@@ -100,7 +109,7 @@ def train_cmd(
     try:
         with rich_progress(not no_progress) as progress:
             result = train(geno, cfg, out, progress=progress, resume=resume, teacher=teacher,
-                           cuda_graph=cuda_graph)
+                           cuda_graph=cuda_graph, start_from=stage1_from)
     except KeyboardInterrupt:
         raise Resumable(out) from None
 

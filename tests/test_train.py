@@ -277,6 +277,19 @@ def test_cli_train(tmp_path):
     assert rec["config"]["train_subset"] == 60 and rec["config"]["epochs"] == 2 and rec["space"]["cells"] == 3
     r = CliRunner().invoke(app, args + ["--resume"])
     assert r.exit_code == 0 and f"{100 * rec['test_accuracy']:.2f}%" in r.output
+    # stage 2 again from this run's stage 1 (its folder or its stage1.pt), at another peak lr
+    s2 = tmp_path / "s2"
+    r = CliRunner().invoke(app, [a if a != str(out) else str(s2) for a in args] + ["--stage1-from", str(out),
+                                                                              "--stage2-lr", "1e-4"])
+    assert r.exit_code == 0, r.output
+    rec2 = json.loads((s2 / "train.json").read_text())
+    assert rec2["stage1_from"] == str(out / "stage1.pt") and rec2["config"]["stage2_lr"] == 1e-4
+    assert rec2["history"][0] == rec["history"][0] and rec2["history"][1] != rec["history"][1]
+    r = CliRunner().invoke(app, ["train", "DDPNAS_MCN_2", "-o", str(tmp_path / "s3"), "--epochs", "3", "--cells", "3",
+                                 "--channels", "4", "--config", str(cfg), "--stage1-from", str(out / "stage1.pt")])
+    assert r.exit_code == 1 and "differs in epochs" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["train", "DDPNAS_MCN_2", "--float", "--stage1-from", str(out)])
+    assert r.exit_code == 1 and "--stage1-from" in r.output
     bad = tmp_path / "g.json"
     bad.write_text('{"schema": "dcpnas.genotype/1"}')
     r = CliRunner().invoke(app, ["train", str(bad), "-o", str(tmp_path / "x")])
