@@ -59,9 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--stage2-lr", type=float, default=None,
                     help="peak lr of the 1-bit rows' stage 2 (default: --lr; its cosine restarts at stage 2)")
+    ap.add_argument("--stage2-ema", type=float, default=None, metavar="DECAY",
+                    help="keep an EMA of the 1-bit rows' stage-2 weights with this decay (e.g. 0.9995) and report "
+                         "it as the row's network; the last weights' accuracy is recorded beside it")
     ap.add_argument("--stage1-from", type=Path, default=None, metavar="RUNS",
                     help="start each 1-bit row's stage 2 from RUNS/<row>/stage1.pt, the end of stage 1 of an earlier "
-                         "run that differs only in stage-2 settings (--stage2-lr): stage 1 is not trained again")
+                         "run that differs only in stage-2 settings (--stage2-lr, --stage2-ema): stage 1 is not trained again")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-subset", type=int, default=None, help="stratified training images (default all)")
     ap.add_argument("--test-subset", type=int, default=None, help="stratified test images (default all)")
@@ -96,7 +99,8 @@ def row_config(args, row: str):
                        binary=binary, cells=args.cells, channels=args.channels, reductions=reductions,
                        policy=policy or "authors", data=args.data, seed=args.seed,
                        train_subset=args.train_subset, test_subset=args.test_subset, augment=not args.no_augment,
-                       device=args.device, stage2_lr=args.stage2_lr if binary else None)
+                       device=args.device, stage2_lr=args.stage2_lr if binary else None,
+                       stage2_ema=(args.stage2_ema or 0.0) if binary else 0.0)
 
 
 def load_genotype(spec: str):
@@ -264,6 +268,9 @@ def report(args) -> dict:
             "epoch_test_accuracy": [h["test_accuracy"] for h in r["history"]],
             "latency": lat.get(policy) if binary else None,
             "stage1_from": r.get("stage1_from"),  # stage 1 trained by an earlier run (its seconds are in train_s)
+            # with --stage2-ema: the accuracy of the last (not averaged) weights of the same run
+            "last_weights_test_accuracy": (r.get("last_weights") or {}).get("test_accuracy"),
+            "epoch_test_accuracy_ema": [h.get("test_accuracy_ema") for h in r["history"]],
         })
     best = max((r for r in rows if r["binary"] and r["finished"]), key=lambda r: r["test_accuracy"], default=None)
     summary = {
@@ -305,7 +312,8 @@ def train_command(args, rows: list[str]) -> str:
              "--binary-epochs", str(args.binary_epochs), "--stage1-fraction", repr(args.stage1_fraction),
              "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed)]
     for flag, v in (("--train-subset", args.train_subset), ("--test-subset", args.test_subset),
-                    ("--stage2-lr", args.stage2_lr), ("--stage1-from", args.stage1_from)):
+                    ("--stage2-lr", args.stage2_lr), ("--stage2-ema", args.stage2_ema),
+                    ("--stage1-from", args.stage1_from)):
         if v is not None:
             parts += [flag, str(v)]
     if args.no_augment:

@@ -43,6 +43,7 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Add the LUT latency of each layer of this target to the summary."),
     stage2_lr: Optional[float] = typer.Option(None, "--stage2-lr", help="Peak lr of stage 2 (binary weights) \\[default: the lr of stage 1]."),
+    stage2_ema: Optional[float] = typer.Option(None, "--stage2-ema", help="Keep an exponential moving average of stage 2's weights with this decay (e.g. 0.9995; BatchNorm measured again) as the network; the last weights' accuracy is reported beside it \\[default: 0, none]."),
     stage1_from: Optional[Path] = typer.Option(None, "--stage1-from", help="stage1.pt (or the folder) of an earlier 1-bit run of the same recipe (only --stage2-lr and --device may differ): skip stage 1 and train stage 2 from it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or a \\[train] table); flags win."),
@@ -72,7 +73,8 @@ def train_cmd(
     overrides = {k: v for k, v in {
         "reductions": red,
         "epochs": epochs, "cells": cells, "channels": channels, "policy": policy, "stem": stem, "data": data, "seed": seed,
-        "batch_size": batch_size, "device": device, "stage2_lr": stage2_lr}.items() if v is not None}
+        "batch_size": batch_size, "device": device, "stage2_lr": stage2_lr,
+        "stage2_ema": stage2_ema}.items() if v is not None}
     if float_net:
         overrides["binary"] = False
     cfg = TrainConfig.from_toml(config, overrides) if config else TrainConfig.from_dict(overrides, "options")
@@ -118,6 +120,9 @@ def train_cmd(
 
     net, _ = load_model(result.model_path, genotype=geno)
     print_summary(summarize(net, table), target, table)
+    if result.last_weights is not None:
+        console.print(f"the stage-2 weight average is the network kept; the last weights: "
+                      f"{100 * result.last_weights['test_accuracy']:.2f}%")
     console.print(f"test accuracy [bold]{100 * result.test_accuracy:.2f}%[/] on "
                   f"the held-out test split; {result.seconds:.0f} s of training; wrote {result.model_path}, "
                   f"{out / 'metrics.jsonl'}, {out / 'curves.png'}")

@@ -33,11 +33,15 @@ from dcpnas.io import atomic_write_text, make_folder, write_json
 from dcpnas.model import Network
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.space import POLICIES, STEMS, STEPS, SearchSpace
+from dcpnas.weight_average import WeightEMA
 
 # Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
 # sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
 EVAL_CELLS = 6
 EVAL_CHANNELS = 8
+# training images (spread evenly over the training set, not augmented) on which an averaged network's BatchNorm
+# statistics are measured again (stage2_ema)
+RECALIBRATION_IMAGES = 4096
 RESULT_SCHEMA = "dcpnas.train/1"
 CHECKPOINT_SCHEMA = "dcpnas.train-checkpoint/1"
 
@@ -65,7 +69,10 @@ class TrainConfig:
     learns too slowly in a few epochs (embedded default, DDPNAS_MCN_2, 6 epochs: final test accuracy
     72.9% at 5e-3 vs 57.4% at 1e-3). weight_decay applies to stage 1 / float
     only (stage 2: 0, as binary latent weights should not shrink). temperature: of the KL to the
-    teacher. stage2_lr: the peak lr of stage 2 (None: lr). augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified
+    teacher. stage2_lr: the peak lr of stage 2 (None: lr). stage2_ema: the decay of an exponential moving
+    average of stage 2's weights, updated after every step (0: none); the network kept is then the average, with
+    its BatchNorm statistics measured again on training images (dcpnas.weight_average), and the last weights'
+    accuracy is reported beside it. augment: random +-2 px shifts and horizontal flips. train_subset/test_subset: stratified
     subsets (None = all).
     """
 
@@ -76,6 +83,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     temperature: float = 1.0
     stage2_lr: float | None = None  # stage 2's peak lr (binary weights); None: lr
+    stage2_ema: float = 0.0  # decay of the EMA of stage 2's weights; 0: keep the last weights
     augment: bool = True
     binary: bool = True
     cells: int | None = None
@@ -102,6 +110,10 @@ class TrainConfig:
             raise ConfigError("lr and temperature must be finite and > 0, weight_decay finite and >= 0")
         if self.stage2_lr is not None and not 0 < self.stage2_lr < math.inf:
             raise ConfigError(f"stage2_lr must be finite and > 0, got {self.stage2_lr}")
+        if not 0.0 <= self.stage2_ema < 1.0:
+            raise ConfigError(f"stage2_ema must be in [0, 1) (0: no average), got {self.stage2_ema}")
+        if self.stage2_ema and not self.binary:
+            raise ConfigError("stage2_ema averages stage 2 of a 1-bit run; a float run has no stage 2")
         for name, hi in (("cells", MAX_CELLS), ("channels", MAX_CHANNELS)):
             v = getattr(self, name)
             if v is not None and not 1 <= v <= hi:
@@ -134,6 +146,8 @@ class TrainConfig:
         d = asdict(self)
         if d["stem"] == "cifar":  # configs (and checkpoints) from before stems had a choice still match
             del d["stem"]
+        if d["stage2_ema"] == 0.0:  # the same for runs from before the weight average
+            del d["stage2_ema"]
         return d
 
     @classmethod
@@ -174,7 +188,8 @@ def trained_weights(genotype_file: str | Path, binary: bool = True) -> Path | No
 
 @dataclass
 class TrainResult:
-    """test_accuracy in [0, 1] of the final network; seconds: training wall time (summed over resumes)."""
+    """test_accuracy in [0, 1] of the final network; seconds: training wall time (summed over resumes);
+    last_weights: with stage2_ema, {test_accuracy, test_loss} of the last (not averaged) weights."""
 
     out_dir: Path
     model_path: Path
@@ -183,6 +198,7 @@ class TrainResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     space: SearchSpace | None = None
+    last_weights: dict | None = None
 
 
 # -- pieces -----------------------------------------------------------------------------------------
@@ -283,8 +299,8 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 # -- the run ----------------------------------------------------------------------------------------
 
 # config fields in which a run may differ from the run whose stage1.pt it starts from: stage 1 does not read
-# stage2_lr, and the device changes where the arithmetic runs, not what it is (a CPU stage 1 can go on on a GPU)
-STAGE1_FREE = ("stage2_lr", "device")
+# stage2_lr or stage2_ema, and the device changes where the arithmetic runs, not what it is (a CPU stage 1 can go on on a GPU)
+STAGE1_FREE = ("stage2_lr", "stage2_ema", "device")
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -369,9 +385,14 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     bs = min(config.batch_size, n)
     steps = max(n // bs, 1)
 
+    def recalibration_batches():
+        idx = torch.linspace(0, n - 1, min(n, RECALIBRATION_IMAGES)).long().to(x_train.device)
+        for i in range(0, len(idx), bs):
+            yield x_train[idx[i:i + bs]].to(dev).contiguous(memory_format=fmt)
+
     state = {"stage": 0, "epoch_in_stage": 0, "history": [], "seconds": 0.0}
     ckpt_path = out_dir / "checkpoint.pt"
-    opt_state = None
+    opt_state = ema_state = None
     snapshot = stage1_snapshot(start_from, genotype, config) if start_from is not None else None
     ck = _own_checkpoint(ckpt_path, genotype, config) if resume and ckpt_path.is_file() else snapshot
     if ck is not None:
@@ -379,13 +400,14 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         model.load_state_dict(ck["model"])
         gen.set_state(ck["rng"])
         state = {k: ck[k] for k in state}
-        opt_state = ck["optimizer"]
+        opt_state, ema_state = ck["optimizer"], ck.get("ema")
         write_metrics(out_dir, state["history"])  # drop lines written after the checkpoint
     elif not resume:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     t_start = time.perf_counter() - state["seconds"]
     model.train()
+    ema = None
     for si in range(state["stage"], len(stages)):
         name, epochs, binary_weight, wd = stages[si]
         fresh = not (si == state["stage"] and (state["epoch_in_stage"] > 0 or opt_state is not None))
@@ -406,6 +428,9 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 for g in opt.param_groups:
                     g["lr"] = torch.tensor(g["lr"], device=dev)
 
+        ema = None
+        if name == "stage2" and config.stage2_ema:
+            ema = WeightEMA(model, config.stage2_ema, state=None if fresh else ema_state)
         loss_fn = training_loss(model, teacher_net, teacher_in, config.temperature)
         step_fn = None  # the graphed step is captured on the stage's first batch
         start_epoch = state["epoch_in_stage"] if si == state["stage"] else 0
@@ -424,6 +449,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                 if step_fn is None:
                     step_fn = GraphedStep(model, opt, loss_fn, xb, yb) if graphed else eager_step(opt, loss_fn)
                 loss, logits = step_fn(xb, yb)
+                if ema is not None:
+                    ema.update(model)
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
@@ -436,10 +463,16 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                       "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                       "test_loss": test_loss, "test_accuracy": test_acc,
                       "seconds": time.perf_counter() - t_start}
+            if ema is not None:
+                with ema.swapped_in(model, recalibration_batches()):
+                    record["test_loss_ema"], record["test_accuracy_ema"] = evaluate(
+                        model, x_test, y_test, config.eval_batch_size, dev)
             state["history"].append(record)
             state.update(stage=si, epoch_in_stage=epoch + 1, seconds=record["seconds"])
             ck = {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(), "genotype_digest": genotype.digest(),
                   "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), **state}
+            if ema is not None:
+                ck["ema"] = ema.state()
             save_torch(ckpt_path, ck)
             if name == "stage1" and epoch + 1 == epochs and si + 1 < len(stages):
                 save_torch(out_dir / "stage1.pt", ck)  # where runs that differ only in stage 2 can start
@@ -451,6 +484,11 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
 
     seconds = state["seconds"]
     test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
+    last = None
+    if ema is not None:  # the network kept is the average; the last weights' accuracy is reported beside it
+        last = {"test_accuracy": test_acc, "test_loss": test_loss}
+        ema.load_into(model, recalibration_batches())
+        test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
     info = {"dataset": data.name, "test_accuracy": test_acc, "epochs": config.epochs, "seed": config.seed,
             "teacher": str(teacher) if isinstance(teacher, (str, Path)) else None}
     model_path = save_model(out_dir / "model.pt", model.cpu(), norm, info)
@@ -459,13 +497,13 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         "space": space.to_dict(), "config": config.to_dict(), "dataset": data.name,
         "n_train": n, "n_test": len(y_test), "test_accuracy": test_acc, "test_loss": test_loss,
         "seconds": seconds, "teacher": info["teacher"], "history": state["history"],
-        "stage1_from": str(start_from) if start_from is not None else None})
+        "stage1_from": str(start_from) if start_from is not None else None, "last_weights": last})
     if state["history"]:
         from dcpnas.train_plots import plot_history
 
         kind = "1-bit" if config.binary else "float"
         plot_history(state["history"], out_dir / "curves.png", f"{kind} network {genotype.digest()[:8]}")
-    return TrainResult(out_dir, model_path, test_acc, test_loss, seconds, state["history"], space)
+    return TrainResult(out_dir, model_path, test_acc, test_loss, seconds, state["history"], space, last)
 
 
 REPORT_EVERY = 10  # training steps between progress reports (and host syncs)

@@ -90,6 +90,14 @@ def test_stage1_from_an_earlier_run(acc, tmp_path):
     assert tb["history"][0] == ta["history"][0] and tb["history"][1] != ta["history"][1]
     rep = json.loads((b / "out" / "accuracy.json").read_text())
     assert rep["rows"][0]["stage1_from"] == tb["stage1_from"] and "--stage1-from" in rep["command"]
+    assert rep["rows"][0]["last_weights_test_accuracy"] is None
+    # with the stage-2 weight average, the row's network is the average and its last weights are reported too
+    c = tmp_path / "c"
+    assert acc.main(["-o", str(c / "out"), "--runs", str(c / "runs"), *base, "--stage2-ema", "0.5",
+                     "--stage1-from", str(a / "runs")]) == 0
+    row = json.loads((c / "out" / "accuracy.json").read_text())["rows"][0]
+    assert row["last_weights_test_accuracy"] == ta["test_accuracy"]  # the same weights trained as run a's
+    assert row["epoch_test_accuracy_ema"][-1] == row["test_accuracy"] and row["epoch_test_accuracy_ema"][0] is None
 
 
 def test_stage1_from_that_does_not_fit_is_one_error_before_any_row_trains(acc, tmp_path, capsys):

@@ -280,10 +280,12 @@ def test_cli_train(tmp_path):
     # stage 2 again from this run's stage 1 (its folder or its stage1.pt), at another peak lr
     s2 = tmp_path / "s2"
     r = CliRunner().invoke(app, [a if a != str(out) else str(s2) for a in args] + ["--stage1-from", str(out),
-                                                                              "--stage2-lr", "1e-4"])
+                                                                              "--stage2-lr", "1e-4",
+                                                                              "--stage2-ema", "0.5"])
     assert r.exit_code == 0, r.output
     rec2 = json.loads((s2 / "train.json").read_text())
     assert rec2["stage1_from"] == str(out / "stage1.pt") and rec2["config"]["stage2_lr"] == 1e-4
+    assert rec2["config"]["stage2_ema"] == 0.5 and "the last weights:" in r.output
     assert rec2["history"][0] == rec["history"][0] and rec2["history"][1] != rec["history"][1]
     r = CliRunner().invoke(app, ["train", "DDPNAS_MCN_2", "-o", str(tmp_path / "s3"), "--epochs", "3", "--cells", "3",
                                  "--channels", "4", "--config", str(cfg), "--stage1-from", str(out / "stage1.pt")])

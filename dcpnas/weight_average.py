@@ -1,0 +1,92 @@
+"""An exponential moving average of a network's parameters (stage 2's `stage2_ema`, dcpnas.train).
+
+The averaged network is the network with every parameter replaced by its EMA (latent weights included:
+a binary conv then takes the sign of the averaged latent weight) and its BatchNorm statistics measured
+again on training batches, because the running statistics of the trained network belong to its own weights.
+The update is in place (torch._foreach_lerp_), so it works beside a CUDA-graph training step too.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from dcpnas.errors import ArtifactError, ConfigError
+
+
+class WeightEMA:
+    """ema <- decay * ema + (1 - decay) * parameter, after every optimiser step (`update`)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: list[torch.Tensor] | None = None) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        params = [p.detach() for p in model.parameters()]
+        if state is None:
+            self.params = [p.clone() for p in params]
+        else:
+            if len(state) != len(params) or any(s.shape != p.shape for s, p in zip(state, params)):
+                raise ArtifactError("the checkpoint's EMA state does not match the network's parameters")
+            self.params = [s.to(device=p.device, dtype=p.dtype).clone() for s, p in zip(state, params)]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def load_into(self, model: torch.nn.Module, batches: Iterator[torch.Tensor]) -> None:
+        """Give `model` the averaged parameters and BatchNorm statistics measured on `batches` (kept)."""
+        for p, a in zip(model.parameters(), self.params):
+            p.copy_(a)
+        recalibrate_batchnorm(model, batches)
+
+    def state(self) -> list[torch.Tensor]:
+        """The averages, on the CPU (for a checkpoint)."""
+        return [p.detach().cpu().clone() for p in self.params]
+
+    @contextmanager
+    def swapped_in(self, model: torch.nn.Module, batches: Iterator[torch.Tensor]) -> Iterator[torch.nn.Module]:
+        """`model` with the averaged parameters and BatchNorm statistics measured on `batches` (in train mode,
+        no gradients); on exit the trained parameters and statistics come back exactly."""
+        params = [p for p in model.parameters()]
+        saved = [p.detach().clone() for p in params]
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        bn_saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+        was_training = model.training
+        try:
+            self.load_into(model, batches)
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+                for m, st in zip(bns, bn_saved):
+                    for k, v in st.items():
+                        getattr(m, k).copy_(v)
+            model.train(was_training)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterator[torch.Tensor]) -> int:
+    """Replace every BatchNorm's running statistics by their plain average over `batches` (a forward pass in
+    train mode without gradients). Returns the number of images seen; the model is left in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every batch counts the same
+    model.train()
+    seen = 0
+    try:
+        for xb in batches:
+            model(xb)
+            seen += len(xb)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+    if bns and seen == 0:
+        raise ConfigError("BatchNorm recalibration needs at least one batch")
+    model.eval()
+    return seen
