@@ -298,6 +298,12 @@ def report(args) -> dict:
                      f"{'yes' if r['distilled'] else 'no'} | {r['epochs_done']} of {r['epochs']}"
                      f"{'' if r['finished'] else ' (running)'} | {100 * r['test_accuracy']:.2f} | "
                      f"{r['train_s']:.0f} | {lat_s} |")
+    averaged = [r for r in rows if r["last_weights_test_accuracy"] is not None]
+    if averaged:  # --stage2-ema: the row's network is the weight average; the same run's last weights beside it
+        lines += ["", "Stage 2's weight average (the rows' networks above) against the last weights of the same run:",
+                  "", "| row | weight average % | last weights % |", "|---|---|---|"]
+        lines += [f"| {r['row']} | {100 * r['test_accuracy']:.2f} | {100 * r['last_weights_test_accuracy']:.2f} |"
+                  for r in averaged]
     atomic_write_text(args.out / "accuracy.md",
                       f"Dataset {summary['dataset']}, genotype {args.genotype}; command:\n\n    "
                       f"{summary['command']}\n\n" + "\n".join(lines) + "\n")

@@ -5,9 +5,9 @@
 # 12-epoch float twin, benchmarks/results/accuracy-full-12ep/rows/float), then the CUDA tests.
 # Everything stops at SECONDS; every row's per-epoch metrics (and the model.pt of finished rows) are packed
 # into OUT_DIR/accuracy.tgz every 20 s, so that a run cut short still returns what it did.
-#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR[:STAGE1_RUNS]] (ROW one of accuracy.py's
-#   rows; STAGE1_RUNS: start stage 2 from STAGE1_RUNS/ROW/stage1.pt, e.g. benchmarks/results/accuracy-s2lr/rows,
-#   an earlier run of the same recipe: only the stage-2 lr and the device may differ, the DATA spec may not: for
+#   ROWS: space-separated NAME=ROW:BINARY_EPOCHS:CHANNELS[:STAGE2_LR[:STAGE1_RUNS[:EMA]]] (ROW one of
+#   accuracy.py's rows; an empty field takes the default; EMA: --stage2-ema decay, e.g. 0.9995; STAGE1_RUNS: start stage 2 from STAGE1_RUNS/ROW/stage1.pt, e.g. benchmarks/results/accuracy-s2lr/rows,
+#   an earlier run of the same recipe: only the stage-2 lr, the EMA and the device may differ, the DATA spec may not: for
 #   the committed CPU runs give DATA=fashion-mnist:../shared/data/fashion-mnist, after
 #   `mkdir -p ../shared/data && ln -s "$PWD/data/fashion-mnist" ../shared/data/` where only data/ was carried)
 # Usage: ROWS="kd16=authors-kd:16:16" bash benchmarks/gpu_train_remote.sh OUT_DIR SECONDS [DATA]
@@ -45,8 +45,9 @@ pack() {
 set -m  # every background job its own process group: the deadline stops each job with all its children
 pids=()
 for spec in $rows; do
-  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch lr2 s1 <<< "$rest"
+  name=${spec%%=*}; rest=${spec#*=}; IFS=: read -r row epochs ch lr2 s1 ema <<< "$rest"
   extra=(); [ -z "$lr2" ] || extra=(--stage2-lr "$lr2"); [ -z "$s1" ] || extra+=(--stage1-from "$s1")
+  [ -z "$ema" ] || extra+=(--stage2-ema "$ema")
   runs=$work/runs/$name
   mkdir -p "$runs"
   # the teacher, finished (6 epochs, 16 channels, 92.64 %); a rerun keeps the copy it has

@@ -98,6 +98,7 @@ def test_stage1_from_an_earlier_run(acc, tmp_path):
     row = json.loads((c / "out" / "accuracy.json").read_text())["rows"][0]
     assert row["last_weights_test_accuracy"] == ta["test_accuracy"]  # the same weights trained as run a's
     assert row["epoch_test_accuracy_ema"][-1] == row["test_accuracy"] and row["epoch_test_accuracy_ema"][0] is None
+    assert "| authors | " in (c / "out" / "accuracy.md").read_text().split("last weights %")[1]
 
 
 def test_stage1_from_that_does_not_fit_is_one_error_before_any_row_trains(acc, tmp_path, capsys):
