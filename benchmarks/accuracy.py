@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         ap.error(f"unknown row(s) {', '.join(bad)}; choose from {', '.join(ROWS)}")
+    if args.stage2_ema is not None and not 0.0 < args.stage2_ema < 1.0:
+        ap.error(f"--stage2-ema must be a decay in (0, 1), got {args.stage2_ema}")
     args.rows = rows
     return args
 

@@ -44,7 +44,7 @@ def train_cmd(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Add the LUT latency of each layer of this target to the summary."),
     stage2_lr: Optional[float] = typer.Option(None, "--stage2-lr", help="Peak lr of stage 2 (binary weights) \\[default: the lr of stage 1]."),
     stage2_ema: Optional[float] = typer.Option(None, "--stage2-ema", help="Keep an exponential moving average of stage 2's weights with this decay (e.g. 0.9995; BatchNorm measured again) as the network; the last weights' accuracy is reported beside it \\[default: 0, none]."),
-    stage1_from: Optional[Path] = typer.Option(None, "--stage1-from", help="stage1.pt (or the folder) of an earlier 1-bit run of the same recipe (only --stage2-lr and --device may differ): skip stage 1 and train stage 2 from it."),
+    stage1_from: Optional[Path] = typer.Option(None, "--stage1-from", help="stage1.pt (or the folder) of an earlier 1-bit run of the same recipe and teacher (only --stage2-lr, --stage2-ema and --device may differ): skip stage 1 and train stage 2 from it."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file of TrainConfig keys (top level or a \\[train] table); flags win."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
@@ -82,11 +82,6 @@ def train_cmd(
         raise ConfigError("--teacher distils into the 1-bit network; drop --float or --teacher")
     if stage1_from is not None and not cfg.binary:
         raise ConfigError("--stage1-from starts stage 2 of a 1-bit run; a --float run has no stages")
-    if stage1_from is not None:  # checked before anything is printed or written: a misfit fails in a second
-        from dcpnas.train import stage1_snapshot
-
-        stage1_from = stage1_from / "stage1.pt" if stage1_from.is_dir() else stage1_from
-        stage1_snapshot(stage1_from, geno, cfg)
     if teacher is not None and no_teacher:
         raise ConfigError("--teacher and --no-teacher contradict each other; give one")
     if teacher is None and cfg.binary and not no_teacher and Path(genotype).is_file():
@@ -95,6 +90,13 @@ def train_cmd(
         teacher = trained_weights(genotype, binary=False)
         if teacher is not None:
             console.print(f"teacher {teacher} (the float twin of this run; --teacher or --no-teacher override)")
+    if stage1_from is not None:  # checked before anything is printed or written: a misfit fails in a second
+        from dcpnas.checkpoint import load_model
+        from dcpnas.train import check_stage1_teacher, stage1_snapshot, teacher_digest
+
+        stage1_from = stage1_from / "stage1.pt" if stage1_from.is_dir() else stage1_from
+        ck = stage1_snapshot(stage1_from, geno, cfg)
+        check_stage1_teacher(ck, stage1_from, teacher_digest(load_model(teacher, genotype=geno)[0]) if teacher else None)
     table = None
     if target is not None:  # load the LUT first so that a bad target fails before training
         from dcpnas.targets import get_target

@@ -5,7 +5,8 @@ stage 2 fully binary, initialised from stage 1 (beta re-initialised to mean |w|)
 a cosine schedule from lr to 0 (lr 5e-3 by default, see TrainConfig). Loss: KL(teacher softmax ||
 student softmax) when a teacher (the real-valued network of the same genotype, trained by
 `train(..., binary=False)` = `dcpnas train --float`) is given, cross-entropy on the labels otherwise.
-The test split is used only for reporting: the network kept is the last one, no model selection.
+The test split is used only for reporting: the network kept is the last one (or, with stage2_ema, the average of
+stage 2's weights fixed in advance by the config), no model selection.
 
 Out folder: model.pt (dcpnas.checkpoint), checkpoint.pt (each epoch; `resume=True` continues from it
 exactly), stage1.pt (a 1-bit run's checkpoint at the end of stage 1: another run that differs only in its
@@ -15,6 +16,7 @@ stage-2 settings starts stage 2 from it, `start_from`), metrics.jsonl (one recor
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -319,6 +321,32 @@ def _own_checkpoint(path: Path, genotype: Genotype, config: TrainConfig) -> dict
     return ck
 
 
+def teacher_digest(net: torch.nn.Module | None) -> str | None:
+    """A fingerprint of a teacher's weights (None without a teacher): a stage 2 distils from the teacher of its
+    stage 1, and a checkpoint records which one that was."""
+    if net is None:
+        return None
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_stage1_teacher(ck: dict, path: str | Path, digest: str | None) -> None:
+    """Refuse a stage1.pt whose stage 1 learnt from another teacher (or from the labels) than this run's stage 2
+    would; a snapshot from before teachers were recorded is taken as it is."""
+    if "teacher" not in ck or ck["teacher"] == digest:
+        return
+    if ck["teacher"] is None:
+        raise ConfigError(f"{path}: its stage 1 learnt from the labels, this run distils from a teacher; "
+                          f"give --no-teacher, or start from a distilled run's stage1.pt")
+    if digest is None:
+        raise ConfigError(f"{path}: its stage 1 was distilled from a teacher, this run has none; give that --teacher")
+    raise ConfigError(f"{path}: its stage 1 was distilled from another teacher (weights {ck['teacher']}, "
+                      f"this run's {digest}); give the teacher of that run")
+
+
 def stage1_snapshot(path: str | Path, genotype: Genotype, config: TrainConfig) -> dict:
     """The stage1.pt checkpoint at `path`, validated for `config`: written by a run of the same genotype whose
     config differs at most in STAGE1_FREE, at the end of its stage 1 (of this config's length)."""
@@ -385,16 +413,23 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     bs = min(config.batch_size, n)
     steps = max(n // bs, 1)
 
-    def recalibration_batches():
-        idx = torch.linspace(0, n - 1, min(n, RECALIBRATION_IMAGES)).long().to(x_train.device)
+    def recalibration_batches():  # whole batches only: with momentum None every batch weighs the same
+        k = max(bs, min(n, RECALIBRATION_IMAGES) // bs * bs)
+        idx = torch.linspace(0, n - 1, k).long().to(x_train.device)
         for i in range(0, len(idx), bs):
             yield x_train[idx[i:i + bs]].to(dev).contiguous(memory_format=fmt)
 
     state = {"stage": 0, "epoch_in_stage": 0, "history": [], "seconds": 0.0}
     ckpt_path = out_dir / "checkpoint.pt"
     opt_state = ema_state = None
-    snapshot = stage1_snapshot(start_from, genotype, config) if start_from is not None else None
+    teacher_id = teacher_digest(teacher_net)
+    snapshot = None
+    if start_from is not None:
+        snapshot = stage1_snapshot(start_from, genotype, config)
+        check_stage1_teacher(snapshot, start_from, teacher_id)
     ck = _own_checkpoint(ckpt_path, genotype, config) if resume and ckpt_path.is_file() else snapshot
+    if ck is not None and ck is not snapshot and start_from is None:  # a resumed run keeps its source's name
+        start_from = ck.get("stage1_from")
     if ck is not None:
         _set_stage(model, stages[ck["stage"]][2], fresh=False)
         model.load_state_dict(ck["model"])
@@ -450,7 +485,7 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                     step_fn = GraphedStep(model, opt, loss_fn, xb, yb) if graphed else eager_step(opt, loss_fn)
                 loss, logits = step_fn(xb, yb)
                 if ema is not None:
-                    ema.update(model)
+                    ema.update()
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
@@ -461,16 +496,17 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
             record = {"epoch": len(state["history"]) + 1, "stage": name, "epoch_in_stage": epoch + 1,
                       "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                      "test_loss": test_loss, "test_accuracy": test_acc,
-                      "seconds": time.perf_counter() - t_start}
+                      "test_loss": test_loss, "test_accuracy": test_acc}
             if ema is not None:
                 with ema.swapped_in(model, recalibration_batches()):
                     record["test_loss_ema"], record["test_accuracy_ema"] = evaluate(
                         model, x_test, y_test, config.eval_batch_size, dev)
+            record["seconds"] = time.perf_counter() - t_start
             state["history"].append(record)
             state.update(stage=si, epoch_in_stage=epoch + 1, seconds=record["seconds"])
             ck = {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(), "genotype_digest": genotype.digest(),
-                  "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), **state}
+                  "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
+                  "teacher": teacher_id, "stage1_from": None if start_from is None else str(start_from), **state}
             if ema is not None:
                 ck["ema"] = ema.state()
             save_torch(ckpt_path, ck)
@@ -482,13 +518,15 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         state.update(stage=si + 1, epoch_in_stage=0)
         opt_state = step_fn = None  # the next stage's forward differs: a new graph
 
-    seconds = state["seconds"]
     test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
     last = None
     if ema is not None:  # the network kept is the average; the last weights' accuracy is reported beside it
         last = {"test_accuracy": test_acc, "test_loss": test_loss}
+        t0 = time.perf_counter()
         ema.load_into(model, recalibration_batches())
+        state["seconds"] += time.perf_counter() - t0  # measuring the average's BatchNorm is part of training
         test_loss, test_acc = evaluate(model, x_test, y_test, config.eval_batch_size, dev)
+    seconds = state["seconds"]
     info = {"dataset": data.name, "test_accuracy": test_acc, "epochs": config.epochs, "seed": config.seed,
             "teacher": str(teacher) if isinstance(teacher, (str, Path)) else None}
     model_path = save_model(out_dir / "model.pt", model.cpu(), norm, info)

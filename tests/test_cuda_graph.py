@@ -122,3 +122,20 @@ def test_train_on_cuda_graphed_matches_eager_and_resumes(tmp_path, monkeypatch):
     for run in (out, tmp_path / "graphed"):
         state = load_torch(run / "checkpoint.pt")["optimizer"]["state"]
         assert {float(s["step"]) for s in state.values()} == {steps}, run
+
+
+@cuda
+def test_stage2_average_beside_the_graph_is_the_eager_average(tmp_path, monkeypatch):
+    """The weight average (stage2_ema) follows the parameters the graph updates in place, and its evaluation
+    between epochs (parameters swapped in and out with copy_) disturbs neither the graph nor the training."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = TrainConfig(epochs=4, device="cuda", stage2_ema=0.5, **TINY)
+    eager = train(DDPNAS_MCN_2, cfg, tmp_path / "eager", cuda_graph=False)
+    graphed = train(DDPNAS_MCN_2, cfg, tmp_path / "graphed")
+    plain = train(DDPNAS_MCN_2, TrainConfig(epochs=4, device="cuda", **TINY), tmp_path / "plain")
+    assert graphed.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], rel=1e-6)
+    for he, hg in zip(eager.history[2:], graphed.history[2:]):
+        assert (hg["train_loss"], hg["test_accuracy_ema"]) == pytest.approx(
+            (he["train_loss"], he["test_accuracy_ema"]), rel=1e-3, abs=1e-4), (eager.history, graphed.history)
+    assert graphed.test_accuracy == graphed.history[-1]["test_accuracy_ema"]
