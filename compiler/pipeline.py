@@ -32,20 +32,9 @@ def torch_threads(n: int):
 def calibrate_batchnorm(net, x, batches: int = 4, batch_size: int = 64) -> None:
     """Give fresh BatchNorm layers running statistics of real data: train-mode forward passes (no grad)
     with a cumulative average (momentum None), then eval mode. Weights are untouched."""
-    import torch
+    from dcpnas.batchnorm import recalibrate_batchnorm
 
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for i in range(batches):
-            net(x[i * batch_size:(i + 1) * batch_size])
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    net.eval()
+    recalibrate_batchnorm(net, (x[i * batch_size:(i + 1) * batch_size] for i in range(batches)))
 
 
 def _weight_bytes(model) -> dict:

@@ -17,6 +17,7 @@ from torch import nn
 from dcpnas.architect import Architect, op_weight_norms
 from dcpnas.binary import BinaryConv2d, reconstruction_loss
 from dcpnas.config import SearchConfig
+from dcpnas.batchnorm import recalibrate_batchnorm
 from dcpnas.curvature import kl_to_parent, make_estimator
 from dcpnas.distributed import DistContext
 from dcpnas.latency import LatencyLookup, edge_keys, fixed_latency, latency_loss
@@ -52,20 +53,12 @@ def alpha_entropy(alpha: torch.Tensor) -> float:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 250) -> None:
-    """Replace every BatchNorm's running mean/var by their average over the batches of x (train mode)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
+    """Replace every BatchNorm's running mean/var by their average over the batches of x (train mode); the
+    model keeps its mode."""
     was_training = model.training
-    model.train()
     try:
-        for i in range(0, len(x), batch):
-            model(x[i:i + batch])
+        recalibrate_batchnorm(model, (x[i:i + batch] for i in range(0, len(x), batch)))
     finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
         model.train(was_training)
 
 

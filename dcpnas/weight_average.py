@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+from dcpnas.batchnorm import recalibrate_batchnorm
 from dcpnas.errors import ArtifactError, ConfigError
 
 
@@ -57,43 +58,14 @@ class WeightEMA:
         """`model` (in eval mode) with the averaged parameters and BatchNorm statistics measured on `batches`
         (a forward pass in train mode, no gradients); on exit the trained parameters, statistics and mode come back
         exactly."""
-        params = [p for p in model.parameters()]
-        saved = [p.detach().clone() for p in params]
-        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        bn_saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bns]
+        saved = {k: v.clone() for k, v in model.state_dict().items()}  # parameters and BatchNorm buffers
         was_training = model.training
         try:
             self.load_into(model, batches)
             yield model
         finally:
             with torch.no_grad():
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-                for m, st in zip(bns, bn_saved):
-                    for k, v in st.items():
-                        getattr(m, k).copy_(v)
+                for k, v in model.state_dict().items():  # in place: a CUDA graph holds these storages
+                    v.copy_(saved[k])
             model.train(was_training)
 
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterator[torch.Tensor]) -> int:
-    """Replace every BatchNorm's running statistics by their plain average over `batches` (a forward pass in
-    train mode without gradients). Returns the number of images seen; the model is left in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative: every batch counts the same
-    model.train()
-    seen = 0
-    try:
-        for xb in batches:
-            model(xb)
-            seen += len(xb)
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-    if bns and seen == 0:
-        raise ConfigError("BatchNorm recalibration needs at least one batch")
-    model.eval()
-    return seen

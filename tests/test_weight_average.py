@@ -1,4 +1,4 @@
-"""dcpnas.weight_average against slow references, and stage 2's weight average in dcpnas.train."""
+"""dcpnas.weight_average and dcpnas.batchnorm against slow references, and stage 2's weight average in dcpnas.train."""
 
 import json
 
@@ -9,17 +9,10 @@ from dcpnas.checkpoint import load_model
 from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import DDPNAS_MCN_2
 from dcpnas.train import TrainConfig, train
-from dcpnas.weight_average import WeightEMA, recalibrate_batchnorm
+from dcpnas.batchnorm import recalibrate_batchnorm
+from dcpnas.weight_average import WeightEMA
 
 TINY = dict(cells=3, channels=4, train_subset=60, test_subset=30, batch_size=20, eval_batch_size=16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _net():
