@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def load_torch(path: str | Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is not news: the refusal below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
             KeyError, TypeError, struct.error, zipfile.BadZipFile) as e:  # foreign bytes raise any of these
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -561,3 +561,19 @@ def test_help_keeps_every_default_written_in_a_help_string():
         res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
         assert res.exit_code == 0, res.output
         assert res.output.count("[default:") >= written, (path, res.output)
+
+
+def test_train_stage1_snapshot_runs_no_code_and_says_one_line(tmp_path):
+    """A raw pickle (protocol 4) as --stage1-from: refused, nothing of it runs, and torch's protocol warning does
+    not come out beside the one error line."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "stage1.pt").write_bytes(pickle.dumps(Payload(marker), protocol=4))
+    entry = "import sys; from dcpnas.cli import main; sys.exit(main(sys.argv[1:]))"  # the console entry point
+    p = subprocess.run([sys.executable, "-c", entry, "train", "DDPNAS_MCN_2", "-q", "-o", str(tmp_path / "o"),
+                        "--stage1-from", str(tmp_path / "stage1.pt")], capture_output=True, text=True, timeout=300)
+    text = (p.stdout + p.stderr).strip()
+    assert p.returncode == 1 and len(text.splitlines()) == 1 and text.startswith("error:"), text
+    assert "stage1.pt" in text and not marker.exists()
