@@ -81,49 +81,55 @@ class ExactHessian(CurvatureEstimator):
         loss = loss_fn(logits_fn(leaves))
         grad = torch.autograd.grad(loss, leaves, create_graph=True)
         v = [t.detach() for t in vector_fn([g.detach() for g in grad])]
-        hvp = torch.autograd.grad(grad, leaves, grad_outputs=v, allow_unused=True)
-        hvp = [torch.zeros_like(a) if h is None else h.detach() for h, a in zip(hvp, leaves)]
+        hvp = _dense(torch.autograd.grad(grad, leaves, grad_outputs=v, allow_unused=True), leaves)
         return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
 
 
-class GaussNewton(CurvatureEstimator):
-    """J^T H_out J v: forward-mode jvp through the supernet, output-space Hessian, reverse vjp."""
+class OutputSpaceCurvature(CurvatureEstimator):
+    """M = J^T M_out J with J = dz/dalpha: one jvp (J v), an output-space product u = M_out (J v) of
+    the subclass (`output_product`), and one vjp (J^T u) through the graph kept from the gradient pass.
+    No second-order graph of the supernet is built."""
+
+    def output_product(self, loss_fn: LossFn, z: torch.Tensor, jv: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradient_and_hvp(self, logits_fn, alphas, loss_fn, vector_fn, replay=None):
+        leaves = _leaves(alphas)
+        z = logits_fn(leaves)
+        loss = loss_fn(z)
+        grad = torch.autograd.grad(loss, leaves, retain_graph=True)
+        v = [t.detach() for t in vector_fn([g.detach() for g in grad])]
+        jv = jvp_logits(logits_fn, alphas, v, replay)
+        u = self.output_product(loss_fn, z.detach(), jv)
+        hvp = _dense(torch.autograd.grad(z, leaves, grad_outputs=u, allow_unused=True), leaves)
+        return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
+
+
+class GaussNewton(OutputSpaceCurvature):
+    """J^T H_out J v: M_out = H_out = d2 L / dz2, a tiny double backward in output space."""
 
     name = "ggn"
 
-    def gradient_and_hvp(self, logits_fn, alphas, loss_fn, vector_fn, replay=None):
-        leaves = _leaves(alphas)
-        z = logits_fn(leaves)
-        loss = loss_fn(z)
-        grad = torch.autograd.grad(loss, leaves, retain_graph=True)
-        v = [t.detach() for t in vector_fn([g.detach() for g in grad])]
-        jv = jvp_logits(logits_fn, alphas, v, replay)
-        hout_jv = output_hvp(loss_fn, z.detach(), jv)
-        hvp = torch.autograd.grad(z, leaves, grad_outputs=hout_jv, allow_unused=True)
-        hvp = [torch.zeros_like(a) if h is None else h.detach() for h, a in zip(hvp, leaves)]
-        return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
+    def output_product(self, loss_fn, z, jv):
+        return output_hvp(loss_fn, z, jv)
 
 
-class EmpiricalFisher(CurvatureEstimator):
-    """(1/N) sum_i g_i (g_i . v) over the per-sample gradients g_i of the batch (see the module doc)."""
+class EmpiricalFisher(OutputSpaceCurvature):
+    """(1/N) sum_i g_i (g_i . v) over the per-sample gradients g_i of the batch (see the module doc):
+    u_i = N (r_i . (J v)_i) r_i with r_i = dL/dz_i."""
 
     name = "fisher"
 
-    def gradient_and_hvp(self, logits_fn, alphas, loss_fn, vector_fn, replay=None):
-        leaves = _leaves(alphas)
-        z = logits_fn(leaves)
-        loss = loss_fn(z)
-        grad = torch.autograd.grad(loss, leaves, retain_graph=True)
-        v = [t.detach() for t in vector_fn([g.detach() for g in grad])]
-        jv = jvp_logits(logits_fn, alphas, v, replay)
+    def output_product(self, loss_fn, z, jv):
         zd = z.detach().requires_grad_(True)
         with torch.enable_grad():
             (r,) = torch.autograd.grad(loss_fn(zd), zd)
-        n = z.shape[0]
-        u = n * (r * jv).sum(-1, keepdim=True) * r
-        hvp = torch.autograd.grad(z, leaves, grad_outputs=u, allow_unused=True)
-        hvp = [torch.zeros_like(a) if h is None else h.detach() for h, a in zip(hvp, leaves)]
-        return CurvatureResult(loss.detach(), [g.detach() for g in grad], hvp, v)
+        return z.shape[0] * (r * jv).sum(-1, keepdim=True) * r
+
+
+def _dense(grads: Sequence[torch.Tensor | None], leaves: Tensors) -> Tensors:
+    """Detached gradients, zeros where autograd returned None (a leaf the output does not use)."""
+    return [torch.zeros_like(a) if g is None else g.detach() for g, a in zip(grads, leaves)]
 
 
 def jvp_logits(logits_fn: LogitsFn, alphas: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
