@@ -37,7 +37,7 @@ from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.space import POLICIES, STEMS, STEPS, SearchSpace
 from dcpnas.weight_average import WeightEMA
 
-# Default evaluation network (more cells and channels than the default 5-cell, 8-channel supernet),
+# Default evaluation network (more cells than the default 3-cell, 8-channel supernet),
 # sized so that `dcpnas train` on the embedded data fits 15 minutes on 2 shared CPU cores.
 EVAL_CELLS = 6
 EVAL_CHANNELS = 8
