@@ -179,6 +179,26 @@ def paired_difference(row_vals: dict[int, float], base_vals: dict[int, float]) -
     return {"n": len(d), "mean": mean, "ci95": [mean - half, mean + half], "seeds": seeds}
 
 
+def correlation(xs: list[float], ys: list[float]) -> dict | None:
+    """Pearson r of the pairs with a 95% interval (Fisher z: atanh r +- 1.96 / sqrt(n - 3)); None with fewer than
+    4 pairs or a constant side."""
+    n = len(xs)
+    if n < 4 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    r = sxy / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+    if abs(r) >= 1.0:
+        return {"n": n, "r": r, "ci95": [r, r]}
+    z, half = math.atanh(r), 1.959963984540054 / math.sqrt(n - 3)
+    return {"n": n, "r": r, "ci95": [math.tanh(z - half), math.tanh(z + half)]}
+
+
+def binary_convs_vs_accuracy(pieces: list[dict]) -> dict | None:
+    """Across every finished piece: does the final test accuracy follow the genotype's number of binary convs?"""
+    return correlation([float(p["binary_convs"]) for p in pieces], [p["test_accuracy"] for p in pieces])
+
+
 def aggregate(pieces: list[dict], rows: list[str], seeds: list[int]) -> list[dict]:
     by = {(p["row"], p["seed"]): p for p in pieces}
     out = []
@@ -261,14 +281,20 @@ def write_report(a: argparse.Namespace, pieces: list[dict], command: str) -> tup
             f"{fmt_paired(r.get('test_accuracy_paired_vs_dcp'), 100, 2)} | {fmt(r['search_val_accuracy_mean'], 100)} | "
             f"{fmt_paired(r.get('search_val_accuracy_paired_vs_dcp'), 100, 2)} | {fmt(r['binary_convs_mean'], digits=1)} | "
             f"{fmt_paired(r.get('binary_convs_paired_vs_dcp'), 1, 1)} | {fmt(r['search_time_s_mean'], digits=0)} |")
-    lines += ["", f"Result: {note}.", ""] + ([a.note, ""] if a.note else []) + [
+    corr = binary_convs_vs_accuracy(pieces)
+    lines += ["", f"Result: {note}.", ""]
+    if corr:
+        lines += [f"Binary convs vs final test accuracy over all {corr['n']} pieces (every row and seed): Pearson r = "
+                  f"{corr['r']:+.2f} [{corr['ci95'][0]:+.2f}, {corr['ci95'][1]:+.2f}] (95%, Fisher z).", ""]
+    lines += ([a.note, ""] if a.note else []) + [
         "The search Child accuracy is the supernet's on the search's fixed held-out set (the Parent's for direct; "
         "random has none). The test accuracy is the final 1-bit network's on the dataset's test split, mean over "
         "the training seeds (no model selection on it). Binary convs: 1-bit convolutions in the cells of the "
         "evaluation network."]
     md = atomic_write_text(a.out / "ablation.md", "\n".join(lines) + "\n")
     js = write_json(a.out / "ablation.json", {"schema": SCHEMA, "command": command, "budget": budget,
-                                               "rows": table, "note": note, "pieces": pieces})
+                                               "rows": table, "note": note,
+                                               "binary_convs_vs_test_accuracy": corr, "pieces": pieces})
     return md, js
 
 

@@ -60,6 +60,18 @@ def test_ordering_note_and_paired_intervals(ablation):
     assert "did not hold" in ablation.ordering_note(table)
 
 
+def test_correlation_against_numpy_and_a_textbook_interval(ablation):
+    np = pytest.importorskip("numpy")
+    xs, ys = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0], [0.7, 0.9, 0.6, 0.8, 0.5, 0.2, 0.8, 0.55]
+    c = ablation.correlation(xs, ys)
+    assert c["n"] == 8 and c["r"] == pytest.approx(np.corrcoef(xs, ys)[0, 1], abs=1e-12) and c["r"] < -0.9
+    lo, hi = c["ci95"]
+    z, half = np.arctanh(c["r"]), 1.959964 / np.sqrt(5)
+    assert lo < c["r"] < hi and (lo, hi) == pytest.approx((np.tanh(z - half), np.tanh(z + half)), abs=1e-6)
+    assert ablation.correlation(xs[:3], ys[:3]) is None and ablation.correlation([1.0] * 8, ys) is None
+    assert ablation.correlation([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0])["ci95"] == [pytest.approx(1.0)] * 2
+
+
 TINY = ["--rows", "random", "--seeds", "0", "1", "--train-seeds", "0", "--train-epochs", "1", "--train-subset", "200",
         "--test-subset", "100", "--cells", "2", "--channels", "4", "--data", "embedded", "--threads", "1", "--quiet"]
 
@@ -78,6 +90,7 @@ def test_tiny_run_resumes_and_reports(ablation, tmp_path):
     assert list(row["test_accuracy"].values()) == [p["test_accuracy"] for p in report["pieces"]]
     assert all(p["binary_convs"] > 0 and p["search_val_accuracy"] is None for p in report["pieces"])
     md = (out / "ablation.md").read_text()
+    assert report["binary_convs_vs_test_accuracy"] is None  # two pieces: too few for a correlation
     assert "| random genotype | 2 |" in md and "paired" in md and "--max-pieces" not in md.split("Command:")[1].splitlines()[0]
     changed = [a if a != "200" else "300" for a in TINY]
     assert ablation.main(["-o", str(out), *changed]) == 1  # another budget in the same folder is refused
