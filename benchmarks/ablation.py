@@ -185,9 +185,7 @@ def correlation(xs: list[float], ys: list[float]) -> dict | None:
     n = len(xs)
     if n < 4 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    r = sxy / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+    r = statistics.correlation(xs, ys)
     if abs(r) >= 1.0:
         return {"n": n, "r": r, "ci95": [r, r]}
     z, half = math.atanh(r), 1.959963984540054 / math.sqrt(n - 3)

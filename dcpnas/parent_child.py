@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcpnas.architect import Architect, op_weight_norms
+from dcpnas.batchnorm import recalibrate_batchnorm
 from dcpnas.binary import BinaryConv2d, reconstruction_loss
 from dcpnas.config import SearchConfig
-from dcpnas.batchnorm import recalibrate_batchnorm
 from dcpnas.curvature import kl_to_parent, make_estimator
 from dcpnas.distributed import DistContext
 from dcpnas.latency import LatencyLookup, edge_keys, fixed_latency, latency_loss
