@@ -274,7 +274,7 @@ def _explain(i: int, p_list: list[Probe], y_run, xs_run, ref: Callable | None, y
         if first is None:
             d = float(np.abs(y_run - y_ref).max())
             tally.diff_after = max(tally.diff_after, d)
-            if d > tol:
+            if not d <= tol:  # NaN logits fail too
                 tally.fail({"input": i, "layer": None, "why": f"all signs agree but logits differ by {d:.3g} "
                             f"(allowed {tol:.3g}): a float or integer error"})
             break
@@ -282,7 +282,7 @@ def _explain(i: int, p_list: list[Probe], y_run, xs_run, ref: Callable | None, y
         v = p.value(xs_ref[p.name]).astype(np.float64)
         eps = EPS_REL * (float(np.abs(xs_ref[p.name]).max()) or 1.0)
         margin = float(np.abs(v[diff]).max())
-        if margin > eps:
+        if not margin <= eps:  # a NaN pre-sign value is no benign flip
             tally.fail({"input": i, "layer": p.name, "positions": int(diff.sum()),
                         "why": f"{int(diff.sum())} sign(s) differ, up to {margin:.3g} from the threshold "
                                f"(benign only within {eps:.3g})"})
@@ -360,6 +360,9 @@ def check_parity(x: np.ndarray, *, torch_module=None, onnx_bytes: bytes | None =
             ref_y = np.concatenate([torch_run(xb, {})[0] for _, xb in chunks()])
         else:
             ref_y = np.concatenate([ort_run(xb)[0] for _, xb in chunks()])
+        if not np.isfinite(ref_y).all():
+            raise ParityError(f"the reference ({'PyTorch' if traced else 'ONNX Runtime'}) gives non-finite logits "
+                              "(NaN or inf): the weights or the input hold non-finite values")
         tol = rtol * (float(np.abs(ref_y).max()) or 1.0)
         # pass 2: run ORT and TVM reading back their probes, explain every input, chunk by chunk
         ys = {"ort": [], "tvm": []}
@@ -379,7 +382,7 @@ def check_parity(x: np.ndarray, *, torch_module=None, onnx_bytes: bytes | None =
         ys = {k: np.concatenate(v) if v else None for k, v in ys.items()}
     if tvm_probe is None and tvm_fn is not None:  # emulated: logits only
         y = ys["tvm"] = np.asarray(tvm_fn(x), np.float32)
-        bad = np.abs(y - ref_y).max(axis=1) > tol
+        bad = ~(np.abs(y - ref_y).max(axis=1) <= tol)  # NaN logits fail too
         t = tallies["tvm"]
         t.n_unexplained = int(bad.sum())
         t.unexplained = [{"input": int(i), "layer": None, "why": "logits differ (TVM intermediates not read here)"}

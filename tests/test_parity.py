@@ -161,6 +161,23 @@ def test_benign_flip_is_traced_and_a_far_flip_fails(net, images):
     assert 0 < res["tvm"]["max_flip_margin_over_eps"] <= 1
 
 
+def test_non_finite_logits_never_pass(net, images):
+    """NaN compares false with everything: a runtime giving NaN logits fails parity (it passed before, as the
+    tolerance checks were written `diff > tol`), and a NaN reference is refused outright."""
+    x = images[1][:2]
+    onnx_bytes = build_onnx(net, (1,) + tuple(x.shape[1:])).SerializeToString()
+
+    def nan_logits(xb):
+        return np.full((len(xb), 10), np.nan, np.float32)
+    res = check_parity(x, torch_module=net, onnx_bytes=onnx_bytes, tvm_fn=nan_logits, raise_on_fail=False)
+    assert not res["passed"] and res["tvm"]["n_unexplained"] == len(x)
+    broken = copy.deepcopy(net)
+    with torch.no_grad():
+        broken.classifier.linear.bias[0] = float("nan")
+    with pytest.raises(ParityError, match="non-finite logits"):
+        check_parity(x, torch_module=broken, onnx_bytes=onnx_bytes, raise_on_fail=False)
+
+
 def test_convunit_probe_names_match_export(net):
     units = [p for p, m in net.named_modules() if isinstance(m, ConvUnit) and m.conv.binary_act]
     model = build_onnx(net, (1, 1, 28, 28))
