@@ -3,13 +3,13 @@ on OpenVINO, end to end (interleaved rounds in one process) and per layer."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
+from dcpnas.io import to_json
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +65,7 @@ def bench_cmd(
     for w in report["warnings"]:
         err_console.print(f"[bold red]WARNING: {w}[/]")
     if json_out:
-        typer.echo(json.dumps(json_summary(report)))
+        typer.echo(to_json(json_summary(report)))
         return
     from rich.table import Table
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -10,6 +9,7 @@ from typing import Optional
 import typer
 
 from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
+from dcpnas.io import to_json
 
 lut_app = typer.Typer(help="Latency lookup tables: build (measure or model), show, check against end-to-end timings.",
                       no_args_is_help=True)
@@ -149,7 +149,7 @@ def show_cmd(
     lut = get_target(target).load_lut()
     entries = {k: v for k, v in lut.entries.items() if not filter_ or filter_ in k}
     if json_out:
-        typer.echo(json.dumps({**lut.to_dict(), "entries": entries}, indent=2))
+        typer.echo(to_json({**lut.to_dict(), "entries": entries}, indent=2))
         return
     from rich.table import Table
 
@@ -222,7 +222,7 @@ def check_cmd(
     if out:
         write_json(out, {"schema": "dcpnas.lutcheck/1", **report})
     if json_out:
-        typer.echo(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+        typer.echo(to_json({k: v for k, v in report.items() if k != "rows"}))
         return
     console.print(f"{t.name} ({lut.method} LUT), {report['n']} genotypes, {report['threads']} threads: "
                   f"MAPE {report['mape']:.1f}%  Spearman "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dcpnas.cli.common import Resumable, console, err_console, handle_errors, rich_progress
+from dcpnas.io import to_json
 
 
 def register(app: typer.Typer) -> None:
@@ -80,7 +80,7 @@ def search_cmd(
             raise Resumable(out_dir) from None
         if dist.is_main:
             if as_json:
-                print(json.dumps(record, indent=2))
+                print(to_json(record, indent=2))
                 return
             for r in record["runs"]:
                 mark = "*" if r["run"] in record["front"] else " "
@@ -96,7 +96,7 @@ def search_cmd(
     if not dist.is_main:
         return
     if as_json:
-        print(json.dumps(genotype.to_dict(), indent=2))
+        print(to_json(genotype.to_dict(), indent=2))
         return
     s = genotype.search
     diagnostics = s.get("diagnostics") or []

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
 
 from dcpnas.cli.common import console, handle_errors
+from dcpnas.io import to_json
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +25,7 @@ def targets_cmd(
     targets = list_targets() + [get_target(p) for p in (extra or [])]
     rows = [describe(t) for t in targets]
     if json_out:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(to_json(rows, indent=2))
         return
     from rich.table import Table
 

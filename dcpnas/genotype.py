@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dcpnas.errors import GenotypeError
-from dcpnas.io import write_json
+from dcpnas.io import parse_json, to_json, write_json
 from dcpnas.space import PRIMITIVES, STEPS, edge_index
 
 SCHEMA = "dcpnas.genotype/1"
@@ -87,7 +87,7 @@ class Genotype:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return to_json(self.to_dict(), indent=2) + "\n"
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
@@ -133,8 +133,8 @@ class Genotype:
         if not text.strip():
             raise GenotypeError(f"{source}: empty file (expected genotype JSON)")
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
+            d = parse_json(text)
+        except ValueError as e:  # malformed, NaN/Infinity, an int too long
             raise GenotypeError(f"{source}: not valid JSON ({e})") from None
         except RecursionError:
             raise GenotypeError(f"{source}: JSON nested too deeply") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -71,9 +72,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, **kwargs) -> str:
+    """json.dumps, with every NaN or infinite float written as null: JSON has no such numbers (Python would
+    write bare NaN/Infinity tokens, which other parsers and parse_json refuse)."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def parse_json(text: str) -> Any:
+    """json.loads that refuses NaN, Infinity and -Infinity (ValueError, as for any other malformed JSON)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write `obj` as indented JSON (non-finite floats as null), atomically."""
+    return atomic_write_text(path, to_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike, schema: str | None = None) -> dict:
@@ -82,8 +108,8 @@ def read_json(path: str | os.PathLike, schema: str | None = None) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = parse_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: malformed, NaN/Infinity, an int too long
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise ArtifactError(f"{path}: not valid JSON (nested too deeply)") from None
@@ -118,7 +144,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(to_json(record) + "\n")
         f.flush()
 
 

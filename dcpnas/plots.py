@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dcpnas.io import atomic_write_bytes
+from dcpnas.io import atomic_write_bytes, parse_json
 from dcpnas.space import edge_index
 
 
@@ -57,8 +56,11 @@ def plot_losses(metrics_path: str | Path, path: str | Path) -> Path:
         for line in p.read_text().splitlines():
             if not line.strip():
                 continue
-            r = json.loads(line)
-            if r.get("kind") != "step":
+            try:
+                r = parse_json(line)
+            except ValueError:  # a line cut short by an interruption
+                continue
+            if not isinstance(r, dict) or r.get("kind") != "step":
                 continue
             for key in ("loss", "arch_loss"):
                 if key in r:

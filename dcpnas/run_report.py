@@ -12,10 +12,10 @@ fields None and is named in `missing`, with the command that makes it. Written t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError
+from dcpnas.io import parse_json
 
 SCHEMA = "dcpnas.run-summary/1"
 ACCURACY_GOAL = 0.85  # issue 13: the demo's compiled 1-bit network on the embedded test split
@@ -25,7 +25,7 @@ def _read(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        d = json.loads(path.read_text())
+        d = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path}: unreadable JSON ({e}); rerun the command that writes it") from None
     if not isinstance(d, dict):
@@ -38,7 +38,7 @@ def find_build(digest: str, builds: Path = Path("build")) -> Path | None:
     found = []
     for m in builds.glob("*/manifest.json"):
         try:
-            d = json.loads(m.read_text())
+            d = parse_json(m.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(d, dict) and d.get("genotype") == digest and d.get("binary"):

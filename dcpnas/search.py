@@ -15,7 +15,6 @@ seed, no training). The latency term is used when `table` is given or config.tar
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from dcpnas.data import load_dataset
 from dcpnas.distributed import DistContext
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError, LutError
 from dcpnas.genotype import Genotype
-from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
+from dcpnas.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder, parse_json
 from dcpnas.latency import LatencyLookup, genotype_latency
 from dcpnas.parent_child import LatencyTerm, ParentChild, alpha_entropy, binary_signs
 from dcpnas.progress import ProgressFn, no_progress
@@ -140,8 +139,14 @@ def _rewrite_metrics(path: Path, keep_before_epoch: int) -> None:
     """Drop metric lines of the epochs an interrupted run did not finish."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_before_epoch]
+    kept = []
+    for ln in path.read_text().splitlines():
+        try:
+            r = parse_json(ln) if ln.strip() else None
+        except ValueError:  # a line cut short by the interruption
+            continue
+        if isinstance(r, dict) and r.get("epoch", 0) < keep_before_epoch:
+            kept.append(ln)
     atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
 

@@ -31,7 +31,7 @@ from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
 from dcpnas.cuda_graph import GraphedStep, capturable_adamw, eager_step, set_lr
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError
 from dcpnas.genotype import Genotype
-from dcpnas.io import atomic_write_text, make_folder, write_json
+from dcpnas.io import atomic_write_text, make_folder, to_json, write_json
 from dcpnas.model import Network
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.space import POLICIES, STEMS, STEPS, SearchSpace
@@ -556,9 +556,7 @@ def _fits_on_device(*tensors: torch.Tensor) -> bool:
 
 def write_metrics(out_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl: one JSON line per finished epoch (rewritten whole, atomically)."""
-    import json
-
-    atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(to_json(h) + "\n" for h in history))
 
 
 __all__ = ["TrainConfig", "TrainResult", "train", "default_eval_space", "evaluate", "distillation_loss", "training_loss",

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from dcpnas.errors import ArtifactError, DcpnasError, DeviceError
+from dcpnas.io import parse_json
 from dcpnas.progress import ProgressFn, no_progress
 from dcpnas.compiler.twin import float_twin, kernels_library
 from dcpnas.targets.profiler import Profiler, Timing, interleaved_samples, python_sampler
@@ -75,14 +76,13 @@ def group_of(layer_name: str) -> str:
 
 def newest_build(root: Path) -> Path:
     """The 1-bit build folder under `root` whose manifest.json is newest; ArtifactError when none."""
-    import json
-
     found = []
     for mf in Path(root).glob("*/manifest.json"):
         if mf.parent.name.startswith("."):
             continue  # a compile in progress
         try:
-            if json.loads(mf.read_text()).get("binary"):
+            d = parse_json(mf.read_text())
+            if isinstance(d, dict) and d.get("binary"):
                 found.append((mf.stat().st_mtime, mf.parent))
         except (OSError, ValueError):
             continue

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError, LutError
-from dcpnas.io import atomic_write_text, read_json
+from dcpnas.io import atomic_write_text, read_json, to_json
 
 SCHEMA = "dcpnas.lut/1"
 METHODS = ("measured", "modeled", "emulated")
@@ -158,8 +158,8 @@ class LatencyTable:
 def dumps(d: dict) -> str:
     """JSON of a LUT record, one entry per line (thousands of entries stay diff- and grep-friendly)."""
     head = {k: v for k, v in d.items() if k != "entries"}
-    lines = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v, separators=(', ', ': '))}" for k, v in d["entries"].items())
-    body = json.dumps(head, indent=2)[:-2]  # drop the closing "\n}"
+    lines = ",\n".join(f"    {to_json(k)}: {to_json(v, separators=(', ', ': '))}" for k, v in d["entries"].items())
+    body = to_json(head, indent=2)[:-2]  # drop the closing "\n}"
     return f"{body},\n  \"entries\": {{\n{lines}\n  }}\n}}\n"
 
 

@@ -180,7 +180,8 @@ def test_new_search_into_an_earlier_run_is_refused_and_ctrl_c_prints_the_resume_
 
 # -- files that are too deep, unreadable or not what their name says ----------------------------------------
 
-@pytest.mark.parametrize("content", ["[" * 100000 + "]" * 100000, "", "not json"])
+@pytest.mark.parametrize("content", ["[" * 100000 + "]" * 100000, "", "not json", '{"schema": NaN, "x": Infinity}',
+                                     '{"n": ' + "9" * 5000 + "}"])
 def test_malformed_json_everywhere_gets_one_line(tmp_path, content):
     g = tmp_path / "genotype.json"
     g.write_text(content)
@@ -191,6 +192,25 @@ def test_malformed_json_everywhere_gets_one_line(tmp_path, content):
                  ["train", g, "-o", tmp_path / "t"]):
         r, text = cli(*args)
         assert_one_error_line(r, text, contains=str(tmp_path))
+
+
+def test_json_has_no_nan_in_or_out(tmp_path):
+    """JSON has no NaN or Infinity: artifacts are written with null in their place (a diverged loss, an undefined
+    correlation) and loaders refuse the bare tokens that Python's json module would write and read."""
+    import json
+
+    from dcpnas.errors import ArtifactError
+    from dcpnas.io import append_jsonl, read_json, write_json
+
+    write_json(tmp_path / "a.json", {"loss": float("nan"), "rows": [1.5, float("inf"), {"r": -float("inf")}]})
+    text = (tmp_path / "a.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert read_json(tmp_path / "a.json") == {"loss": None, "rows": [1.5, None, {"r": None}]}
+    append_jsonl(tmp_path / "m.jsonl", {"loss": float("nan")})
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {"loss": None}
+    (tmp_path / "b.json").write_text('{"x": -Infinity}')
+    with pytest.raises(ArtifactError, match="not valid JSON.*Infinity"):
+        read_json(tmp_path / "b.json")
 
 
 def test_unreadable_files_get_one_line():
