@@ -42,7 +42,8 @@ def bench_cmd(
     1-bit network on OpenVINO, side by side; write bench.json and bench.png."""
     from dcpnas.compiler.artifact import Artifact
     from dcpnas.config import MAX_THREADS
-    from dcpnas.targets import get_target
+    from dcpnas.errors import TargetError
+    from dcpnas.targets import get_target, list_targets
     from dcpnas.targets.bench import bench, json_summary, write_outputs
     from dcpnas.targets.profiler import Profiler
 
@@ -56,7 +57,12 @@ def bench_cmd(
         build_dir = newest_build(Path("build"))
         err_console.print(f"benching the newest build: {build_dir}")
     art = Artifact.load(build_dir, verify_hashes=False)
-    target = get_target(target_name or art.manifest["target"]["name"], threads=threads)
+    if target_name is None:  # a received build folder never names a target file to load (its compiler would run)
+        target_name = art.manifest["target"]["name"]
+        if target_name not in {t.name for t in list_targets()}:
+            raise TargetError(f"{build_dir} was built for {target_name[:80]!r}, not a built-in target: "
+                              "give its target file with --target")
+    target = get_target(target_name, threads=threads)
     prof = Profiler(target, rpc=rpc, key=key, direct=no_tracker, threads=threads, warmup=warmup, repeat=repeat,
                     min_repeat_ms=min_repeat_ms)
     with rich_progress(not no_progress) as progress:

@@ -78,6 +78,8 @@ def build_cmd(
     _refuse_foreign_output(out)
     spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)), stem)
     if modeled:
+        if out is None:
+            _refuse_replacing_measurements(t.lut_path)
         lut = build_modeled_lut(t, spaces)
         path = lut.save(out or t.lut_path)
         console.print(f"[yellow]modeled[/] LUT of {t.name}: {len(lut.entries)} entries ({lut.costmodel['source']}) -> {path}")
@@ -118,6 +120,23 @@ def _refuse_foreign_output(out: Path | None) -> None:
         raise ConfigError(f"{out} exists and is not a dcpnas LUT: choose another --out (nothing was written)") from None
 
 
+def _refuse_replacing_measurements(path: Path) -> None:
+    """ConfigError where `path` (the target's LUT, where `--modeled` writes by default) holds anything but a
+    modeled LUT: a measured table, or a file that is no LUT at all, is not replaced by a model's figures."""
+    from dcpnas.errors import ConfigError, DcpnasError
+    from dcpnas.targets.lut import LatencyTable
+
+    if not Path(path).exists():
+        return
+    try:
+        method = LatencyTable.load(path).method
+    except DcpnasError:
+        method = None
+    if method != "modeled":
+        what = f"a {method} LUT" if method else "a file that is not a dcpnas LUT"
+        raise ConfigError(f"{path} holds {what}; a modeled LUT would replace it: give -o FILE (nothing was written)")
+
+
 def _measured_lut_path(t, threads: int | None) -> Path:
     """Where `lut build` writes by default: the target's LUT file, unless it holds another thread count
     than the build measures (--threads, else the target's): then the per-thread table beside it
@@ -131,7 +150,7 @@ def _measured_lut_path(t, threads: int | None) -> Path:
     try:
         held = LatencyTable.load(t.lut_path, expect_target=t.name).threads
     except DcpnasError:
-        return t.lut_path  # an invalid table is rebuilt in place
+        return t.lut_path  # build_lut refuses to replace what it cannot read (unless --no-resume)
     return t.lut_path if held == threads else t.threads_lut_path(threads)
 
 

@@ -27,6 +27,34 @@ MANIFEST = "manifest.json"
 _REQUIRED = ("name", "binary", "target", "tvm_version", "input", "output", "files", "parity", "layers")
 
 
+MAX_INPUT_ELEMENTS = 64 * 2**20  # one input of a build: 3 x 4096 x 4096 at most
+
+
+def _check_fields(m: dict, where: Path) -> None:
+    """The types of the manifest fields that loaders and `dcpnas bench` use (a hand-edited or foreign file
+    fails here in one line, not later in a traceback)."""
+    def bad(field: str, want: str):
+        raise ArtifactError(f"{where}: {field} must be {want}; rebuild the folder with `dcpnas compile`")
+    if not isinstance(m["binary"], bool):
+        bad("binary", "true or false")
+    for key in ("target", "input", "output", "files", "parity"):
+        if not isinstance(m[key], dict):
+            bad(key, "a JSON object")
+    if not isinstance(m["layers"], list):
+        bad("layers", "a list")
+    if not isinstance(m["target"].get("name"), str) or not isinstance(m["target"].get("tvm", {}), dict):
+        bad("target", "an object with a name and a TVM target")
+    shape = m["input"].get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 5
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        bad("input.shape", "a list of positive integers")
+    n = 1
+    for v in shape:
+        n *= v
+    if n > MAX_INPUT_ELEMENTS:
+        bad("input.shape", f"at most {MAX_INPUT_ELEMENTS} elements")
+
+
 def file_record(folder: Path, name: str) -> dict:
     p = folder / name
     return {"path": name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -64,11 +92,15 @@ class Artifact:
         missing = [k for k in _REQUIRED if k not in m]
         if missing:
             raise ArtifactError(f"{path / MANIFEST}: missing field(s) {', '.join(missing)}")
+        _check_fields(m, path / MANIFEST)
         for key in ("onnx", "lib"):
             rec = m["files"].get(key)
             if not isinstance(rec, dict) or "path" not in rec:
                 raise ArtifactError(f"{path / MANIFEST}: files.{key} is missing")
-            f = path / rec["path"]
+            name = rec["path"]
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ArtifactError(f"{path / MANIFEST}: files.{key}.path must name a file inside the build folder")
+            f = path / name
             if not f.is_file():
                 raise ArtifactError(f"{f}: file named in the manifest is missing")
             if verify_hashes and (f.stat().st_size != rec.get("bytes") or sha256_file(f) != rec.get("sha256")):

@@ -11,6 +11,7 @@ Everything in it is a tensor, str, number, bool, list or dict, so no pickled cod
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import warnings
@@ -131,10 +132,14 @@ def network_from_record(rec: dict, source: str, genotype: Genotype | None = None
         for m in net.modules():
             if isinstance(m, BinaryConv2d):
                 m.binary_weight = False  # stage-1 network; beta is restored from the state dict below
-    norm = rec["normalization"]
-    c_img = space.input_shape[0]
-    if (not isinstance(norm, dict) or len(norm.get("mean", ())) != c_img or len(norm.get("std", ())) != c_img):
-        raise ArtifactError(f"{source}: normalization must hold {c_img} mean and {c_img} std values")
+    normalization = _normalization(rec["normalization"], space.input_shape[0], source)
+    info = rec.get("info", {})
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{source}: info must be a dict, found {type(info).__name__}")
+    bad = [k for k, v in rec["state_dict"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ArtifactError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): the training diverged or the file is damaged")
     try:
         net.load_state_dict(rec["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -143,12 +148,27 @@ def network_from_record(rec: dict, source: str, genotype: Genotype | None = None
     meta = {
         "genotype": saved,
         "space": space,
-        "normalization": {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]},
+        "normalization": normalization,
         "binary": bool(rec["binary"]),
         "binary_weight": bool(rec.get("binary_weight", True)),
-        "info": dict(rec.get("info", {})),
+        "info": dict(info),
     }
     return net, meta
+
+
+def _normalization(norm, channels: int, source: str) -> dict:
+    """The record's {"mean", "std"}: `channels` finite means and `channels` finite std > 0 each."""
+    why = f"normalization must hold {channels} finite mean and {channels} finite std > 0 values"
+    if not isinstance(norm, dict):
+        raise ArtifactError(f"{source}: {why}")
+    try:
+        mean, std = ([float(v) for v in norm[k]] for k in ("mean", "std"))
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{source}: {why}") from None
+    if (len(mean) != channels or len(std) != channels or not all(math.isfinite(v) for v in mean + std)
+            or not all(v > 0 for v in std)):
+        raise ArtifactError(f"{source}: {why}, found mean {mean[:4]}, std {std[:4]}")
+    return {"mean": mean, "std": std}
 
 
 def load_model(path: str | Path, genotype: Genotype | None = None) -> tuple[Network, dict]:

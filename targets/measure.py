@@ -167,8 +167,9 @@ def build_lut(target: Target, keys: Sequence[str], path: str | Path, profiler: P
     if resume and path.is_file():
         try:
             old = LatencyTable.load(path)
-        except DcpnasError:
-            old = None
+        except DcpnasError as e:  # a damaged table, a newer schema or a foreign file: never replaced unasked
+            raise LutError(f"{path} exists and is not a LUT this version can resume ({str(e)[:200]}): write "
+                           f"elsewhere (-o FILE) or replace it on purpose (--no-resume)") from None
         if old is not None:
             differ = [f"{k} {a} (this build: {b})" for k, a, b in (
                 ("method", old.method, method), ("target", old.target, target.name),

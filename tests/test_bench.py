@@ -280,6 +280,40 @@ def test_bench_warns_on_failed_parity(tiny_build, tmp_path):
     json.loads(res.stdout)  # stdout: the JSON alone
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("files", [1], "files must be a JSON object"),
+    ("binary", "yes", "binary must be true or false"),
+    ("target", "x86-avx2", "target must be a JSON object"),
+    ("input", {"name": "x", "shape": [1, -1, 28, 28]}, "input.shape must be a list of positive integers"),
+    ("input", {"name": "x", "shape": [1, 3, 100000, 100000]}, "input.shape must be at most"),
+    ("layers", {}, "layers must be a list"),
+    ("files.lib.path", "../../etc/passwd", "must name a file inside the build folder"),
+    ("target.name", "evil.toml", "not a built-in target: give its target file with --target"),
+])
+def test_bench_refuses_a_manifest_with_wrong_fields_in_one_line(tiny_build, tmp_path, field, value, needle):
+    """A hand-edited or received manifest: one error line naming the field (not a traceback later), and a
+    target name that is no built-in one is never loaded as a target file (its cross compiler would run)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_build, copy, ignore=shutil.ignore_patterns("out", "bench.*"))
+    mf = copy / "manifest.json"
+    m = json.loads(mf.read_text())
+    *path, last = field.split(".")
+    node = m
+    for k in path:
+        node = node[k]
+    node[last] = value
+    mf.write_text(json.dumps(m))
+    (tmp_path / "evil.toml").write_text('name = "evil"\n')
+    res = CliRunner().invoke(cli_app(), ["bench", str(copy), "--repeat", "1", "--no-layers", "-q"])
+    out = res.output
+    assert res.exit_code == 1 and needle in out and "Traceback" not in out, out
+    assert len([ln for ln in out.splitlines() if ln.startswith("error:")]) == 1, out
+
+
 def test_lut_total_refuses_a_partial_sum():
     """A network larger than the LUT's search space: no end-to-end prediction from the layers it covers."""
     from dcpnas.targets.bench import _lut_total

@@ -104,6 +104,12 @@ def test_pickled_code_is_refused(tmp_path):
     (lambda r: r["space"].pop("cells"), "cannot rebuild the network"),
     (lambda r: r["state_dict"].pop("classifier.linear.bias"), "weights do not fit"),
     (lambda r: r.__setitem__("normalization", {"mean": [0.1, 0.2], "std": [1.0]}), "normalization must hold 1"),
+    (lambda r: r.__setitem__("normalization", {"mean": [float("nan")], "std": [1.0]}), "1 finite mean"),
+    (lambda r: r.__setitem__("normalization", {"mean": [0.1], "std": [0.0]}), "finite std > 0"),
+    (lambda r: r.__setitem__("normalization", {"mean": ["x"], "std": [1.0]}), "normalization must hold 1"),
+    (lambda r: r.__setitem__("normalization", {"mean": 5, "std": [1.0]}), "normalization must hold 1"),
+    (lambda r: r.__setitem__("info", [1, 2]), "info must be a dict"),
+    (lambda r: r["state_dict"]["classifier.linear.weight"].__setitem__((0, 0), float("inf")), "hold NaN or inf"),
 ])
 def test_malformed_records(tmp_path, mutate, needle):
     rec = model_record(_trained_like(), NORM)

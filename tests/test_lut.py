@@ -255,6 +255,12 @@ def test_build_lut_resumes_and_saves_each_chunk(tmp_path, monkeypatch):
     build_modeled_lut(target, [SearchSpace(cells=3, channels=2, input_shape=(1, 8, 8))]).save(modeled)
     got = build_lut(target, keys[:1], modeled, prof, compile_fn=fn)
     assert got.method == "measured" and list(LatencyTable.load(modeled).entries) == keys[:1]
+    # a table it cannot read (damaged, a newer schema, a foreign file) is not replaced by resuming it
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"schema": "dcpnas.lut/9"}')
+    with pytest.raises(LutError, match="not a LUT this version can resume.*--no-resume"):
+        build_lut(target, keys[:1], damaged, prof, compile_fn=fn)
+    assert damaged.read_text() == '{"schema": "dcpnas.lut/9"}'
 
 
 def test_calibration_cancels_a_load_burst():
@@ -413,3 +419,33 @@ def test_lut_build_never_overwrites_a_file_that_is_not_a_lut(tmp_path):
     res = CliRunner().invoke(app, ["lut", "build", "--target", "x86-avx512", "--modeled", "-o", str(other), "-q"])
     assert res.exit_code == 1 and "is not a dcpnas LUT" in res.output
     assert other.read_text() == "# my notes\n"
+
+
+def test_lut_build_modeled_never_replaces_a_measured_table(tmp_path):
+    """`lut build --modeled` writes to the target's LUT by default: not where that holds measurements (the
+    shipped x86 table) or a file that is not a LUT; a modeled table there is rebuilt."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+
+    measured = tmp_path / "x86.json"
+    shutil.copy(get_target("x86-avx512").lut_path, measured)
+    assert LatencyTable.load(measured).method == "measured"
+    tgt = tmp_path / "t.toml"
+    builtin = get_target("x86-avx512").source.read_text()
+    assert 'lut = "x86-avx512.json"' in builtin
+    tgt.write_text(builtin.replace('lut = "x86-avx512.json"', 'lut = "x86.json"'))  # beside the .toml
+    before = measured.read_bytes()
+    args = ["lut", "build", "--target", str(tgt), "--modeled", "--cells", "3", "--channels", "4", "-q"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "holds a measured LUT" in res.output and "-o FILE" in res.output, res.output
+    assert measured.read_bytes() == before
+    measured.write_text("# my notes\n")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "not a dcpnas LUT" in res.output
+    measured.unlink()
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert LatencyTable.load(measured).method == "modeled"
+    assert CliRunner().invoke(app, args).exit_code == 0  # a modeled table is derived: rebuilt in place

@@ -31,6 +31,12 @@ def test_compile_target_comes_from_the_genotype_else_the_host(tmp_path):
     name, why = default_target(g)
     assert name == host_target() and "this host" in why
     assert get_target(host_target()).name == host_target()  # a built-in target
+    # a target file named by a received genotype is never loaded: its cross compiler would run at export
+    evil = tmp_path / "evil.toml"
+    evil.write_text('name = "evil"\narch = "x86_64"\ncross_compiler = "touch pwned; gcc"\n')
+    _genotype(str(evil)).save(g)
+    name, why = default_target(g)
+    assert name == host_target() and "not a built-in target" in why and "--target" in why
 
 
 def test_accuracy_as_compiled_matches_torch():

@@ -55,7 +55,9 @@ class Dataset:
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(float(v) for v in (self.train_x.astype(np.float64) / 255).std(axis=(0, 2, 3)))
+        """Per channel, at least one grey level (1/255): a constant channel (a blank colour plane of an
+        ImageFolder) would otherwise divide by 0."""
+        return tuple(max(float(v), 1 / 255) for v in (self.train_x.astype(np.float64) / 255).std(axis=(0, 2, 3)))
 
     def normalization(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
