@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress, writable_output
 from dcpnas.io import to_json
 
 
@@ -51,6 +51,10 @@ def bench_cmd(
     require("--repeat", repeat, 1)
     require("--warmup", warmup, 0)
     require("--min-repeat-ms", min_repeat_ms, positive=True)
+    writable_output("--out", out, folder=True)
+    if emulated and not rpc:
+        from dcpnas.errors import ConfigError
+        raise ConfigError("--emulated describes an RPC device: give --rpc")
     if build_dir is None:
         from dcpnas.targets.bench import newest_build
 

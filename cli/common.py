@@ -100,6 +100,34 @@ def rich_progress(enabled: bool = True) -> Iterator[Callable]:
             progress.stop()
 
 
+def writable_output(flag: str, path, *, folder: bool, schema: str | None = None) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder where a file goes (or a file where
+    a folder goes), a file in the way of its parent folder, or (with `schema`) an existing file of another kind
+    that writing would destroy. None (an option not given) passes."""
+    from pathlib import Path
+
+    from dcpnas.errors import ConfigError
+
+    if path is None:
+        return
+    path = Path(path)
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{flag} {path}: {blocker} is a file, not a folder (nothing was done)")
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(f"{flag} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}"
+                          " (nothing was done)")
+    if schema is not None and path.is_file():
+        from dcpnas.errors import DcpnasError
+        from dcpnas.io import read_json
+
+        try:
+            read_json(path, schema=schema)
+        except DcpnasError:
+            raise ConfigError(f"{flag} {path} exists and is not a {schema} file: choose another (nothing was "
+                              "written)") from None
+
+
 def require(flag: str, value, lo=None, hi=None, *, positive: bool = False) -> None:
     """Refuse an option value outside [lo, hi] (or <= 0 with positive; NaN and inf always) with one
     ConfigError line naming the flag. None (an option not given) passes."""

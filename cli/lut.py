@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress
+from dcpnas.cli.common import console, err_console, handle_errors, require, rich_progress, writable_output
 from dcpnas.io import to_json
 
 lut_app = typer.Typer(help="Latency lookup tables: build (measure or model), show, check against end-to-end timings.",
@@ -74,6 +74,9 @@ def build_cmd(
         require("--cells", c, 1, MAX_CELLS)
     for c in channels or ():
         require("--channels", c, 1, MAX_CHANNELS)
+    if statistic not in ("median", "min"):
+        from dcpnas.errors import ConfigError
+        raise ConfigError(f"--statistic must be median or min, got {statistic!r}")
     t = get_target(target, threads=threads)
     _refuse_foreign_output(out)
     spaces = _spaces(cells or [5], channels or [8], input_shape, policy, coverage or (modeled and not (cells or channels)), stem)
@@ -165,6 +168,8 @@ def show_cmd(
     """Show a target's LUT: method, device, threads, glue and the entries."""
     from dcpnas.targets import get_target
 
+    require("--top", top, 0)
+
     lut = get_target(target).load_lut()
     entries = {k: v for k, v in lut.entries.items() if not filter_ or filter_ in k}
     if json_out:
@@ -212,11 +217,14 @@ def check_cmd(
     """Compile N random genotypes end to end, time them, and compare with the LUT's predictions (MAPE, Spearman)."""
     from dcpnas.io import write_json
     from dcpnas.targets import get_target
-    from dcpnas.config import MAX_CELLS, MAX_CHANNELS, MAX_THREADS
+    from dcpnas.config import MAX_CELLS, MAX_CHANNELS, MAX_SEED, MAX_THREADS
     from dcpnas.targets.check import check_lut
     from dcpnas.targets.profiler import Profiler
 
     require("--n", n, 1)
+    require("--seed", seed, 0, MAX_SEED)
+    writable_output("--build-dir", build_dir, folder=True)
+    writable_output("--out", out, folder=False, schema="dcpnas.lutcheck/1")
     require("--threads", threads, 1, MAX_THREADS)
     require("--repeat", repeat, 1)
     require("--min-repeat-ms", min_repeat_ms, positive=True)

@@ -18,6 +18,10 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 @handle_errors
 def report_cmd(
     run: Path = typer.Argument(..., help="The run folder of `dcpnas search -o RUN` (genotype.json, train/)."),
@@ -32,11 +36,11 @@ def report_cmd(
     t = s["train"]
     if t is not None:
         console.print(f"  trained 1-bit network: {_pct(t['test_accuracy_torch'])} test accuracy in PyTorch "
-                      f"({t['epochs']} epochs, {t['seconds']:.0f} s on {t['dataset']})")
+                      f"({_fmt(t['epochs'], '.0f')} epochs, {_fmt(t['seconds'], '.0f')} s on {t['dataset'] or '-'})")
     if s["test_accuracy_ort"] is not None:
         goal = "meets" if min(v for v in (s["test_accuracy_ort"], s["test_accuracy_tvm"]) if v is not None) \
             >= s["accuracy_goal"] else "below"
-        console.print(f"  as compiled, on the {s['accuracy_images']} {s['accuracy_dataset']} test images: "
+        console.print(f"  as compiled, on the {_fmt(s['accuracy_images'], '.0f')} {s['accuracy_dataset']} test images: "
                       f"ONNX Runtime {_pct(s['test_accuracy_ort'])}, TVM {_pct(s['test_accuracy_tvm'])} "
                       f"({goal} the {s['accuracy_goal']:.0%} goal)")
     m = s["model_size"]

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from dcpnas.cli.common import console, handle_errors, rich_progress
+from dcpnas.cli.common import console, handle_errors, rich_progress, writable_output
 
 # the benchmark's convs (benchmarks/kernels.py): (kernel, H, C) with C_in = C_out = C, stride 1, same padding
 DEFAULT_SHAPES = [(k, h, c) for k in (3, 1) for h, c in ((56, 64), (28, 128), (14, 256), (7, 512))]
@@ -31,6 +31,8 @@ def tune_cmd(
     from dcpnas.compiler.kernels.tuning import RECORDS_DIR, save_records, tunable, tune_conv, workload_key
     from dcpnas.errors import ConfigError
     from dcpnas.targets import get_target
+
+    writable_output("--records-dir", records_dir, folder=True)
 
     tgt = get_target(target)
     shapes = DEFAULT_SHAPES

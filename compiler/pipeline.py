@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dcpnas.errors import DataError, DcpnasError
+from dcpnas.errors import ArtifactError, ConfigError, DataError, DcpnasError
 from dcpnas.progress import ProgressFn, no_progress
 
 PHASES = ("network", "export", "import+build", "parity")
@@ -159,13 +159,13 @@ def _compile_into(source, target, out_dir, *, weights=None, float_: bool = False
     net = space = genotype = norm = dataset = None
     if is_onnx:
         if weights is not None or float_:
-            raise DcpnasError("--weights and --float apply to a genotype input, not to an .onnx file")
+            raise ConfigError("--weights and --float apply to a genotype input, not to an .onnx file")
         if not source.is_file():
-            raise DcpnasError(f"{source}: file not found")
+            raise ArtifactError(f"{source}: file not found")
         try:
             model = onnx.load(str(source))
         except Exception as e:
-            raise DcpnasError(f"{source}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from None
+            raise ArtifactError(f"{source}: not a readable ONNX file ({str(e).splitlines()[0][:200]})") from None
         label = "onnx"
         binary = any(n.domain == "dcpnas" for n in model.graph.node)
     else:

@@ -93,7 +93,7 @@ def float_twin(art, target, progress: ProgressFn = no_progress):
     src = f"derived from model.onnx (binary convs as float convs), built into {out}"
     try:  # built before from the same model.onnx for the same target: reuse it
         rec = read_json(out / "twin.json", schema=TWIN_SCHEMA)
-        if rec.get("sha256") == digest and (out / "model.so").is_file():
+        if rec.get("sha256") == digest and isinstance(rec.get("layers"), list) and (out / "model.so").is_file():
             return out / "model.so", rec["layers"], data, src, out
     except DcpnasError:
         pass

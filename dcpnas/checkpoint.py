@@ -72,7 +72,14 @@ def load_torch(path: str | Path) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError,
             KeyError, TypeError, struct.error, zipfile.BadZipFile) as e:  # foreign bytes raise any of these
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if "Weights only load failed" in text:  # torch's advice to load it unsafely is not ours to give
+            why = next((ln.split("WeightsUnpickler error:", 1)[1].strip() for ln in text.splitlines()
+                        if "WeightsUnpickler error:" in ln), "")
+            first = ("it holds Python objects besides tensors, which are not loaded (loading them could run code)"
+                     + (f": {why[:160]}" if why else ""))
+        else:
+            first = text.splitlines()[0][:300] if text else type(e).__name__
         raise ArtifactError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a dict, found {type(obj).__name__}")
@@ -126,7 +133,7 @@ def network_from_record(rec: dict, source: str, genotype: Genotype | None = None
                               f"({MAX_CELLS} x {MAX_CHANNELS})")
         _check_shapes(rec["state_dict"], saved, space, bool(rec["binary"]))  # before allocating anything
         net = Network(saved, space, binary=bool(rec["binary"]))
-    except (ConfigError, GenotypeError, TypeError, ValueError, KeyError) as e:
+    except (ConfigError, GenotypeError, TypeError, ValueError, KeyError, AttributeError) as e:
         raise ArtifactError(f"{source}: cannot rebuild the network ({e})") from None
     if not rec.get("binary_weight", True):
         for m in net.modules():

@@ -38,6 +38,14 @@ MAX_CHANNELS = 4096
 MAX_CELLS = 64
 MAX_THREADS = 1024
 MAX_STEPS = 8  # intermediate nodes per cell (edges grow as steps^2)
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 0..2^32-1 everywhere (seeds are mixed into larger ones)
+
+
+def check_seed(seed) -> int:
+    """`seed` if it is an integer in 0..MAX_SEED, else ConfigError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return seed
 CURVATURES = ("exact", "ggn", "fisher")
 LATENCY_FORMS = ("add", "mul")
 DEVICES = ("cpu", "cuda")
@@ -143,6 +151,7 @@ class SearchConfig:
                               f"'none'; got {list(self.primitives)}")
         if not 1 <= self.steps <= MAX_STEPS:
             raise ConfigError(f"steps (intermediate nodes per cell) must be in 1..{MAX_STEPS}, got {self.steps}")
+        check_seed(self.seed)
         if self.image_size and self.image_size % 4:
             raise ConfigError(f"image_size must be a multiple of 4 (two reductions), got {self.image_size}")
 
@@ -194,7 +203,7 @@ class SearchConfig:
                 data = data["search"]
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         budget = overrides.get("budget", data.get("budget", "default"))
-        if budget not in BUDGETS:
+        if not isinstance(budget, str) or budget not in BUDGETS:
             raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
         merged = {**BUDGETS[budget], **data, **overrides, "budget": budget}
         return cls.from_dict(merged, source=str(toml_path) if toml_path else "config")

@@ -9,10 +9,11 @@ run by run. Writes OUT/pareto.json (schema dcpnas.pareto/1) and OUT/pareto.png.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from dcpnas.config import SearchConfig
-from dcpnas.errors import ConfigError
+from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import Genotype, load_genotype
 from dcpnas.io import write_json
 from dcpnas.progress import ProgressFn
@@ -56,9 +57,8 @@ def run_pareto(config: SearchConfig, out_dir: str | Path, n: int, *, min_fractio
             genotype = load_genotype(run_dir / "genotype.json")  # finished earlier: keep it
         else:
             genotype = run_search(cfg, run_dir, progress=progress, resume=resume and run_dir.is_dir())
-        s = genotype.search
         if i == 0:
-            t0 = float(s["latency_target_ms"])
+            t0 = _figure(genotype, "latency_target_ms", run_dir)
         runs.append(_record(i, frac, run_dir, genotype))
     points = [(r["expected_latency_ms"], r["val_accuracy"]) for r in runs]
     front = pareto_front(points)
@@ -69,11 +69,21 @@ def run_pareto(config: SearchConfig, out_dir: str | Path, n: int, *, min_fractio
     return record
 
 
+def _figure(genotype: Genotype, key: str, run_dir: Path) -> float:
+    """A number of the genotype's search record (a finished run's genotype.json may have been edited)."""
+    v = genotype.search.get(key) if isinstance(genotype.search, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ArtifactError(f"{run_dir / 'genotype.json'}: its search record has no finite {key} ({v!r}); remove "
+                            f"{run_dir} to search it again")
+    return float(v)
+
+
 def _record(i: int, frac: float, run_dir: Path, genotype: Genotype) -> dict:
-    s = genotype.search
-    return {"run": i, "dir": str(run_dir), "latency_fraction": frac, "latency_target_ms": s["latency_target_ms"],
-            "expected_latency_ms": float(s["expected_latency_ms"]), "val_accuracy": float(s["val_accuracy"]),
-            "lut_method": s.get("lut_method"), "genotype": genotype.to_darts()}
+    return {"run": i, "dir": str(run_dir), "latency_fraction": frac,
+            "latency_target_ms": genotype.search.get("latency_target_ms"),
+            "expected_latency_ms": _figure(genotype, "expected_latency_ms", run_dir),
+            "val_accuracy": _figure(genotype, "val_accuracy", run_dir),
+            "lut_method": genotype.search.get("lut_method"), "genotype": genotype.to_darts()}
 
 
 def plot_pareto(record: dict, path: Path) -> None:

@@ -12,6 +12,7 @@ fields None and is named in `missing`, with the command that makes it. Written t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError
@@ -33,10 +34,30 @@ def _read(path: Path) -> dict | None:
     return d
 
 
+def _num(v) -> float | int | None:
+    """A finite number read from an artifact, else None (a hand-edited file's string or list is not a figure)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return v if ok else None
+
+
+def _obj(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v) -> list:
+    return v if isinstance(v, list) else []
+
+
+def _str(v) -> str | None:
+    return v if isinstance(v, str) else None
+
+
 def find_build(digest: str, builds: Path = Path("build")) -> Path | None:
     """The newest 1-bit build folder under `builds` whose manifest names genotype `digest`."""
     found = []
     for m in builds.glob("*/manifest.json"):
+        if m.parent.name.startswith("."):
+            continue  # a compile in progress, or an earlier build kept while one was replacing it
         try:
             d = parse_json(m.read_text())
         except (OSError, ValueError):
@@ -61,44 +82,52 @@ def run_summary(run: str | Path, build: str | Path | None = None, builds: Path =
     train = _read(run / "train" / "train.json")
     if train is None:
         missing.append(f"training: dcpnas train {gfile}")
+    if build is not None and not Path(build).is_dir():
+        raise ArtifactError(f"{build}: build folder not found (run `dcpnas compile {gfile}`)")
     build = Path(build) if build is not None else find_build(digest, builds)
     manifest = _read(build / "manifest.json") if build is not None else None
+    if manifest is not None and manifest.get("genotype") != digest:
+        raise ArtifactError(f"{build} was compiled from genotype {str(manifest.get('genotype'))[:16]}, not from this "
+                            f"run's {digest}: compile {gfile} and give that build with --build")
     if manifest is None:
         missing.append(f"build: dcpnas compile {gfile}")
     bench = _read(build / "bench.json") if build is not None else None
     if manifest is not None and bench is None:
         missing.append(f"latency: dcpnas bench {build}")
-    acc = (manifest or {}).get("accuracy") or {}
+    manifest_, bench_, train_ = _obj(manifest), _obj(bench), _obj(train)
+    acc = _obj(manifest_.get("accuracy"))
     if manifest is not None and not acc:
         missing.append(f"accuracy as compiled: dcpnas compile {gfile} --weights {run / 'train' / 'model.pt'}")
     size = _model_size(run / "train" / "model.pt", geno) if train is not None else None
-    best = bench.get("best_float") if bench else None
+    best = bench_.get("best_float") if isinstance(bench_.get("best_float"), str) else None
+    compile_s = [_num(v) for v in _obj(manifest_.get("compile_s")).values()]
     summary = {
         "schema": SCHEMA,
         "run": str(run),
         "genotype": digest,
-        "target": (manifest or {}).get("target", {}).get("name") or searched.get("target"),
-        "search": {"val_accuracy": searched.get("val_accuracy"), "seconds": searched.get("time_s"),
-                   "expected_latency_ms": searched.get("expected_latency_ms")},
+        "target": _str(_obj(manifest_.get("target")).get("name")) or _str(searched.get("target")),
+        "search": {"val_accuracy": _num(searched.get("val_accuracy")), "seconds": _num(searched.get("time_s")),
+                   "expected_latency_ms": _num(searched.get("expected_latency_ms"))},
         "train": None if train is None else {
-            "test_accuracy_torch": train.get("test_accuracy"), "seconds": train.get("seconds"),
-            "epochs": train.get("config", {}).get("epochs"), "dataset": train.get("dataset"),
-            "space": train.get("space")},
+            "test_accuracy_torch": _num(train_.get("test_accuracy")), "seconds": _num(train_.get("seconds")),
+            "epochs": _num(_obj(train_.get("config")).get("epochs")), "dataset": _str(train_.get("dataset")),
+            "space": train_.get("space") if isinstance(train_.get("space"), dict) else None},
         "build": None if build is None else str(build),
-        "test_accuracy_ort": acc.get("ort"),
-        "test_accuracy_tvm": acc.get("tvm"),
-        "accuracy_dataset": acc.get("dataset"),
-        "accuracy_images": acc.get("n"),
+        "test_accuracy_ort": _num(acc.get("ort")),
+        "test_accuracy_tvm": _num(acc.get("tvm")),
+        "accuracy_dataset": _str(acc.get("dataset")),
+        "accuracy_images": _num(acc.get("n")),
         "accuracy_goal": ACCURACY_GOAL,
         "model_size": size,
         "latency": None if bench is None else {
-            "binary_ms": bench.get("binary_ms"), "float_tvm_ms": bench.get("float_tvm_ms"),
-            "float_ort_ms": bench.get("float_ort_ms"), "float_openvino_ms": bench.get("float_openvino_ms"),
-            "best_float": best, "best_float_ms": bench.get(f"{best}_ms") if best else None,
-            "threads": bench.get("threads"), "warnings": list(bench.get("warnings") or [])},
-        "speedup_vs_best_float": bench.get("speedup_vs_best_float") if bench else None,
-        "seconds": {"search": searched.get("time_s"), "train": (train or {}).get("seconds"),
-                    "compile": sum((manifest or {}).get("compile_s", {}).values()) if manifest else None},
+            "binary_ms": _num(bench_.get("binary_ms")), "float_tvm_ms": _num(bench_.get("float_tvm_ms")),
+            "float_ort_ms": _num(bench_.get("float_ort_ms")), "float_openvino_ms": _num(bench_.get("float_openvino_ms")),
+            "best_float": best, "best_float_ms": _num(bench_.get(f"{best}_ms")) if best else None,
+            "threads": _num(bench_.get("threads")),
+            "warnings": [str(w) for w in _list(bench_.get("warnings"))]},
+        "speedup_vs_best_float": _num(bench_.get("speedup_vs_best_float")) if bench else None,
+        "seconds": {"search": _num(searched.get("time_s")), "train": _num(train_.get("seconds")),
+                    "compile": sum(v for v in compile_s if v is not None) if manifest else None},
         "missing": missing,
     }
     return summary

@@ -127,12 +127,35 @@ def _load_checkpoint(path: Path, config: SearchConfig) -> dict:
     missing = [k for k in ("epoch", "config", "pc", "elapsed_s", "final") if k not in state]
     if missing or not isinstance(state["config"], dict):
         raise ArtifactError(f"{path}: damaged search checkpoint (missing {', '.join(missing) or 'config'})")
-    # a key the checkpoint lacks was added since, with the default that keeps the old behaviour
-    saved, now = {**type(config)().to_dict(), **state["config"]}, config.to_dict()
-    diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+    diff = _config_diff(state["config"], config)
     if diff:
         raise ConfigError(f"{path}: --resume needs the same config; differs in {', '.join(diff)}")
     return state
+
+
+def _config_diff(saved: dict, config: SearchConfig) -> list[str]:
+    """The keys (besides RESUME_FREE_KEYS) in which a saved config differs from `config`. A key the saved one
+    lacks was added since, with the default that keeps the old behaviour."""
+    saved, now = {**type(config)().to_dict(), **saved}, config.to_dict()
+    return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+
+
+def _resume_without_checkpoint(out_dir: Path, config: SearchConfig) -> None:
+    """--resume where no checkpoint exists starts afresh, unless the folder holds a run it would overwrite: one
+    of another config, or a finished one whose checkpoints are gone (a random run, which has none, is drawn
+    again from its seed: the same genotype)."""
+    if not any((out_dir / n).is_file() for n in ("genotype.json", "metrics.jsonl")):
+        return
+    try:
+        diff = _config_diff(SearchConfig.load(out_dir / "config.toml").to_dict(), config)
+    except (ConfigError, ArtifactError):
+        diff = ["config.toml (missing or unreadable)"]
+    if diff:
+        raise ConfigError(f"{out_dir} holds a run of another config (differs in {', '.join(diff)}); --resume needs "
+                          f"the same config, or choose a new -o folder")
+    if config.mode != "random":
+        raise ConfigError(f"{out_dir} holds a finished run without checkpoints/: nothing to resume; choose a new "
+                          f"-o folder")
 
 
 def _rewrite_metrics(path: Path, keep_before_epoch: int) -> None:
@@ -221,6 +244,9 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
     space: SearchSpace = config.space(data.input_shape, data.num_classes)
     metrics_path = out_dir / "metrics.jsonl"
     checkpoint = _latest_checkpoint(out_dir) if resume else None
+    state = _load_checkpoint(checkpoint, config) if checkpoint is not None else None  # before config.toml changes
+    if resume and checkpoint is None:
+        _resume_without_checkpoint(out_dir, config)
     if dist.is_main:
         config.save(out_dir / "config.toml")
         if checkpoint is None and metrics_path.exists():
@@ -241,8 +267,7 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
                            f"entries all 0?); a latency term needs positive timings: rebuild it with `dcpnas lut build`")
 
     start_epoch, elapsed_before, cpu_before, final, diagnostics = 0, 0.0, 0.0, {}, []
-    if checkpoint is not None:
-        state = _load_checkpoint(checkpoint, config)
+    if state is not None:
         pc.load_state_dict(state["pc"])
         start_epoch, elapsed_before, final = state["epoch"], state["elapsed_s"], state["final"]
         diagnostics = list(state.get("diagnostics", []))

@@ -21,6 +21,7 @@ POLICIES: tuple[str, ...] = ("book", "authors")
 # stride-2 3x3 convs, so that the cells work at 1/8 of the input (224x224 -> 28x28; the mobile setting)
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
 STEPS = 4  # intermediate nodes per cell
+MAX_SIDE = 4096  # input height and width at most (a 3 x 4096 x 4096 image is 200 MB of float32 already)
 
 
 def num_edges(steps: int = STEPS) -> int:
@@ -69,6 +70,15 @@ class SearchSpace:
             red = sorted({self.cells // 3, 2 * self.cells // 3} - {0}) if self.cells >= 3 else []
             object.__setattr__(self, "reductions", tuple(red))
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        c, h, w = self.input_shape
+        if not (1 <= c <= 64 and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+            raise ConfigError(f"input_shape (C, H, W) must have 1..64 channels and sides of 1..{MAX_SIDE}, "
+                              f"got {self.input_shape}")
+        if not (1 <= self.steps <= 8 and 1 <= self.stem_multiplier <= 64 and 1 <= self.num_classes <= 100000):
+            raise ConfigError(f"steps must be in 1..8, stem_multiplier in 1..64 and num_classes in 1..100000, got "
+                              f"{self.steps}, {self.stem_multiplier}, {self.num_classes}")
+        if any(not 0 <= r < self.cells for r in self.reductions):
+            raise ConfigError(f"reductions must be cell indices in [0, {self.cells}), got {list(self.reductions)}")
         if self.stem not in STEMS:
             raise ConfigError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
         if self.stem == "imagenet" and (self.input_shape[1] % 8 or self.input_shape[2] % 8):

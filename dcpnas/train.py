@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from dcpnas.binary import BinaryConv2d, set_binary_weights
 from dcpnas.checkpoint import load_model, load_torch, save_model, save_torch
-from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, config_from_dict
+from dcpnas.config import DEVICES, MAX_CELLS, MAX_CHANNELS, check_seed, config_from_dict
 from dcpnas.cuda_graph import GraphedStep, capturable_adamw, eager_step, set_lr
 from dcpnas.errors import ArtifactError, ConfigError, DeviceError
 from dcpnas.genotype import Genotype
@@ -133,6 +133,7 @@ class TrainConfig:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.stem not in STEMS:
             raise ConfigError(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        check_seed(self.seed)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
 
@@ -164,6 +165,8 @@ class TrainConfig:
         path = Path(path)
         d = read_toml(path, ConfigError)
         d = d.get("train", d)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: [train] must be a table of keys, found {type(d).__name__}")
         return cls.from_dict({**d, **(overrides or {})}, source=str(path))
 
 
@@ -286,6 +289,9 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
     if isinstance(teacher, torch.nn.Module):
         return teacher.to(device).eval(), None
     net, meta = load_model(teacher, genotype=genotype)
+    if meta["binary"]:
+        raise ArtifactError(f"{teacher}: a 1-bit network; the teacher is the real-valued twin "
+                            f"(`dcpnas train GENOTYPE --float` writes it)")
     t_space: SearchSpace = meta["space"]
     if t_space.input_shape != space.input_shape or t_space.num_classes != space.num_classes:
         raise ArtifactError(f"{teacher}: teacher takes {t_space.input_shape} -> {t_space.num_classes} classes, "
@@ -303,6 +309,18 @@ def _load_teacher(teacher, genotype: Genotype, space: SearchSpace, norm: dict, d
 # config fields in which a run may differ from the run whose stage1.pt it starts from: stage 1 does not read
 # stage2_lr or stage2_ema, and the device changes where the arithmetic runs, not what it is (a CPU stage 1 can go on on a GPU)
 STAGE1_FREE = ("stage2_lr", "stage2_ema", "device")
+
+
+RUN_FILES = ("model.pt", "train.json", "metrics.jsonl", "checkpoint.pt", "stage1.pt")
+
+
+def _refuse_earlier_run(out_dir: Path) -> None:
+    """A new (not resumed) training run must not mix with, or overwrite, an earlier run's results (nor a
+    search's metrics.jsonl)."""
+    found = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    if found:
+        raise ConfigError(f"{out_dir} holds an earlier run ({', '.join(found)}); continue it with --resume, "
+                          f"or choose a new -o folder")
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -383,6 +401,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     from dcpnas.data import load_dataset
 
     progress = progress or no_progress
+    if not resume:
+        _refuse_earlier_run(Path(out_dir))
     out_dir = make_folder(out_dir)
     genotype.validate()
     data = load_dataset(config.data)
@@ -431,14 +451,21 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
     if ck is not None and ck is not snapshot and start_from is None:  # a resumed run keeps its source's name
         start_from = ck.get("stage1_from")
     if ck is not None:
-        _set_stage(model, stages[ck["stage"]][2], fresh=False)
-        model.load_state_dict(ck["model"])
-        gen.set_state(ck["rng"])
-        state = {k: ck[k] for k in state}
+        source = ckpt_path if ck is not snapshot else Path(start_from)
+        try:
+            _set_stage(model, stages[ck["stage"]][2], fresh=False)
+            model.load_state_dict(ck["model"])
+            gen.set_state(ck["rng"])
+            state = {k: ck[k] for k in state}
+            if not (isinstance(state["history"], list) and 0 <= int(state["epoch_in_stage"])
+                    and math.isfinite(float(state["seconds"]))):
+                raise ValueError("history, epoch or seconds out of range")
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ArtifactError(f"{source}: damaged checkpoint ({type(e).__name__}: {first}); move it away to "
+                                f"start afresh") from None
         opt_state, ema_state = ck["optimizer"], ck.get("ema")
         write_metrics(out_dir, state["history"])  # drop lines written after the checkpoint
-    elif not resume:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     t_start = time.perf_counter() - state["seconds"]
     model.train()
@@ -455,10 +482,15 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
         opt = (capturable_adamw(model.parameters(), lr, wd, dev) if on_cuda else
                torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, fused=True))
         if not fresh and opt_state is not None and state["epoch_in_stage"] < epochs:
-            for g in opt_state["param_groups"]:  # a checkpoint from before the fused optimiser resumes fused
-                g.update(fused=True, foreach=None, capturable=on_cuda)
-                g["lr"] = float(g["lr"])  # set again below, before every step
-            opt.load_state_dict(opt_state)
+            try:
+                for g in opt_state["param_groups"]:  # a checkpoint from before the fused optimiser resumes fused
+                    g.update(fused=True, foreach=None, capturable=on_cuda)
+                    g["lr"] = float(g["lr"])  # set again below, before every step
+                opt.load_state_dict(opt_state)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise ArtifactError(f"{source}: damaged checkpoint (optimizer state: {first}); move it away to "
+                                    f"start afresh") from None
             if on_cuda:
                 for g in opt.param_groups:
                     g["lr"] = torch.tensor(g["lr"], device=dev)

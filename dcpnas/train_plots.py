@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from dcpnas.io import atomic_write_bytes
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
@@ -15,7 +18,6 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     epochs = [h["epoch"] for h in history]
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_l.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -35,8 +37,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())

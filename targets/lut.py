@@ -196,3 +196,16 @@ def validate(d: dict, where: str = "LUT") -> None:
     glue = d.get("glue", {})
     if not isinstance(glue, dict) or not all(_finite_nonneg(v) for k, v in glue.items() if k.endswith("_ms")):
         raise LutError(f"{where}: 'glue' must be an object of finite *_ms numbers >= 0")
+    for k in ("costmodel", "measurement"):
+        v = d.get(k, {})
+        if not isinstance(v, dict) or not _all_finite(v):
+            raise LutError(f"{where}: {k!r} must be an object whose numbers are all finite")
+
+
+def _all_finite(v) -> bool:
+    """Every number inside `v` (nested objects and lists) is finite."""
+    if isinstance(v, dict):
+        return all(_all_finite(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_all_finite(x) for x in v)
+    return not isinstance(v, float) or math.isfinite(v)

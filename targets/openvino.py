@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from dcpnas.errors import DcpnasError
+from dcpnas.errors import CompileError, DcpnasError, DeviceError
 
 
 class OpenVINOMissing(DcpnasError):
@@ -122,7 +122,7 @@ def _convert_binary_conv(ctx, binary_kernels: bool) -> list:
     for i in range(1, ctx.get_input_size()):
         node = ctx.get_input(i).get_node()
         if node.get_type_name() != "Constant":
-            raise DcpnasError("dcpnas::BinaryConv2d: weights, scale and bias must be initializers for OpenVINO")
+            raise CompileError("dcpnas::BinaryConv2d: weights, scale and bias must be initializers for OpenVINO")
         consts.append(node.get_data())
     bits, scale = consts[0], consts[1].astype(np.float32)
     bias = consts[2].astype(np.float32) if len(consts) > 2 else None
@@ -134,10 +134,10 @@ def _convert_binary_conv(ctx, binary_kernels: bool) -> list:
     cin_g = cin // group
     signs = unpack_signs(bits, cin_g)
     if list(signs.shape[2:]) != k:
-        raise DcpnasError(f"dcpnas::BinaryConv2d: weights of kernel {list(signs.shape[2:])}, attribute kernel_shape {k}")
+        raise CompileError(f"dcpnas::BinaryConv2d: weights of kernel {list(signs.shape[2:])}, attribute kernel_shape {k}")
     shape = x.get_partial_shape()
     if shape.is_dynamic:
-        raise DcpnasError("dcpnas::BinaryConv2d in OpenVINO needs a static input shape")
+        raise CompileError("dcpnas::BinaryConv2d in OpenVINO needs a static input shape")
     hw = (shape[2].get_length(), shape[3].get_length())
     y = binary_conv(x, signs, scale, bias, hw, strides, pads, dil, group, binary_kernels)
     return [y.output(0)]
@@ -213,13 +213,13 @@ def compile_onnx(onnx_model, threads: int, precision: str | None = "f32", rtol: 
         try:
             model = c.read_model(bytes(onnx_model), b"")
         except Exception as e:
-            raise DcpnasError(f"OpenVINO cannot read the model: {_one_line(e)}") from None
+            raise DeviceError(f"OpenVINO cannot read the model: {_one_line(e)}") from None
         has_binary = any(op.get_type_name() == "BinaryConvolution" for op in model.get_ops())
         try:
             compiled = c.compile_model(model, "CPU", cfg)
         except Exception as e:
             if not has_binary:
-                raise DcpnasError(f"OpenVINO cannot compile the model: {_one_line(e)}") from None
+                raise DeviceError(f"OpenVINO cannot compile the model: {_one_line(e)}") from None
             why = f"the CPU plugin refused BinaryConvolution here: {_one_line(e)}"
             continue
         req = compiled.create_infer_request()
@@ -241,7 +241,7 @@ def compile_onnx(onnx_model, threads: int, precision: str | None = "f32", rtol: 
         else:
             kernels = "float network" if b"dcpnas" not in bytes(onnx_model) else "float convs of +-1 values"
         return Compiled(run, compiled, kernels)
-    raise DcpnasError(f"OpenVINO: {why}")
+    raise DeviceError(f"OpenVINO: {why}")
 
 
 def kernel_types(compiled: Compiled) -> dict[str, int]:

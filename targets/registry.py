@@ -19,6 +19,7 @@ name is accepted. Nothing is read at import time.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,6 +142,14 @@ def parse_target(data: dict, source: Path | None = None, lut_dir: Path | None = 
         raise TargetError(f"{where}: arch must be one of {', '.join(ARCHES)}, got {data['arch']!r}")
     if data["threads"] < 1:
         raise TargetError(f"{where}: threads must be >= 1, got {data['threads']}")
+    cm = data.get("costmodel", {})
+    for table in ("coef", "scale"):
+        v = cm.get(table, {})
+        if not isinstance(v, dict) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              and math.isfinite(x) and x >= 0 for x in v.values()):
+            raise TargetError(f"{where}: [costmodel.{table}] must map features to finite numbers >= 0, got {v!r}")
+    if "reference" in cm and not isinstance(cm["reference"], str):
+        raise TargetError(f"{where}: [costmodel] reference must be a target name, got {cm['reference']!r}")
     tvm = dict(data["tvm"])
     kind = tvm.get("kind")
     if kind not in ("llvm", "cuda"):
@@ -152,6 +161,9 @@ def parse_target(data: dict, source: Path | None = None, lut_dir: Path | None = 
                 raise TargetError(f"{where}: [tvm] needs {k!r} (a string) for an llvm target")
         if tvm["mcpu"] == "native":
             raise TargetError(f"{where}: [tvm] mcpu 'native' falls back to generic code; name the CPU (e.g. znver4)")
+        cores = tvm.get("num-cores", 1)
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise TargetError(f"{where}: [tvm] num-cores must be an integer >= 1, got {cores!r}")
         if "mattr" in tvm and not (isinstance(tvm["mattr"], list) and all(isinstance(a, str) for a in tvm["mattr"])):
             raise TargetError(f"{where}: [tvm] mattr must be a list of strings like ['+neon']")
         want = {"x86_64": "x86_64", "aarch64": "aarch64"}.get(data["arch"])

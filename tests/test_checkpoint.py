@@ -91,8 +91,9 @@ class _Evil:
 def test_pickled_code_is_refused(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"schema": SCHEMA, "x": _Evil()}, p)
-    with pytest.raises(ArtifactError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(ArtifactError, match="not a readable PyTorch checkpoint") as e:
         load_model(p)
+    assert "could run code" in str(e.value) and "weights_only" not in str(e.value)  # no advice to load it unsafely
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -109,6 +110,7 @@ def test_pickled_code_is_refused(tmp_path):
     (lambda r: r.__setitem__("normalization", {"mean": ["x"], "std": [1.0]}), "normalization must hold 1"),
     (lambda r: r.__setitem__("normalization", {"mean": 5, "std": [1.0]}), "normalization must hold 1"),
     (lambda r: r.__setitem__("info", [1, 2]), "info must be a dict"),
+    (lambda r: r.__setitem__("space", "big"), "cannot rebuild the network"),
     (lambda r: r["state_dict"]["classifier.linear.weight"].__setitem__((0, 0), float("inf")), "hold NaN or inf"),
 ])
 def test_malformed_records(tmp_path, mutate, needle):

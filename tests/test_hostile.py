@@ -167,6 +167,19 @@ def test_new_search_into_an_earlier_run_is_refused_and_ctrl_c_prints_the_resume_
     r, text = cli("search", "--budget", "smoke", "--no-progress", "-o", run, "--seed", "5")
     assert_one_error_line(r, text, contains="--resume")
     assert (run / "genotype.json").read_bytes() == before
+    # --resume with another config changes nothing, config.toml included (it was written over before the check)
+    config_before = (run / "config.toml").read_bytes()
+    r, text = cli("search", "--budget", "smoke", "--no-progress", "-o", run, "--seed", "5", "--resume")
+    assert_one_error_line(r, text, contains="--resume needs the same config; differs in seed")
+    assert (run / "config.toml").read_bytes() == config_before and (run / "genotype.json").read_bytes() == before
+    # a finished run whose checkpoints are gone: nothing to resume, and nothing overwritten
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    metrics = (run / "metrics.jsonl").read_bytes()
+    r, text = cli("search", "--budget", "smoke", "--no-progress", "-o", run, "--resume")
+    assert_one_error_line(r, text, contains="finished run without checkpoints/")
+    assert (run / "metrics.jsonl").read_bytes() == metrics and (run / "genotype.json").read_bytes() == before
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -255,6 +268,8 @@ def test_rpc_peer_that_never_answers_times_out(direct):
     (["--warmup", "-1"], "--warmup must be >= 0"),
     (["--repeat", "0"], "--repeat must be >= 1"),
     (["--min-repeat-ms", "nan"], "finite"),
+    (["--emulated"], "--emulated describes an RPC device: give --rpc"),
+    (["-o", "FILE"], "is a file; give a folder (nothing was done)"),
 ])
 def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     from dcpnas.compiler.artifact import MANIFEST
@@ -262,7 +277,8 @@ def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     build = tmp_path / "b"
     build.mkdir()
     (build / MANIFEST).write_text("{}")  # the options are checked before the build folder is read
-    r, text = cli("bench", build, *args)
+    (tmp_path / "f").write_text("mine")
+    r, text = cli("bench", build, *[str(tmp_path / "f") if a == "FILE" else a for a in args])
     assert_one_error_line(r, text, contains=needle)
 
 
@@ -285,6 +301,17 @@ def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     (["lut", "check", "-t", "x86-avx2", "--n", "0"], "--n must be >= 1"),
     (["lut", "check", "-t", "x86-avx2", "--threads", "100000"], "--threads must be in 1..1024"),
     (["lut", "build", "-t", "x86-avx2", "--min-repeat-ms", "nan"], "finite"),
+    (["compile", "G", "-t", "x86-avx2", "--fresh", "--input-shape", "3,1000000,1000000"], "sides of 1..4096"),
+    (["lut", "build", "-t", "x86-avx2", "--modeled", "--cells", "5", "--input-shape", "3,0,32"], "sides of 1..4096"),
+    (["search", "--seed", "-1"], "seed must be an integer in 0..4294967295"),
+    (["lut", "show", "x86-avx2", "--top", "-1"], "--top must be >= 0"),
+    (["lut", "build", "-t", "x86-avx2", "--modeled", "--statistic", "foo"], "--statistic must be median or min"),
+    (["search", "--seed", "99999999999999999999999"], "seed must be an integer in 0..4294967295"),
+    (["train", "DDPNAS_MCN_2", "--seed", "-1"], "seed must be an integer in 0..4294967295"),
+    (["lut", "check", "-t", "x86-avx2", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    (["lut", "check", "-t", "x86-avx2", "-o", "G"], "exists and is not a dcpnas.lutcheck/1 file"),
+    (["lut", "check", "-t", "x86-avx2", "--build-dir", "G"], "is a file; give a folder"),
+    (["tune", "--shape", "64,8,64", "--records-dir", "G"], "is a file; give a folder"),
     (["tune", "--shape", "3,8"], "--shape takes K,H,C"),
     (["tune", "--shape", "0,8,8"], "--shape takes K,H,C"),
 ])
@@ -327,6 +354,45 @@ def test_config_constructed_with_nan_fails():
             make()
 
 
+def test_train_never_mixes_with_or_destroys_an_earlier_run(tmp_path):
+    """Without --resume, `dcpnas train` into a folder holding a run (or a search's metrics) is refused before
+    anything is written; with --resume, a damaged checkpoint of the same config is one line, not a traceback;
+    a [train] that is not a table, and a 1-bit network given as the teacher, are refused."""
+    from dcpnas.checkpoint import save_torch
+    from dcpnas.genotype import DDPNAS_MCN_2
+    from dcpnas.train import CHECKPOINT_SCHEMA, TrainConfig
+
+    g = DDPNAS_MCN_2.save(tmp_path / "genotype.json")
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (out / "model.pt").write_bytes(b"earlier")
+    tiny = ["--cells", "1", "--channels", "4", "--epochs", "1"]
+    r, text = cli("train", g, *tiny, "-o", out)
+    assert_one_error_line(r, text, contains="holds an earlier run (model.pt, metrics.jsonl); continue it with --resume")
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n' and (out / "model.pt").read_bytes() == b"earlier"
+
+    cfg = TrainConfig(cells=1, channels=4, epochs=1)
+    res = tmp_path / "r"
+    save_torch(res / "checkpoint.pt", {"schema": CHECKPOINT_SCHEMA, "config": cfg.to_dict(),
+                                       "genotype_digest": DDPNAS_MCN_2.digest(), "stage": 99, "model": "x"})
+    r, text = cli("train", g, *tiny, "-o", res, "--resume")
+    assert_one_error_line(r, text, contains="damaged checkpoint")
+
+    (tmp_path / "c.toml").write_text("train = 5\n")
+    r, text = cli("train", g, "--config", tmp_path / "c.toml", "-o", tmp_path / "c")
+    assert_one_error_line(r, text, contains="[train] must be a table")
+
+    from dcpnas.checkpoint import save_model
+    from dcpnas.model import Network
+    from dcpnas.space import SearchSpace
+
+    space = SearchSpace(cells=1, channels=4, input_shape=(1, 28, 28), num_classes=10, reductions=(0,))
+    save_model(tmp_path / "binary.pt", Network(DDPNAS_MCN_2, space, binary=True), {"mean": [0.3], "std": [0.3]})
+    r, text = cli("train", g, *tiny, "--teacher", tmp_path / "binary.pt", "-o", tmp_path / "k")
+    assert_one_error_line(r, text, contains="a 1-bit network; the teacher is the real-valued twin")
+
+
 def test_checkpoint_claiming_a_huge_or_mismatched_network(tmp_path):
     from dcpnas.checkpoint import load_model, model_record
     from dcpnas.errors import ArtifactError
@@ -350,7 +416,9 @@ def test_checkpoint_claiming_a_huge_or_mismatched_network(tmp_path):
 
 @pytest.mark.parametrize("edit, needle", [
     (lambda d: d.update(glue={"per_cell_ms": -999.9}), "glue' must be an object of finite *_ms numbers >= 0"),
-    (lambda d: d.update(glue={"call_overhead_ms": float("nan")}), "glue"),
+    (lambda d: d.update(glue={"call_overhead_ms": float("nan")}), "not valid JSON (NaN is not a JSON number)"),
+    (lambda d: d.update(costmodel=5), "'costmodel' must be an object whose numbers are all finite"),
+    (lambda d: d.update(measurement=[1]), "'measurement' must be an object"),
 ])
 def test_lut_with_impossible_numbers(tmp_path, edit, needle):
     import json
@@ -366,6 +434,13 @@ def test_lut_with_impossible_numbers(tmp_path, edit, needle):
     with pytest.raises(LutError) as e:
         LatencyTable.load(tmp_path / "l.json")
     assert needle in str(e.value)
+    if "NaN" in needle:  # built in memory, NaN reaches the validator
+        with pytest.raises(LutError, match="glue"):
+            LatencyTable.from_dict(d)
+        d.pop("glue")
+        d["costmodel"] = {"coef": {"a": float("nan")}}
+        with pytest.raises(LutError, match="costmodel"):
+            LatencyTable.from_dict(d)
 
 
 def test_all_zero_lut_refused_by_the_search(tmp_path):
@@ -398,6 +473,21 @@ def test_target_file_with_an_unknown_cpu(tmp_path):
     r, text = cli("compile", g, "-t", tmp_path / "t.toml", "-o", tmp_path / "b")
     assert_one_error_line(r, text, contains="[tvm] mcpu 'skylake-avx51' is not a CPU LLVM knows")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (("num-cores = 2", "num-cores = -1"), "num-cores must be an integer >= 1"),
+    (("[costmodel]", "[costmodel.scale]\nkbitops = nan\n[costmodel]"), "[costmodel.scale] must map features to finite"),
+    (("[costmodel]", "[costmodel.coef]\nkbitops = -6.0\n[costmodel]"), "[costmodel.coef] must map features to finite"),
+])
+def test_target_file_with_impossible_numbers(tmp_path, edit, needle):
+    from dcpnas.targets.registry import BUILTIN_DIR
+
+    d = (BUILTIN_DIR / "x86-avx512.toml").read_text().replace('name = "x86-avx512"', 'name = "mine"')
+    assert edit[0] in d
+    (tmp_path / "t.toml").write_text(d.replace(edit[0], edit[1], 1))
+    r, text = cli("targets", "-t", tmp_path / "t.toml")
+    assert_one_error_line(r, text, contains=needle)
 
 
 # -- ONNX files from the field -------------------------------------------------------------------------------

@@ -138,6 +138,30 @@ def test_cli_report(tmp_path):
     assert r.exit_code == 1 and "dcpnas search" in r.output
 
 
+def test_cli_report_on_hand_edited_artifacts(tmp_path):
+    """Wrong types in train.json, manifest.json or bench.json are no figures: shown as '-', never a traceback;
+    a build of another genotype, or a --build that does not exist, is refused in one line."""
+    from typer.testing import CliRunner
+
+    from dcpnas.cli import app
+    from dcpnas.io import write_json
+
+    run, build, geno = _fake_run(tmp_path)
+    write_json(run / "train" / "train.json", {"test_accuracy": "high", "seconds": "ten", "config": "x"})
+    write_json(build / "manifest.json", {"genotype": geno.digest(), "binary": True, "target": "x86",
+                                         "compile_s": [1, 2], "accuracy": {"n": 1000, "ort": "a", "tvm": 0.9}})
+    write_json(build / "bench.json", {"binary_ms": "fast", "speedup_vs_best_float": "big", "warnings": 5})
+    r = CliRunner().invoke(app, ["report", str(run), "--build", str(build)])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    s = json.loads((run / "summary.json").read_text())
+    assert s["test_accuracy_ort"] is None and s["test_accuracy_tvm"] == 0.9 and s["speedup_vs_best_float"] is None
+    other = tmp_path / "other"
+    write_json(other / "manifest.json", {"genotype": "0123456789abcdef", "binary": True})
+    for b, needle in ((other, "compiled from genotype 0123456789abcdef"), (tmp_path / "nope", "not found")):
+        r = CliRunner().invoke(app, ["report", str(run), "--build", str(b)])
+        assert r.exit_code == 1 and needle in r.output, r.output
+
+
 @pytest.mark.tvm
 @pytest.mark.slow
 def test_cli_compile_finds_the_run_target_and_weights(tmp_path):

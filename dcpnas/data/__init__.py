@@ -213,8 +213,8 @@ def load_imagefolder(folder: Path, size: tuple[int, int] | None = None) -> Datas
                 with Image.open(f) as im:
                     im.load()  # read now and close the file: a large folder must not exhaust file handles
                     imgs.append(im.copy())
-            except OSError as e:
-                raise DataError(f"{f}: cannot read image ({e})") from None
+            except (OSError, Image.DecompressionBombError, ValueError) as e:  # a bomb is no OSError
+                raise DataError(f"{f}: cannot read image ({str(e).splitlines()[0][:200]})") from None
         images[split] = imgs
     gray = all(im.mode in ("L", "1", "I;16") for imgs in images.values() for im in imgs)
     H, W = size or (images["train"][0].height, images["train"][0].width)
