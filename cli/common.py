@@ -30,8 +30,14 @@ def handle_errors(fn: Callable) -> Callable:
             err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except Resumable as e:
-            err_console.print(f"[yellow]interrupted[/yellow]: partial results are saved in {e.out_dir}; resume with:\n"
-                              f"  {resume_command(e.out_dir)}", highlight=False, soft_wrap=True)
+            from pathlib import Path
+
+            out = Path(e.out_dir)  # train: checkpoint.pt; search: checkpoints/epoch_NNN.pt
+            saved = (out / "checkpoint.pt").is_file() or any((out / "checkpoints").glob("epoch_*.pt"))
+            what = (f": partial results are saved in {out}; resume with" if saved else
+                    " before the first checkpoint (nothing to keep); start again with")
+            err_console.print(f"[yellow]interrupted[/yellow]{what}:\n  {resume_command(e.out_dir)}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]", highlight=False)

@@ -189,6 +189,7 @@ def test_new_search_into_an_earlier_run_is_refused_and_ctrl_c_prints_the_resume_
     r, text = cli("search", "--budget", "smoke", "--seed", "7", "--no-progress")
     assert r.exit_code == 130
     assert "dcpnas search --budget smoke --seed 7 -o runs/dcp-notarget-seed7 --resume" in text
+    assert "before the first checkpoint (nothing to keep)" in text  # no "partial results are saved" where none are
 
 
 # -- files that are too deep, unreadable or not what their name says ----------------------------------------
