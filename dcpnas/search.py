@@ -237,10 +237,16 @@ def _run(config, out_dir, progress, resume, table, dist, device) -> Genotype:
     t0, c0 = time.perf_counter(), time.process_time()
     if not resume:
         _refuse_earlier_run(out_dir)
+    created = dist.is_main and not out_dir.exists()
     if dist.is_main:
         make_folder(out_dir)  # before the data: a bad -o fails at once
-    table, lut_info = _resolve_table(config, table)
-    data = prepare_data(config, device)
+    try:
+        table, lut_info = _resolve_table(config, table)
+        data = prepare_data(config, device)
+    except BaseException:  # a bad --data or LUT leaves no empty run folder behind
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     space: SearchSpace = config.space(data.input_shape, data.num_classes)
     metrics_path = out_dir / "metrics.jsonl"
     checkpoint = _latest_checkpoint(out_dir) if resume else None

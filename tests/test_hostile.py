@@ -305,6 +305,7 @@ def test_bench_options_refused_in_one_line(tmp_path, args, needle):
     (["compile", "G", "-t", "x86-avx2", "--fresh", "--input-shape", "3,1000000,1000000"], "sides of 1..4096"),
     (["lut", "build", "-t", "x86-avx2", "--modeled", "--cells", "5", "--input-shape", "3,0,32"], "sides of 1..4096"),
     (["search", "--seed", "-1"], "seed must be an integer in 0..4294967295"),
+    (["search", "--data", "fashion-mnist:/nonexist"], "/nonexist: not a folder"),
     (["lut", "show", "x86-avx2", "--top", "-1"], "--top must be >= 0"),
     (["lut", "build", "-t", "x86-avx2", "--modeled", "--statistic", "foo"], "--statistic must be median or min"),
     (["search", "--seed", "99999999999999999999999"], "seed must be an integer in 0..4294967295"),
