@@ -43,7 +43,8 @@ def bench_cmd(
     from dcpnas.compiler.artifact import Artifact
     from dcpnas.config import MAX_THREADS
     from dcpnas.errors import TargetError
-    from dcpnas.targets import get_target, list_targets
+    from dcpnas.targets import get_target
+    from dcpnas.targets.registry import is_builtin_target
     from dcpnas.targets.bench import bench, json_summary, write_outputs
     from dcpnas.targets.profiler import Profiler
 
@@ -63,7 +64,7 @@ def bench_cmd(
     art = Artifact.load(build_dir, verify_hashes=False)
     if target_name is None:  # a received build folder never names a target file to load (its compiler would run)
         target_name = art.manifest["target"]["name"]
-        if target_name not in {t.name for t in list_targets()}:
+        if not is_builtin_target(target_name):
             raise TargetError(f"{build_dir} was built for {target_name[:80]!r}, not a built-in target: "
                               "give its target file with --target")
     target = get_target(target_name, threads=threads)

@@ -19,11 +19,11 @@ def default_target(genotype_file: Path | None) -> tuple[str, str]:
     if genotype_file is not None and genotype_file.is_file():
         from dcpnas.genotype import load_genotype
 
-        from dcpnas.targets import list_targets
+        from dcpnas.targets.registry import is_builtin_target
 
         searched = load_genotype(genotype_file).search
         recorded = searched.get("target") if isinstance(searched, dict) else None
-        if recorded and str(recorded) in {t.name for t in list_targets()}:
+        if recorded and is_builtin_target(str(recorded)):
             return str(recorded), "the genotype was searched for it"
         if recorded:  # a target file named by a received genotype is never loaded (its cross compiler would run)
             return host_target(), (f"this host; the genotype was searched for {str(recorded)[:80]!r}, not a built-in "

@@ -16,6 +16,7 @@ relax.VirtualMachine(lib, dev)["main"].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +49,7 @@ def _check_fields(m: dict, where: Path) -> None:
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 5
             or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
         bad("input.shape", "a list of positive integers")
-    n = 1
-    for v in shape:
-        n *= v
-    if n > MAX_INPUT_ELEMENTS:
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
         bad("input.shape", f"at most {MAX_INPUT_ELEMENTS} elements")
 
 

@@ -39,13 +39,6 @@ MAX_CELLS = 64
 MAX_THREADS = 1024
 MAX_STEPS = 8  # intermediate nodes per cell (edges grow as steps^2)
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators take 0..2^32-1 everywhere (seeds are mixed into larger ones)
-
-
-def check_seed(seed) -> int:
-    """`seed` if it is an integer in 0..MAX_SEED, else ConfigError."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-    return seed
 CURVATURES = ("exact", "ggn", "fisher")
 LATENCY_FORMS = ("add", "mul")
 DEVICES = ("cpu", "cuda")
@@ -57,6 +50,13 @@ BUDGETS: dict[str, dict] = {
     "paper": {"cells": 5, "channels": 16, "image_size": 0, "n_train": 0, "n_eval": 0, "batch_size": 64,
               "epochs": 50, "steps_per_epoch": 0, "warmup_epochs": 15, "eval_batches": 0},
 }
+
+
+def check_seed(seed) -> int:
+    """`seed` if it is an integer in 0..MAX_SEED, else ConfigError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)

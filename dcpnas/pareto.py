@@ -9,13 +9,12 @@ run by run. Writes OUT/pareto.json (schema dcpnas.pareto/1) and OUT/pareto.png.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from dcpnas.config import SearchConfig
 from dcpnas.errors import ArtifactError, ConfigError
 from dcpnas.genotype import Genotype, load_genotype
-from dcpnas.io import write_json
+from dcpnas.io import is_finite_number, write_json
 from dcpnas.progress import ProgressFn
 
 SCHEMA = "dcpnas.pareto/1"
@@ -72,7 +71,7 @@ def run_pareto(config: SearchConfig, out_dir: str | Path, n: int, *, min_fractio
 def _figure(genotype: Genotype, key: str, run_dir: Path) -> float:
     """A number of the genotype's search record (a finished run's genotype.json may have been edited)."""
     v = genotype.search.get(key) if isinstance(genotype.search, dict) else None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if not is_finite_number(v):
         raise ArtifactError(f"{run_dir / 'genotype.json'}: its search record has no finite {key} ({v!r}); remove "
                             f"{run_dir} to search it again")
     return float(v)

@@ -12,11 +12,10 @@ fields None and is named in `missing`, with the command that makes it. Written t
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError
-from dcpnas.io import parse_json
+from dcpnas.io import is_finite_number, parse_json
 
 SCHEMA = "dcpnas.run-summary/1"
 ACCURACY_GOAL = 0.85  # issue 13: the demo's compiled 1-bit network on the embedded test split
@@ -36,8 +35,7 @@ def _read(path: Path) -> dict | None:
 
 def _num(v) -> float | int | None:
     """A finite number read from an artifact, else None (a hand-edited file's string or list is not a figure)."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return v if ok else None
+    return v if is_finite_number(v) else None
 
 
 def _obj(v) -> dict:

@@ -323,6 +323,15 @@ def _refuse_earlier_run(out_dir: Path) -> None:
                           f"or choose a new -o folder")
 
 
+DAMAGE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)  # what a damaged checkpoint's fields raise
+
+
+def _damaged(source: Path, e: Exception, part: str = "") -> ArtifactError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return ArtifactError(f"{source}: damaged checkpoint ({part}{type(e).__name__}: {first}); move it away to "
+                         f"start afresh")
+
+
 def _load_checkpoint(path: Path) -> dict:
     ck = load_torch(path)
     if ck.get("schema") != CHECKPOINT_SCHEMA or not isinstance(ck.get("config"), dict):
@@ -460,10 +469,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
             if not (isinstance(state["history"], list) and 0 <= int(state["epoch_in_stage"])
                     and math.isfinite(float(state["seconds"]))):
                 raise ValueError("history, epoch or seconds out of range")
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ArtifactError(f"{source}: damaged checkpoint ({type(e).__name__}: {first}); move it away to "
-                                f"start afresh") from None
+        except DAMAGE as e:
+            raise _damaged(source, e) from None
         opt_state, ema_state = ck["optimizer"], ck.get("ema")
         write_metrics(out_dir, state["history"])  # drop lines written after the checkpoint
 
@@ -487,10 +494,8 @@ def train(genotype: Genotype, config: TrainConfig, out_dir: str | Path, *, progr
                     g.update(fused=True, foreach=None, capturable=on_cuda)
                     g["lr"] = float(g["lr"])  # set again below, before every step
                 opt.load_state_dict(opt_state)
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                raise ArtifactError(f"{source}: damaged checkpoint (optimizer state: {first}); move it away to "
-                                    f"start afresh") from None
+            except DAMAGE as e:
+                raise _damaged(source, e, "optimizer state: ") from None
             if on_cuda:
                 for g in opt.param_groups:
                     g["lr"] = torch.tensor(g["lr"], device=dev)

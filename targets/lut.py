@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcpnas.errors import ArtifactError, LutError
-from dcpnas.io import atomic_write_text, read_json, to_json
+from dcpnas.io import atomic_write_text, is_finite_number, read_json, to_json
 
 SCHEMA = "dcpnas.lut/1"
 METHODS = ("measured", "modeled", "emulated")
@@ -164,7 +164,7 @@ def dumps(d: dict) -> str:
 
 
 def _finite_nonneg(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return is_finite_number(v) and v >= 0
 
 
 def validate(d: dict, where: str = "LUT") -> None:

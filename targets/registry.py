@@ -19,14 +19,13 @@ name is accepted. Nothing is read at import time.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dcpnas.errors import TargetError
-from dcpnas.io import read_toml
+from dcpnas.io import is_finite_number, read_toml
 
 if TYPE_CHECKING:  # pragma: no cover
     from dcpnas.targets.lut import LatencyTable
@@ -145,8 +144,7 @@ def parse_target(data: dict, source: Path | None = None, lut_dir: Path | None = 
     cm = data.get("costmodel", {})
     for table in ("coef", "scale"):
         v = cm.get(table, {})
-        if not isinstance(v, dict) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                              and math.isfinite(x) and x >= 0 for x in v.values()):
+        if not isinstance(v, dict) or not all(is_finite_number(x) and x >= 0 for x in v.values()):
             raise TargetError(f"{where}: [costmodel.{table}] must map features to finite numbers >= 0, got {v!r}")
     if "reference" in cm and not isinstance(cm["reference"], str):
         raise TargetError(f"{where}: [costmodel] reference must be a target name, got {cm['reference']!r}")
@@ -208,6 +206,12 @@ def check_llvm_cpu(target: Target) -> None:
         close = sorted(k for k in known if k[:3] == cpu[:3])[:6] or sorted(known)[:6]
         raise TargetError(f"{target.source or target.name}: [tvm] mcpu {cpu!r} is not a CPU LLVM knows for "
                           f"{triple} (e.g. {', '.join(close)})")
+
+
+def is_builtin_target(name: str) -> bool:
+    """Whether `name` names a built-in target: the only kind a received genotype or manifest may pick (a target
+    file names a cross compiler that the build runs)."""
+    return name in {t.name for t in list_targets()}
 
 
 def list_targets(builtin_dir: Path = BUILTIN_DIR, lut_dir: Path = LUT_DIR) -> list[Target]:
