@@ -190,8 +190,8 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "SearchConfig":
-        return config_from_dict(cls, d, source, skip=("extra",))
+    def from_dict(cls, d: dict, source: str = "config", flags: dict | None = None) -> "SearchConfig":
+        return config_from_dict(cls, d, source, skip=("extra",), flags=flags)
 
     @classmethod
     def load(cls, toml_path: str | Path | None = None, overrides: dict | None = None) -> "SearchConfig":
@@ -205,18 +205,23 @@ class SearchConfig:
         budget = overrides.get("budget", data.get("budget", "default"))
         if not isinstance(budget, str) or budget not in BUDGETS:
             raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
-        merged = {**BUDGETS[budget], **data, **overrides, "budget": budget}
-        return cls.from_dict(merged, source=str(toml_path) if toml_path else "config")
+        return cls.from_dict({**BUDGETS[budget], **data, "budget": budget}, str(toml_path) if toml_path else "config",
+                             flags={k: v for k, v in overrides.items() if k != "budget"})
 
 
-def config_from_dict(cls, d: dict, source: str, skip: tuple[str, ...] = ()):
+def config_from_dict(cls, d: dict, source: str, skip: tuple[str, ...] = (), flags: dict | None = None):
     """Build the config dataclass `cls` from a plain dict (TOML file, CLI flags): unknown keys refused,
-    each value coerced to its field's type by `coerce`. The one coercer of SearchConfig and TrainConfig."""
+    each value coerced to its field's type by `coerce`. The one coercer of SearchConfig and TrainConfig.
+    `flags` (command-line options) win over `d`; a bad value is blamed on where it came from."""
     known = {f.name: f for f in fields(cls) if f.name not in skip}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return cls(**{k: coerce(k, v, known[k].type, source) for k, v in d.items()})
+    flags = flags or {}
+    values = {}
+    for part, where in (({k: v for k, v in d.items() if k not in flags}, source), (flags, "options")):
+        unknown = sorted(set(part) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        values.update({k: coerce(k, v, known[k].type, where) for k, v in part.items()})
+    return cls(**values)
 
 
 def coerce(key: str, value, type_str, source: str):

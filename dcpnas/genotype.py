@@ -316,6 +316,8 @@ def _literal(node: ast.AST):
 def load_genotype(path: str | Path) -> Genotype:
     """Load a genotype from genotype.json or a text file holding a DARTS Genotype(...) string; FILE:NAME
     picks the genotype `NAME = Genotype(...)` of a genotypes file that holds several."""
+    if not str(path).strip():
+        raise GenotypeError("no genotype file given (an empty path): name a genotype.json or a DARTS genotypes file")
     path, name = Path(path), None
     if not path.exists() and ":" in path.name:  # FILE:NAME picks one genotype of a genotypes file
         stem, _, name = str(path).rpartition(":")

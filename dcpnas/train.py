@@ -154,8 +154,8 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "train config") -> "TrainConfig":
-        return config_from_dict(cls, d, source)
+    def from_dict(cls, d: dict, source: str = "train config", flags: dict | None = None) -> "TrainConfig":
+        return config_from_dict(cls, d, source, flags=flags)
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
@@ -167,7 +167,7 @@ class TrainConfig:
         d = d.get("train", d)
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: [train] must be a table of keys, found {type(d).__name__}")
-        return cls.from_dict({**d, **(overrides or {})}, source=str(path))
+        return cls.from_dict(d, str(path), flags=overrides)
 
 
 def eval_space(genotype: Genotype, config: TrainConfig, input_shape, num_classes: int) -> SearchSpace:

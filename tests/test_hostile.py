@@ -344,6 +344,32 @@ def test_config_file_values(tmp_path, line, needle):
         SearchConfig.load(tmp_path / "c.toml")
 
 
+def test_bad_value_is_blamed_on_the_flag_not_the_config_file(tmp_path):
+    """A flag's bad value beside a good --config file names the options; a bad file value names the file."""
+    from dcpnas.config import SearchConfig
+    from dcpnas.errors import ConfigError
+    from dcpnas.train import TrainConfig
+
+    good = tmp_path / "good.toml"
+    good.write_text("[train]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match=r"^options: stage2_lr: expected a finite number"):
+        TrainConfig.from_toml(good, {"stage2_lr": float("nan")})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = nan\n")
+    with pytest.raises(ConfigError, match="^" + str(bad).replace("\\", "\\\\") + ": lr: expected a finite"):
+        TrainConfig.from_toml(bad, {"epochs": 2})
+    assert TrainConfig.from_toml(bad, {"lr": 0.01}).lr == 0.01  # a flag replaces the file's value before it is read
+    (tmp_path / "s.toml").write_text("[search]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match=r"^options: lam: expected a finite number"):
+        SearchConfig.load(tmp_path / "s.toml", {"lam": float("inf")})
+    assert SearchConfig.load(tmp_path / "s.toml", {"mu": 0.5}).epochs == 2
+
+
+def test_empty_genotype_path_gets_one_line(tmp_path):
+    r, text = cli("train", "", "-o", tmp_path / "run")
+    assert_one_error_line(r, text, contains="no genotype file given")
+
+
 def test_config_constructed_with_nan_fails():
     from dcpnas.config import SearchConfig
     from dcpnas.errors import ConfigError
